@@ -1,0 +1,41 @@
+"""Command line: `python -m agent_kernel install-kernelspec | demo`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+
+def install_kernelspec(user: bool, prefix: str | None) -> str:
+    """Install the `agent-sandbox` kernelspec so a Jupyter server or gateway can launch sandboxes."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    from .sandbox._spec import KERNEL_NAME, kernel_spec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "kernel.json").write_text(json.dumps(kernel_spec(), indent=1))
+        return KernelSpecManager().install_kernel_spec(tmp, KERNEL_NAME, user=user, prefix=prefix)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent_kernel")
+    commands = parser.add_subparsers(dest="command", required=True)
+    spec = commands.add_parser("install-kernelspec", help="install the agent-sandbox kernelspec")
+    spec.add_argument("--user", action="store_true", help="install for this user only")
+    spec.add_argument("--prefix", help="install under this prefix (e.g. sys.prefix of a venv)")
+    demo = commands.add_parser("demo", help="run a real CodeAgent on a small data task")
+    demo.add_argument("--model", help="a litellm model name; default: the embedded/scripted demo model")
+    args = parser.parse_args(argv)
+    if args.command == "install-kernelspec":
+        print(f"installed the agent-sandbox kernelspec in {install_kernelspec(args.user, args.prefix)}")
+        return 0
+    from ._demo import run_demo
+
+    return run_demo(args.model)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""An agent's memory: typed steps and the Run that holds them. Records only; agents fill them in."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .sandbox._records import Execution
+
+RunState = Literal["running", "success", "max_steps", "error", "interrupted"]
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0  # USD, as litellm prices it; 0.0 where litellm has no price
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cost + other.cost,
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass
+class ToolCall:
+    """One call a model asked for, and what came of it."""
+
+    name: str
+    arguments: dict[str, Any]
+    id: str = ""
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass
+class TaskStep:
+    task: str
+    variables: dict[str, str] = field(default_factory=dict)  # name -> short preview shown to the model
+    kind: Literal["task"] = "task"
+
+
+@dataclass
+class PlanningStep:
+    plan: str
+    usage: Usage = field(default_factory=Usage)
+    duration: float = 0.0
+    kind: Literal["planning"] = "planning"
+
+
+@dataclass
+class ActionStep:
+    index: int
+    model_output: str = ""  # the raw reply text
+    thought: str = ""  # the reply's prose, without the code
+    code: str | None = None  # CodeAgent: the action
+    tool_calls: list[ToolCall] = field(default_factory=list)  # ToolCallingAgent: the actions
+    execution: Execution | None = None  # CodeAgent: what running the code produced
+    observation: str = ""  # what the model is shown next
+    error: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    duration: float = 0.0
+    is_final: bool = False
+    kind: Literal["action"] = "action"
+
+
+@dataclass
+class FinalAnswerStep:
+    output: Any
+    kind: Literal["final"] = "final"
+
+
+Step = TaskStep | PlanningStep | ActionStep | FinalAnswerStep
+
+
+@dataclass
+class Run:
+    """One agent run: the task, every step, the answer and what it cost."""
+
+    task: str
+    agent: Literal["code", "tools"]
+    model: str
+    steps: list[Step] = field(default_factory=list)
+    output: Any = None
+    state: RunState = "running"
+    usage: Usage = field(default_factory=Usage)
+    started_at: float = field(default_factory=time.time)
+    duration: float = 0.0
+    error: str | None = None
+
+    @property
+    def action_steps(self) -> list[ActionStep]:
+        return [s for s in self.steps if isinstance(s, ActionStep)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self))
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def replay(self) -> None:
+        """Print the run readably (plain text), as it happened."""
+        from .display import render_text
+
+        print(render_text(self))
+
+    def to_notebook(self, path: str | None = None, **kwargs: Any):
+        """Export as an nbformat v4 notebook; written to `path` when given."""
+        from .export import run_to_notebook
+
+        return run_to_notebook(self, path, **kwargs)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+# Events a run streams while it works (`agent.run(..., stream=True)`, step callbacks, live display).
+
+
+@dataclass
+class StepStarted:
+    index: int
+
+
+@dataclass
+class TextDelta:
+    """Tokens of the model's reply as they arrive."""
+
+    index: int
+    text: str
+
+
+@dataclass
+class StepCompleted:
+    step: Step
+
+
+@dataclass
+class RunCompleted:
+    run: Run
+
+
+Event = StepStarted | TextDelta | StepCompleted | RunCompleted

@@ -1,0 +1,430 @@
+"""The host side of a sandbox: start the restricted kernel, run code in it, move values in and out.
+
+One AsyncSandbox owns one kernel process (started by jupyter_client over ipc transport in a
+private 0700 directory) and its working directory. Every reply from the kernel is untrusted: it is
+parsed as JSON or decoded by the codec, never unpickled.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+
+from . import _codec
+from ._kernel_side import CALL_MARKER, HANDLE
+from ._spec import CONFIG_ENV, KERNEL_NAME, kernel_spec
+from ._records import Execution, ExecutionError, Isolation
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_UNSAFE_MIME = ("application/javascript", "text/javascript", "application/x-javascript")
+_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+_INTERRUPT_GRACE = 1.5  # seconds a timed-out execution gets to stop after SIGINT before a restart
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not do what was asked (it failed to start, or an internal call failed)."""
+
+
+@dataclass(frozen=True)
+class SandboxOptions:
+    imports: tuple[str, ...] = ()
+    timeout: float = 30.0
+    memory: int | str | None = "2GB"
+    network: bool = False
+    read_paths: tuple[str, ...] = ()
+    strict: bool = False
+    max_output: int = 100_000  # characters of printed output kept per execution (head and tail)
+    keep_workdir: bool = False
+    startup_timeout: float = 60.0
+
+    def launcher_settings(self, workdir: Path, runtime_dir: Path) -> dict[str, Any]:
+        memory = _parse_size(self.memory)
+        return {
+            "workdir": str(workdir),
+            "runtime_dir": str(runtime_dir),
+            "read_paths": [str(Path(p).expanduser().resolve()) for p in self.read_paths],
+            "network": self.network,
+            "memory_bytes": memory,
+            "strict": self.strict,
+            "imports": list(self.imports),
+        }
+
+
+def _parse_size(size: int | str | None) -> int | None:
+    if size is None or isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", size.lower())
+    if not match:
+        raise ValueError(f"memory={size!r} is not a size; use bytes or a string like '512MB' or '2GB'")
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** " kmgt".index(unit or " "))
+
+
+class _SpecManager(KernelSpecManager):
+    """Knows the sandbox kernel without it having to be installed."""
+
+    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+        if kernel_name == KERNEL_NAME:
+            return KernelSpec(resource_dir="", **kernel_spec())
+        return super().get_kernel_spec(kernel_name)
+
+
+class _Outputs:
+    """Collects one execution's outputs in nbformat form, cutting a flood of printed text."""
+
+    def __init__(self, max_chars: int) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.error: ExecutionError | None = None
+        self._head_left = max_chars // 2
+        self._tail: deque[tuple[str, str]] = deque()
+        self._tail_chars = 0
+        self._tail_max = max_chars - max_chars // 2
+        self._cut = 0
+
+    def add(self, msg_type: str, content: dict[str, Any]) -> None:
+        if msg_type == "stream":
+            self._stream(content["name"], content["text"])
+        elif msg_type in ("display_data", "update_display_data", "execute_result"):
+            data = {k: v for k, v in content["data"].items() if k not in _UNSAFE_MIME}
+            out = {"output_type": "display_data" if msg_type != "execute_result" else msg_type, "data": data,
+                   "metadata": content.get("metadata", {})}
+            if msg_type == "execute_result":
+                out["execution_count"] = content.get("execution_count")
+            self.items.append(out)
+        elif msg_type == "error":
+            tb = [_ANSI.sub("", line) for line in content.get("traceback", [])]
+            self.items.append({"output_type": "error", "ename": content["ename"], "evalue": content["evalue"],
+                               "traceback": tb})
+            self.error = ExecutionError(content["ename"], content["evalue"], "\n".join(tb))
+        elif msg_type == "clear_output":
+            self.items.clear()
+
+    def _stream(self, name: str, text: str) -> None:
+        if self._head_left > 0:
+            head, text = text[: self._head_left], text[self._head_left :]
+            self._head_left -= len(head)
+            self._append_stream(name, head)
+        if text:
+            self._tail.append((name, text))
+            self._tail_chars += len(text)
+            while self._tail_chars - len(self._tail[0][1]) >= self._tail_max:
+                self._cut += len(self._tail[0][1])
+                self._tail_chars -= len(self._tail.popleft()[1])
+
+    def _append_stream(self, name: str, text: str) -> None:
+        last = self.items[-1] if self.items else None
+        if last and last["output_type"] == "stream" and last["name"] == name:
+            last["text"] += text
+        else:
+            self.items.append({"output_type": "stream", "name": name, "text": text})
+
+    def finish(self) -> bool:
+        """Append the kept tail; True when something was cut."""
+        excess = self._tail_chars - self._tail_max
+        if excess > 0:  # cut the oldest part of the first kept chunk too
+            name, text = self._tail[0]
+            self._tail[0] = (name, text[excess:])
+            self._cut += excess
+        if self._cut:
+            self._append_stream(self._tail[0][0], f"\n[... {self._cut} characters of output cut ...]\n")
+        for name, text in self._tail:
+            self._append_stream(name, text)
+        return bool(self._cut)
+
+
+class AsyncSandbox:
+    """A restricted Python kernel for untrusted code. Use `async with AsyncSandbox(...) as sb`."""
+
+    def __init__(
+        self,
+        *,
+        imports: Iterable[str] = (),
+        timeout: float = 30.0,
+        memory: int | str | None = "2GB",
+        network: bool = False,
+        read_paths: Iterable[str | os.PathLike[str]] = (),
+        strict: bool = False,
+        max_output: int = 100_000,
+        keep_workdir: bool = False,
+    ) -> None:
+        self.options = SandboxOptions(
+            imports=tuple(imports), timeout=timeout, memory=memory, network=network,
+            read_paths=tuple(str(p) for p in read_paths), strict=strict, max_output=max_output,
+            keep_workdir=keep_workdir,
+        )
+        _parse_size(memory)  # fail now on a bad size, not in the kernel
+        self.isolation = Isolation()
+        self._root: Path | None = None
+        self._km: AsyncKernelManager | None = None
+        self._kc: Any = None
+        self._functions: dict[str, Callable[..., Any]] = {}
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @property
+    def workdir(self) -> Path:
+        if self._root is None:
+            raise SandboxError("the sandbox is not started")
+        return self._root / "work"
+
+    @property
+    def _transfer_dir(self) -> Path:
+        return self.workdir / ".transfer"
+
+    async def start(self) -> AsyncSandbox:
+        if self._km is not None:
+            return self
+        self._root = Path(tempfile.mkdtemp(prefix="agent-sandbox-"))  # 0700
+        runtime_dir = self._root / "run"
+        runtime_dir.mkdir(mode=0o700)
+        self._transfer_dir.mkdir(parents=True)
+        km = AsyncKernelManager(
+            kernel_name=KERNEL_NAME,
+            kernel_spec_manager=_SpecManager(),
+            transport="ipc",
+            ip=str(runtime_dir / "k"),
+            connection_file=str(runtime_dir / "kernel.json"),
+        )
+        env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
+        env[CONFIG_ENV] = json.dumps(self.options.launcher_settings(self.workdir, runtime_dir))
+        try:
+            await km.start_kernel(env=env, cwd=str(self.workdir))
+            self._km = km
+            await self._connect()
+        except Exception as exc:
+            await self.close()
+            raise SandboxError(f"the sandbox kernel failed to start: {exc}") from exc
+        return self
+
+    async def _connect(self) -> None:
+        assert self._km is not None
+        self._kc = self._km.client()
+        self._kc.start_channels()
+        try:
+            await self._kc.wait_for_ready(timeout=self.options.startup_timeout)
+        except RuntimeError as exc:
+            raise SandboxError(f"{exc}. Kernel output: see the log above; strict={self.options.strict}") from exc
+        iso = await self._evaluate(f"{HANDLE}.isolation()")
+        self.isolation = Isolation(active=iso["active"], missing=iso["missing"])
+        if self._functions:
+            await self._register_stubs(self._functions)
+
+    async def close(self) -> None:
+        if self._kc is not None:
+            self._kc.stop_channels()
+            self._kc = None
+        if self._km is not None:
+            km, self._km = self._km, None
+            await km.shutdown_kernel(now=True)
+        if self._root is not None and not self.options.keep_workdir:
+            shutil.rmtree(self._root, ignore_errors=True)
+
+    async def __aenter__(self) -> AsyncSandbox:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _restart(self) -> None:
+        """Replace a dead or hung kernel; the working directory survives, variables do not."""
+        assert self._km is not None
+        self._kc.stop_channels()
+        await self._km.restart_kernel(now=True)
+        await self._connect()
+
+    # -- running code ---------------------------------------------------------------------------
+    async def execute(self, code: str, timeout: float | None = None) -> Execution:
+        """Run `code`; outputs, errors and a final answer come back in the Execution."""
+        report = f"{HANDLE}.report()"
+        execution, reply = await self._run(code, {"report": report}, timeout=timeout)
+        if reply.get("status") == "ok":
+            answer = _expression_value(reply, "report")
+        elif not execution.restarted:  # an error after final_answer(x): x still counts
+            answer = await self._evaluate(report)
+        else:
+            answer = {}
+        if "final" in answer:
+            execution.has_final_answer = True
+            execution.final_answer = self._decode(answer["final"])
+        return execution
+
+    async def _run(
+        self, code: str, user_expressions: dict[str, str], timeout: float | None, silent: bool = False
+    ) -> tuple[Execution, dict[str, Any]]:
+        await self.start()
+        async with self._lock:
+            started = time.perf_counter()
+            limit = self.options.timeout if timeout is None else timeout
+            outputs = _Outputs(self.options.max_output)
+            execution = Execution(code=code)
+            msg_id = self._kc.execute(
+                code, silent=silent, store_history=False, user_expressions=user_expressions, allow_stdin=True
+            )
+            outcome, reply = await self._collect(msg_id, outputs, started + limit)
+            if outcome == "timeout":
+                await self._km.interrupt_kernel()
+                outcome, reply = await self._collect(msg_id, outputs, time.perf_counter() + _INTERRUPT_GRACE)
+                if outcome == "done":
+                    outputs.error = ExecutionError(
+                        "TimeoutError", f"the code ran longer than {limit:g} s and was interrupted; variables are kept"
+                    )
+                else:
+                    outputs.error = ExecutionError(
+                        "TimeoutError",
+                        f"the code ran longer than {limit:g} s and did not stop when interrupted; "
+                        "the sandbox was restarted and its variables were lost",
+                    )
+                    execution.restarted = True
+            if outcome == "dead":
+                code_ = self._km.provisioner.exit_code if self._km.provisioner else None
+                outputs.error = ExecutionError(
+                    "SandboxDied",
+                    f"the sandbox kernel died (exit status {code_}; out of memory or a crash); "
+                    "it was restarted and its variables were lost",
+                )
+                execution.restarted = True
+            if execution.restarted:
+                await self._restart()
+            execution.truncated = outputs.finish()
+            execution.outputs = outputs.items
+            execution.error = outputs.error
+            if execution.error is None and reply.get("status") == "error":
+                execution.error = ExecutionError(reply.get("ename", "Error"), reply.get("evalue", ""))
+            execution.duration = time.perf_counter() - started
+            return execution, reply
+
+    async def _collect(self, msg_id: str, outputs: _Outputs, deadline: float) -> tuple[str, dict[str, Any]]:
+        """Read the kernel's messages for `msg_id` until its reply and idle status: done, timeout or dead."""
+        kc = self._kc
+        shell, iopub, stdin = kc.shell_channel.socket, kc.iopub_channel.socket, kc.stdin_channel.socket
+        poller = zmq.asyncio.Poller()
+        for sock in (shell, iopub, stdin):
+            poller.register(sock, zmq.POLLIN)
+        reply: dict[str, Any] | None = None
+        idle = False
+        while reply is None or not idle:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return "timeout", reply or {}
+            ready = dict(await poller.poll(min(remaining, 0.25) * 1000))
+            if not ready:
+                if not await self._km.is_alive():
+                    return "dead", {}
+                continue
+            if iopub in ready:
+                for msg in await self._drain(iopub):
+                    if msg["parent_header"].get("msg_id") != msg_id:
+                        continue
+                    if msg["msg_type"] == "status":
+                        idle = msg["content"]["execution_state"] == "idle"
+                    else:
+                        outputs.add(msg["msg_type"], msg["content"])
+            if shell in ready:
+                for msg in await self._drain(shell):
+                    if msg["parent_header"].get("msg_id") == msg_id:
+                        reply = msg["content"]
+            if stdin in ready:
+                for msg in await self._drain(stdin):
+                    if msg["msg_type"] == "input_request":
+                        remaining = deadline - time.perf_counter()
+                        kc.input(await self._answer_input(msg["content"]["prompt"], remaining))
+        return "done", reply
+
+    async def _drain(self, sock: zmq.asyncio.Socket) -> list[dict[str, Any]]:
+        session = self._kc.session
+        msgs = []
+        while True:
+            try:
+                frames = await sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return msgs
+            _, frames = session.feed_identities(frames)
+            msgs.append(session.deserialize(frames))
+
+    # -- host functions -------------------------------------------------------------------------
+    async def register_function(self, name: str, fn: Callable[..., Any], doc: str | None = None) -> None:
+        """Make `name(...)` in sandbox code call `fn` in this process (arguments cross by the codec)."""
+        if not name.isidentifier():
+            raise ValueError(f"{name!r} is not a Python identifier")
+        self._functions[name] = fn
+        if self._km is not None:
+            await self._register_stubs({name: fn}, doc)
+
+    async def _register_stubs(self, functions: dict[str, Callable[..., Any]], doc: str | None = None) -> None:
+        docs = {name: doc or (fn.__doc__ or "") for name, fn in functions.items()}
+        await self._evaluate(f"{HANDLE}.register({json.dumps(json.dumps(docs))})")
+
+    async def _answer_input(self, prompt: str, time_left: float) -> str:
+        if not prompt.startswith(CALL_MARKER):
+            return ""  # plain input(): there is no one to type an answer
+        try:
+            request = json.loads(prompt[len(CALL_MARKER) :])
+            fn = self._functions[request["name"]]
+            args = [self._decode(d) for d in request["args"]]
+            kwargs = {k: self._decode(d) for k, d in request["kwargs"].items()}
+            if asyncio.iscoroutinefunction(fn):
+                call = fn(*args, **kwargs)
+            else:
+                call = asyncio.to_thread(fn, *args, **kwargs)
+            result = await asyncio.wait_for(call, max(time_left, 0.001))
+            return json.dumps({"ok": _codec.encode(result, self._transfer_dir, f"{request['name']}_result")})
+        except asyncio.TimeoutError:
+            return json.dumps({"error": "the host function did not return before the execution timeout"})
+        except Exception as exc:  # reported to the sandbox code as HostFunctionError
+            return json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+
+    # -- values ---------------------------------------------------------------------------------
+    async def push(self, **values: Any) -> None:
+        """Bind `values` as variables in the sandbox."""
+        await self.start()
+        descriptors = {name: _codec.encode(v, self._transfer_dir, name) for name, v in values.items()}
+        await self._evaluate(f"{HANDLE}.load({json.dumps(json.dumps(descriptors))})")
+
+    async def pull(self, names: Iterable[str]) -> dict[str, Any]:
+        """Copy sandbox variables out. Raises KeyError naming any that do not exist."""
+        names = list(names)
+        answer = await self._evaluate(f"{HANDLE}.dump({json.dumps(json.dumps(names))})")
+        if answer["missing"]:
+            raise KeyError(f"not defined in the sandbox: {', '.join(answer['missing'])}")
+        return {name: self._decode(answer["values"][name]) for name in names}
+
+    async def variables(self) -> dict[str, str]:
+        """The sandbox's variables, each with a short preview (type, shape, columns)."""
+        return await self._evaluate(f"{HANDLE}.variables()")
+
+    def _decode(self, descriptor: dict[str, Any]) -> Any:
+        return _codec.decode(descriptor, self._transfer_dir)
+
+    async def _evaluate(self, expression: str) -> Any:
+        """Evaluate one of the kernel side's own calls; it answers JSON text, parsed here."""
+        execution, reply = await self._run("", {"r": expression}, timeout=self.options.startup_timeout, silent=True)
+        try:
+            return _expression_value(reply, "r")
+        except SandboxError as exc:
+            raise SandboxError(f"sandbox call {expression.split('(')[0]} failed: {execution.error or exc}") from None
+
+
+def _expression_value(reply: dict[str, Any], key: str) -> Any:
+    """The JSON value of a user expression in an execute_reply: a literal str, never evaluated."""
+    result = reply.get("user_expressions", {}).get(key, {})
+    if result.get("status") != "ok":
+        raise SandboxError(f"{result.get('ename')}: {result.get('evalue')}")
+    text = ast.literal_eval(result["data"]["text/plain"])
+    if not isinstance(text, str):
+        raise SandboxError("the sandbox answered an internal call with something other than text")
+    return json.loads(text)

@@ -1,0 +1,66 @@
+"""A warm pool: kernels started ahead of time, so a new run does not wait for a kernel start.
+
+Each pooled kernel serves one user and is then closed, never handed out again: a run cannot find
+files or state left by an earlier one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from .. import _aio
+from ._client import AsyncSandbox
+
+
+class SandboxPool:
+    """Keeps `size` sandboxes with the same options started and ready."""
+
+    def __init__(self, size: int = 1, **options: Any) -> None:
+        if size < 1:
+            raise ValueError("a pool needs size >= 1")
+        self.size = size
+        self.options = options
+        self._ready: deque[asyncio.Task[AsyncSandbox]] = deque()
+
+    def _fill(self) -> None:
+        while len(self._ready) < self.size:
+            self._ready.append(asyncio.ensure_future(AsyncSandbox(**self.options).start()))
+
+    async def astart(self) -> None:
+        """Start the pool's kernels and wait until they are ready."""
+        self._fill()
+        await asyncio.gather(*self._ready)
+
+    async def aacquire(self) -> AsyncSandbox:
+        """A ready sandbox, yours to close; a replacement starts in the background."""
+        self._fill()
+        task = self._ready.popleft()
+        self._fill()
+        return await task
+
+    async def aclose(self) -> None:
+        tasks, self._ready = list(self._ready), deque()
+        for sandbox in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(sandbox, AsyncSandbox):
+                await sandbox.close()
+
+    # sync API
+    def start(self) -> None:
+        _aio.run_sync(self.astart())
+
+    def acquire(self) -> "Sandbox":
+        from . import Sandbox
+
+        return Sandbox._wrap(_aio.run_sync(self.aacquire()))
+
+    def close(self) -> None:
+        _aio.run_sync(self.aclose())
+
+    def __enter__(self) -> SandboxPool:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
