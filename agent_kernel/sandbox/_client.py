@@ -33,6 +33,7 @@ from ._records import Execution, ExecutionError, Isolation
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _UNSAFE_MIME = ("application/javascript", "text/javascript", "application/x-javascript")
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+_OWN_FRAMES = ("File " + str(Path(__file__).parent),)  # the sandbox's own frames, noise in a traceback
 _INTERRUPT_GRACE = 1.5  # seconds a timed-out execution gets to stop after SIGINT before a restart
 
 
@@ -108,6 +109,7 @@ class _Outputs:
             self.items.append(out)
         elif msg_type == "error":
             tb = [_ANSI.sub("", line) for line in content.get("traceback", [])]
+            tb = [line for line in tb if not line.lstrip().startswith(_OWN_FRAMES)]
             self.items.append({"output_type": "error", "ename": content["ename"], "evalue": content["evalue"],
                                "traceback": tb})
             self.error = ExecutionError(content["ename"], content["evalue"], "\n".join(tb))
@@ -201,6 +203,7 @@ class AsyncSandbox:
             connection_file=str(runtime_dir / "kernel.json"),
         )
         env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
+        env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures come back as PNG displays
         env[CONFIG_ENV] = json.dumps(self.options.launcher_settings(self.workdir, runtime_dir))
         try:
             await km.start_kernel(env=env, cwd=str(self.workdir))
@@ -219,10 +222,10 @@ class AsyncSandbox:
             await self._kc.wait_for_ready(timeout=self.options.startup_timeout)
         except RuntimeError as exc:
             raise SandboxError(f"{exc}. Kernel output: see the log above; strict={self.options.strict}") from exc
-        iso = await self._evaluate(f"{HANDLE}.isolation()")
+        iso = await self._evaluate(f"{HANDLE}.isolation()", locked=True)
         self.isolation = Isolation(active=iso["active"], missing=iso["missing"])
         if self._functions:
-            await self._register_stubs(self._functions)
+            await self._register_stubs(self._functions, locked=True)
 
     async def close(self) -> None:
         if self._kc is not None:
@@ -268,45 +271,51 @@ class AsyncSandbox:
     ) -> tuple[Execution, dict[str, Any]]:
         await self.start()
         async with self._lock:
-            started = time.perf_counter()
-            limit = self.options.timeout if timeout is None else timeout
-            outputs = _Outputs(self.options.max_output)
-            execution = Execution(code=code)
-            msg_id = self._kc.execute(
-                code, silent=silent, store_history=False, user_expressions=user_expressions, allow_stdin=True
-            )
-            outcome, reply = await self._collect(msg_id, outputs, started + limit)
-            if outcome == "timeout":
-                await self._km.interrupt_kernel()
-                outcome, reply = await self._collect(msg_id, outputs, time.perf_counter() + _INTERRUPT_GRACE)
-                if outcome == "done":
-                    outputs.error = ExecutionError(
-                        "TimeoutError", f"the code ran longer than {limit:g} s and was interrupted; variables are kept"
-                    )
-                else:
-                    outputs.error = ExecutionError(
-                        "TimeoutError",
-                        f"the code ran longer than {limit:g} s and did not stop when interrupted; "
-                        "the sandbox was restarted and its variables were lost",
-                    )
-                    execution.restarted = True
-            if outcome == "dead":
-                code_ = self._km.provisioner.exit_code if self._km.provisioner else None
+            return await self._exchange(code, user_expressions, timeout, silent)
+
+    async def _exchange(
+        self, code: str, user_expressions: dict[str, str], timeout: float | None, silent: bool
+    ) -> tuple[Execution, dict[str, Any]]:
+        """One execute_request, answered; the caller holds the lock (or is starting the kernel)."""
+        started = time.perf_counter()
+        limit = self.options.timeout if timeout is None else timeout
+        outputs = _Outputs(self.options.max_output)
+        execution = Execution(code=code)
+        msg_id = self._kc.execute(
+            code, silent=silent, store_history=False, user_expressions=user_expressions, allow_stdin=True
+        )
+        outcome, reply = await self._collect(msg_id, outputs, started + limit)
+        if outcome == "timeout":
+            await self._km.interrupt_kernel()
+            outcome, reply = await self._collect(msg_id, outputs, time.perf_counter() + _INTERRUPT_GRACE)
+            if outcome == "done":
                 outputs.error = ExecutionError(
-                    "SandboxDied",
-                    f"the sandbox kernel died (exit status {code_}; out of memory or a crash); "
-                    "it was restarted and its variables were lost",
+                    "TimeoutError", f"the code ran longer than {limit:g} s and was interrupted; variables are kept"
+                )
+            else:
+                outputs.error = ExecutionError(
+                    "TimeoutError",
+                    f"the code ran longer than {limit:g} s and did not stop when interrupted; "
+                    "the sandbox was restarted and its variables were lost",
                 )
                 execution.restarted = True
-            if execution.restarted:
-                await self._restart()
-            execution.truncated = outputs.finish()
-            execution.outputs = outputs.items
-            execution.error = outputs.error
-            if execution.error is None and reply.get("status") == "error":
-                execution.error = ExecutionError(reply.get("ename", "Error"), reply.get("evalue", ""))
-            execution.duration = time.perf_counter() - started
-            return execution, reply
+        if outcome == "dead":
+            status = await self._km.provisioner.poll() if self._km.provisioner else None
+            outputs.error = ExecutionError(
+                "SandboxDied",
+                f"the sandbox kernel died (exit status {status}; out of memory or a crash); "
+                "it was restarted and its variables were lost",
+            )
+            execution.restarted = True
+        if execution.restarted:
+            await self._restart()
+        execution.truncated = outputs.finish()
+        execution.outputs = outputs.items
+        execution.error = outputs.error
+        if execution.error is None and reply.get("status") == "error":
+            execution.error = ExecutionError(reply.get("ename", "Error"), reply.get("evalue", ""))
+        execution.duration = time.perf_counter() - started
+        return execution, reply
 
     async def _collect(self, msg_id: str, outputs: _Outputs, deadline: float) -> tuple[str, dict[str, Any]]:
         """Read the kernel's messages for `msg_id` until its reply and idle status: done, timeout or dead."""
@@ -365,9 +374,11 @@ class AsyncSandbox:
         if self._km is not None:
             await self._register_stubs({name: fn}, doc)
 
-    async def _register_stubs(self, functions: dict[str, Callable[..., Any]], doc: str | None = None) -> None:
+    async def _register_stubs(
+        self, functions: dict[str, Callable[..., Any]], doc: str | None = None, locked: bool = False
+    ) -> None:
         docs = {name: doc or (fn.__doc__ or "") for name, fn in functions.items()}
-        await self._evaluate(f"{HANDLE}.register({json.dumps(json.dumps(docs))})")
+        await self._evaluate(f"{HANDLE}.register({json.dumps(json.dumps(docs))})", locked=locked)
 
     async def _answer_input(self, prompt: str, time_left: float) -> str:
         if not prompt.startswith(CALL_MARKER):
@@ -410,9 +421,13 @@ class AsyncSandbox:
     def _decode(self, descriptor: dict[str, Any]) -> Any:
         return _codec.decode(descriptor, self._transfer_dir)
 
-    async def _evaluate(self, expression: str) -> Any:
-        """Evaluate one of the kernel side's own calls; it answers JSON text, parsed here."""
-        execution, reply = await self._run("", {"r": expression}, timeout=self.options.startup_timeout, silent=True)
+    async def _evaluate(self, expression: str, *, locked: bool = False) -> Any:
+        """Evaluate one of the kernel side's own calls; it answers JSON text, parsed here.
+
+        `locked`: the caller already holds the lock (a restart inside an execution, or the start).
+        """
+        run = self._exchange if locked else self._run
+        execution, reply = await run("", {"r": expression}, self.options.startup_timeout, True)
         try:
             return _expression_value(reply, "r")
         except SandboxError as exc:

@@ -25,7 +25,7 @@ HANDLE = "__ak__"  # the hidden object the host calls; each of its host-facing m
 DEFAULT_IMPORTS = frozenset(
     """math cmath statistics datetime time zoneinfo calendar json csv re string textwrap unicodedata
     collections itertools functools operator random decimal fractions numbers heapq bisect copy
-    pprint enum dataclasses typing abc io base64 hashlib uuid warnings numpy pandas matplotlib""".split()
+    pprint enum dataclasses typing abc io sys base64 hashlib uuid warnings IPython numpy pandas matplotlib""".split()
 )
 
 

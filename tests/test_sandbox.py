@@ -1,0 +1,193 @@
+"""The sandbox's host side against a real restricted kernel: outputs, errors, answers, recovery, values."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from agent_kernel.sandbox import AsyncSandbox, Sandbox, SandboxPool
+
+
+@pytest.fixture(scope="module")
+def sb():
+    with Sandbox(timeout=10) as sandbox:
+        yield sandbox
+
+
+def test_outputs_come_back_in_order_as_nbformat(sb):
+    ex = sb.execute("print('a')\nimport sys\nprint('b', file=sys.stderr)\nprint('c')\n6 * 7", timeout=10)
+    assert ex.ok
+    assert ex.stdout == "a\nc\n"
+    assert ex.stderr == "b\n"
+    assert ex.result == {"text/plain": "42"}
+    kinds = [o["output_type"] for o in ex.outputs]
+    assert kinds[-1] == "execute_result" and set(kinds[:-1]) == {"stream"}  # stdout/stderr are buffered apart
+    assert ex.duration > 0
+
+
+def test_state_persists_between_executions(sb):
+    sb.execute("counter = 1")
+    sb.execute("counter += 1")
+    assert sb.execute("counter").result["text/plain"] == "2"
+
+
+def test_error_has_name_value_and_a_clean_traceback(sb):
+    ex = sb.execute("def f():\n    return 1 / 0\nf()")
+    assert ex.error.name == "ZeroDivisionError"
+    assert ex.error.value == "division by zero"
+    assert "\x1b[" not in ex.error.traceback
+    assert "return 1 / 0" in ex.error.traceback
+    assert "agent_kernel" not in ex.error.traceback  # the sandbox's own frames are trimmed
+
+
+def test_import_outside_the_allowlist_says_how_to_widen_it(sb):
+    ex = sb.execute("import socket")
+    assert ex.error.name == "ImportError"
+    assert "imports=['socket']" in ex.error.value
+    assert sb.execute("import math, pandas; print(math.floor(2.5))").stdout == "2\n"
+
+
+def test_wider_imports_are_allowed_when_asked():
+    with Sandbox(imports=["textwrap", "os"]) as wide:
+        assert wide.execute("import os; print(os.getcwd() == str(os.path.realpath('.')))").stdout == "True\n"
+
+
+def test_final_answer_is_decoded_into_the_execution(sb):
+    ex = sb.execute("final_answer({'rows': [1, 2], 'mean': 1.5})\nprint('after')")
+    assert ex.has_final_answer and ex.final_answer == {"rows": [1, 2], "mean": 1.5}
+    assert ex.stdout == "after\n"
+    assert not sb.execute("1").has_final_answer  # an answer is reported once
+
+
+def test_final_answer_then_error_still_counts(sb):
+    ex = sb.execute("final_answer(3)\nraise ValueError('late')")
+    assert ex.error.name == "ValueError"
+    assert ex.has_final_answer and ex.final_answer == 3
+
+
+def test_display_data_is_kept_and_javascript_dropped(sb):
+    ex = sb.execute(
+        "from IPython.display import display\n"
+        "display({'text/html': '<b>x</b>', 'application/javascript': 'alert(1)', 'text/plain': 'x'}, raw=True)"
+    )
+    assert ex.displays == [{"text/html": "<b>x</b>", "text/plain": "x"}]
+
+
+def test_matplotlib_figure_arrives_as_png(sb):
+    ex = sb.execute("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()")
+    assert ex.ok, ex.error
+    assert any("image/png" in d for d in ex.displays)
+
+
+def test_timeout_interrupts_a_loop_and_keeps_state(sb):
+    sb.execute("kept = 'yes'")
+    started = time.monotonic()
+    ex = sb.execute("while True:\n    pass", timeout=1)
+    assert time.monotonic() - started < 1 + 2
+    assert ex.error.name == "TimeoutError" and not ex.restarted
+    assert sb.execute("print(kept)").stdout == "yes\n"
+
+
+def test_output_flood_is_cut_keeping_head_and_tail():
+    with Sandbox(max_output=1000) as small:
+        ex = small.execute("for i in range(20000):\n    print(f'line {i}')")
+        assert ex.truncated
+        assert ex.stdout.startswith("line 0\n")
+        assert ex.stdout.rstrip().endswith("line 19999")
+        assert "characters of output cut" in ex.stdout
+        assert len(ex.stdout) < 1200
+
+
+def test_a_dead_kernel_is_reported_and_replaced():
+    with Sandbox(imports=["os", "signal"]) as fragile:
+        fragile.execute("lost = 1")
+        ex = fragile.execute("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+        assert ex.restarted and ex.error.name == "SandboxDied"
+        assert "variables were lost" in ex.error.value
+        assert fragile.execute("print(1 + 1)").stdout == "2\n"
+        assert fragile.execute("lost").error.name == "NameError"
+
+
+def test_host_functions_run_in_the_host_with_values_crossing(sb):
+    calls = []
+
+    def lookup(key: str, scale: float = 1.0) -> dict:
+        """Look a key up in the host."""
+        calls.append((key, scale, os.getpid()))
+        return {"key": key, "value": 10 * scale}
+
+    sb.register_function("lookup", lookup)
+    ex = sb.execute("r = lookup('a', scale=2.5)\nprint(r['value'])\nprint(lookup.__doc__)")
+    assert ex.ok, ex.error
+    assert ex.stdout == "25.0\nLook a key up in the host.\n"
+    assert calls == [("a", 2.5, os.getpid())]
+
+
+def test_host_function_errors_surface_in_the_sandbox(sb):
+    def broken() -> None:
+        raise LookupError("no such thing")
+
+    sb.register_function("broken", broken)
+    ex = sb.execute("broken()")
+    assert ex.error.name == "HostFunctionError"
+    assert "LookupError: no such thing" in ex.error.value
+
+
+def test_plain_input_gets_an_empty_answer(sb):
+    assert sb.execute("print(repr(input('name? ')))").stdout == "''\n"
+
+
+def test_push_pull_and_variables(sb):
+    sb.push(table={"a": [1, 2]}, label="north", n=3)
+    sb.execute("n2 = n * 2")
+    assert sb.pull(["table", "label", "n2"]) == {"table": {"a": [1, 2]}, "label": "north", "n2": 6}
+    with pytest.raises(KeyError, match="not_there"):
+        sb.pull(["not_there"])
+    listing = sb.variables()
+    assert "n2" in listing and "6" in listing["n2"]
+    assert "final_answer" not in listing and "lookup" not in listing
+
+
+def test_isolation_report_names_layers(sb):
+    iso = sb.isolation
+    assert iso.active or iso.missing
+    assert set(iso.active) | set(iso.missing) >= {"environment", "network", "landlock", "seccomp", "rlimits"}
+
+
+def test_bad_memory_option_is_refused_with_a_hint():
+    with pytest.raises(ValueError, match="512MB"):
+        Sandbox(memory="lots")
+
+
+def test_pool_hands_out_fresh_kernels_and_refills():
+    with SandboxPool(size=1) as pool:
+        first = pool.acquire()
+        first.execute("secret = 'left behind'")
+        first.execute("open('note.txt', 'w').write('left behind')")
+        first.close()
+        second = pool.acquire()
+        try:
+            assert second.execute("secret").error.name == "NameError"
+            assert second.execute("open('note.txt')").error.name == "FileNotFoundError"
+            assert second.workdir != first.workdir
+            assert not (second.workdir / "note.txt").exists()
+        finally:
+            second.close()
+
+
+def test_async_sandbox_runs_executions_concurrently_with_other_work():
+    async def scenario():
+        async with AsyncSandbox() as sb:
+            slow = asyncio.create_task(sb.execute("import time\ntime.sleep(0.5)\nprint('done')"))
+            ticks = 0
+            while not slow.done():
+                ticks += 1
+                await asyncio.sleep(0.01)
+            return (await slow).stdout, ticks
+
+    stdout, ticks = asyncio.run(scenario())
+    assert stdout == "done\n"
+    assert ticks > 10
