@@ -1,0 +1,411 @@
+"""The loop both agents share: ask the model, act, observe, until a final answer or max_steps.
+
+Everything runs as one asyncio task so `interrupt()` can cancel whatever is in progress (a model
+call, a sandbox action, tool calls) and still hand back the run with the steps done so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import queue
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, ClassVar, Literal, overload
+
+from .. import _aio
+from ..memory import (
+    ActionStep,
+    Event,
+    FinalAnswerStep,
+    PlanningStep,
+    Run,
+    RunCompleted,
+    Step,
+    StepCompleted,
+    StepStarted,
+    TaskStep,
+    TextDelta,
+)
+from ..tools import Tool, as_tool
+from . import _prompts
+
+Message = dict[str, Any]
+FinalAnswerCheck = Callable[[Any, Run], Any]  # (answer, run) -> bool, or raise with the reason
+StepCallback = Callable[[Step, Run], Any]
+Sink = Callable[[Event], None]
+
+
+class _NoAnswer:
+    """Marks an action that did not end the run (None is a valid final answer)."""
+
+    def __repr__(self) -> str:
+        return "NO_ANSWER"
+
+
+NO_ANSWER: Any = _NoAnswer()
+_DONE = object()
+_SUMMARY_LINES = 20  # steps beyond the window and these lines are not shown at all
+
+
+class MultiStepAgent:
+    """The shared loop. Subclasses say how a reply becomes an action and how a step reads back."""
+
+    kind: ClassVar[Literal["code", "tools"]]
+    default_description: ClassVar[str]  # what a manager agent reads when this agent is its tool
+    _max_steps_prompt: ClassVar[str]  # the last request when the steps are used up
+
+    def __init__(
+        self,
+        model: Any,
+        tools: Iterable[Any] = (),
+        *,
+        max_steps: int = 10,
+        planning_interval: int | None = None,
+        instructions: str | None = None,
+        final_answer_checks: Iterable[FinalAnswerCheck] = (),
+        step_callbacks: Iterable[StepCallback] = (),
+        max_observation_chars: int = 10_000,
+        keep_steps: int = 8,
+        name: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+        if planning_interval is not None and planning_interval < 1:
+            raise ValueError(f"planning_interval must be a positive number of steps or None, got {planning_interval}")
+        if keep_steps < 1:
+            raise ValueError(f"keep_steps must be at least 1, got {keep_steps}")
+        self.model = _as_model(model)
+        self.tools: dict[str, Tool] = {}
+        for t in tools:
+            converted = as_tool(t)
+            if converted.name in self.tools:
+                raise ValueError(f"two tools are named {converted.name!r}; give one another name (@tool(name=...))")
+            self.tools[converted.name] = converted
+        self.max_steps = max_steps
+        self.planning_interval = planning_interval
+        self.instructions = instructions
+        self.final_answer_checks = list(final_answer_checks)
+        self.step_callbacks = list(step_callbacks)
+        self.max_observation_chars = max_observation_chars
+        self.keep_steps = keep_steps
+        self.name = name or f"{self.kind}_agent"
+        self.description = description or self.default_description
+        self.memory: list[Step] = []  # every step since the last reset, across runs
+        self._task: asyncio.Task[Run] | None = None
+        self._task_loop: asyncio.AbstractEventLoop | None = None
+        self._interrupting = False
+        self._system_text = ""
+
+    # -- what subclasses provide -----------------------------------------------------------------
+
+    def system_prompt(self) -> str:
+        raise NotImplementedError
+
+    async def _request(self, messages: list[Message], on_delta: Callable[[str], None] | None, final: bool) -> Any:
+        """Ask the model for the next action (`final`: the last, answer-only request)."""
+        raise NotImplementedError
+
+    async def _act(self, step: ActionStep, reply: Any, final: bool) -> Any:
+        """Carry out the reply's action, filling `step`; return the final answer or NO_ANSWER."""
+        raise NotImplementedError
+
+    def _step_messages(self, step: ActionStep, as_text: bool) -> list[Message]:
+        """How an action step reads back to the model (`as_text`: no tool-role messages)."""
+        raise NotImplementedError
+
+    def _step_summary(self, step: ActionStep) -> str:
+        """One compact line for a step that fell out of the recent window."""
+        raise NotImplementedError
+
+    async def _prepare(self, variables: dict[str, Any], reset: bool) -> dict[str, str]:
+        """Make the variables available to the actions; return name -> preview for the prompt."""
+        return {name: _preview(value) for name, value in variables.items()}
+
+    # -- running ---------------------------------------------------------------------------------
+
+    @overload
+    def run(self, task: str, *, variables: dict[str, Any] | None = ..., reset: bool = ...,
+            stream: Literal[False] = ...) -> Run: ...
+
+    @overload
+    def run(self, task: str, *, variables: dict[str, Any] | None = ..., reset: bool = ...,
+            stream: Literal[True]) -> Iterator[Event]: ...
+
+    def run(self, task: str, *, variables: dict[str, Any] | None = None, reset: bool = True,
+            stream: bool = False) -> Run | Iterator[Event]:
+        """Run the task to the end and return the Run; `stream=True` yields events as they happen.
+
+        Ctrl-C (Kernel > Interrupt) interrupts the agent: the run comes back with
+        state "interrupted" and the steps done so far.
+        """
+        if stream:
+            return self._stream_sync(task, variables, reset)
+        future = _aio.submit(self._start(task, variables, reset, None))
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            self.interrupt()
+            return future.result()
+
+    async def arun(self, task: str, *, variables: dict[str, Any] | None = None, reset: bool = True) -> Run:
+        return await self._start(task, variables, reset, None)
+
+    async def astream(self, task: str, *, variables: dict[str, Any] | None = None,
+                      reset: bool = True) -> AsyncIterator[Event]:
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        running = asyncio.ensure_future(self._start(task, variables, reset, events.put_nowait))
+        running.add_done_callback(lambda _: events.put_nowait(_DONE))
+        try:
+            while (event := await events.get()) is not _DONE:
+                yield event
+            running.result()
+        finally:
+            if not running.done():  # the consumer stopped listening: stop the run too
+                self.interrupt()
+                await asyncio.wait([running])
+
+    def _stream_sync(self, task: str, variables: dict[str, Any] | None, reset: bool) -> Iterator[Event]:
+        events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        future = _aio.submit(self._start(task, variables, reset, events.put))
+        future.add_done_callback(lambda _: events.put(_DONE))
+        try:
+            while (event := events.get()) is not _DONE:
+                yield event
+            future.result()
+        finally:
+            if not future.done():
+                self.interrupt()
+                future.exception()  # wait for the run to wind down
+
+    def interrupt(self) -> None:
+        """Stop the run in progress (from any thread); it ends with state "interrupted"."""
+        task, loop = self._task, self._task_loop
+        if task is None or loop is None or task.done():
+            return
+        self._interrupting = True
+        loop.call_soon_threadsafe(task.cancel)
+
+    async def _start(self, task: str, variables: dict[str, Any] | None, reset: bool, sink: Sink | None) -> Run:
+        if not isinstance(task, str) or not task.strip():
+            raise ValueError("the task must be a non-empty string saying what to do")
+        if self._task is not None and not self._task.done():
+            raise RuntimeError(f"agent {self.name!r} is already running; wait for it or call interrupt()")
+        self._interrupting = False
+        self._system_text = self._full_system_prompt()  # once per run: tools and instructions are fixed now
+        self._task_loop = asyncio.get_running_loop()
+        self._task = asyncio.ensure_future(self._execute(task, dict(variables or {}), reset, sink))
+        return await self._task
+
+    async def _execute(self, task: str, variables: dict[str, Any], reset: bool, sink: Sink | None) -> Run:
+        run = Run(task=task, agent=self.kind, model=_model_name(self.model))
+        started = time.perf_counter()
+        current: list[ActionStep] = []  # the step in progress, kept if the run is interrupted
+        try:
+            if reset:
+                self.memory.clear()
+            previews = await self._prepare(variables, reset)
+            self._record(run, TaskStep(task, previews), sink)
+            await self._loop(run, sink, current)
+        except asyncio.CancelledError:
+            if not self._interrupting:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            run.state = "interrupted"
+            self._abandon(run, current, "interrupted", sink)
+        except Exception as exc:  # the run records why it stopped; the caller decides what to do
+            run.state, run.error = "error", f"{type(exc).__name__}: {exc}"
+            self._abandon(run, current, run.error, sink)
+        run.duration = time.perf_counter() - started
+        if sink is not None:
+            sink(RunCompleted(run))
+        return run
+
+    def _abandon(self, run: Run, current: list[ActionStep], reason: str, sink: Sink | None) -> None:
+        """Keep the step that was in progress when the run stopped, marked with why."""
+        if current:
+            current[0].error = reason
+            self._record(run, current[0], sink)
+            current.clear()
+
+    async def _loop(self, run: Run, sink: Sink | None, current: list[ActionStep]) -> None:
+        first = len([s for s in self.memory if isinstance(s, ActionStep)]) + 1
+        for index in range(first, first + self.max_steps):
+            if self.planning_interval and (index - first) % self.planning_interval == 0:
+                await self._plan(run, sink, index)
+            answer = await self._step(run, sink, current, index, final=False)
+            if answer is not NO_ANSWER:
+                self._finish(run, sink, answer, "success")
+                return
+        answer = await self._step(run, sink, current, first + self.max_steps, final=True)
+        self._finish(run, sink, None if answer is NO_ANSWER else answer, "max_steps")
+
+    async def _step(self, run: Run, sink: Sink | None, current: list[ActionStep], index: int, final: bool) -> Any:
+        step = ActionStep(index=index)
+        current[:] = [step]
+        if sink is not None:
+            sink(StepStarted(index))
+        started = time.perf_counter()
+        messages = self._messages()
+        if final:
+            messages.append({"role": "user", "content": self._max_steps_prompt})
+        reply = await self._request(messages, _delta_sink(sink, index), final)
+        step.model_output = reply.content or ""
+        step.usage = reply.usage
+        run.usage += reply.usage
+        answer = await self._act(step, reply, final)
+        if answer is NO_ANSWER and final and not step.tool_calls and step.code is None:
+            answer = step.model_output.strip() or NO_ANSWER  # a plain-text last word is the best answer left
+        if answer is not NO_ANSWER and not final:
+            rejection = await self._check_answer(answer, run)
+            if rejection is not None:
+                self._reject_answer(step, _prompts.CHECK_FAILED.format(reason=rejection))
+                answer = NO_ANSWER
+        step.is_final = answer is not NO_ANSWER
+        step.duration = time.perf_counter() - started
+        current.clear()
+        self._record(run, step, sink)
+        return answer
+
+    async def _plan(self, run: Run, sink: Sink | None, index: int) -> None:
+        messages = self._messages(as_text=True) + [{"role": "user", "content": _prompts.PLANNING}]
+        reply = await self.model.agenerate(messages, on_delta=_delta_sink(sink, index))
+        run.usage += reply.usage
+        self._record(run, PlanningStep(plan=(reply.content or "").strip(), usage=reply.usage,
+                                       duration=reply.duration), sink)
+
+    async def _check_answer(self, answer: Any, run: Run) -> str | None:
+        """None when every check passes, else the reason to show the model."""
+        for check in self.final_answer_checks:
+            label = getattr(check, "__name__", repr(check))
+            try:
+                verdict = check(answer, run)
+                if inspect.isawaitable(verdict):
+                    verdict = await verdict
+            except Exception as exc:  # the check's message is the feedback
+                return f"check {label} failed: {exc}"
+            if not verdict:
+                return f"check {label} returned {verdict!r}"
+        return None
+
+    def _reject_answer(self, step: ActionStep, feedback: str) -> None:
+        """A final answer failed a check: tell the model why, so it can fix it and go on."""
+        step.observation = _join(step.observation, feedback)
+
+    def _finish(self, run: Run, sink: Sink | None, answer: Any, state: Literal["success", "max_steps"]) -> None:
+        run.output, run.state = answer, state
+        self._record(run, FinalAnswerStep(answer), sink)
+
+    def _record(self, run: Run, step: Step, sink: Sink | None) -> None:
+        self.memory.append(step)
+        run.steps.append(step)
+        for callback in self.step_callbacks:
+            callback(step, run)
+        if sink is not None:
+            sink(StepCompleted(step))
+
+    # -- what the model sees ---------------------------------------------------------------------
+
+    def _messages(self, as_text: bool = False) -> list[Message]:
+        """System prompt, then memory. Action steps older than `keep_steps` shrink to one line each
+        in a single summary message (the oldest drop out), so a long run's prompt stops growing."""
+        actions = [s for s in self.memory if isinstance(s, ActionStep)]
+        recent = {id(s) for s in actions[-self.keep_steps :]}
+        summarised = {id(s) for s in actions[: -self.keep_steps][-_SUMMARY_LINES:]}
+        plans = [s for s in self.memory if isinstance(s, PlanningStep)]
+        messages: list[Message] = [{"role": "system", "content": self._system_text}]
+        summary: list[str] = []
+        seen_task = False
+        for step in [*self.memory, None]:  # None flushes a trailing summary
+            if isinstance(step, ActionStep) and id(step) not in recent:
+                if id(step) in summarised:
+                    summary.append(self._step_summary(step))
+                continue
+            if summary:
+                messages.append({"role": "user", "content": _prompts.EARLIER_STEPS.format(summary="\n".join(summary))})
+                summary = []
+            if isinstance(step, TaskStep):
+                messages.append({"role": "user", "content": self._task_text(step, seen_task)})
+                seen_task = True
+            elif isinstance(step, PlanningStep) and step is plans[-1]:  # older plans are superseded
+                messages.append({"role": "assistant", "content": _prompts.PLAN_HEADER.format(plan=step.plan)})
+                messages.append({"role": "user", "content": _prompts.PLAN_FOLLOW})
+            elif isinstance(step, ActionStep):
+                messages.extend(self._step_messages(step, as_text))
+        return _merge_consecutive(messages)
+
+    def _full_system_prompt(self) -> str:
+        prompt = self.system_prompt()
+        if self.instructions:
+            prompt += _prompts.INSTRUCTIONS.format(instructions=self.instructions.strip())
+        return prompt
+
+    def _task_text(self, step: TaskStep, follow_up: bool) -> str:
+        text = (_prompts.NEW_TASK if follow_up else _prompts.TASK).format(task=step.task)
+        if step.variables:
+            listed = "\n".join(f"- {name}: {preview}" for name, preview in step.variables.items())
+            text += _prompts.TASK_VARIABLES.format(variables=listed)
+        return text
+
+    def _observation_text(self, text: str) -> str:
+        return _prompts.OBSERVATION.format(observation=text)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} model={_model_name(self.model)!r} tools={list(self.tools)}>"
+
+
+def truncate(text: str, limit: int) -> str:
+    """Keep the head and the tail of long text and say how much was cut (errors hide in the tail)."""
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 3
+    tail = limit - head
+    cut = len(text) - head - tail
+    return f"{text[:head]}\n[... {cut} characters cut ...]\n{text[len(text) - tail:]}"
+
+
+def _join(*parts: str) -> str:
+    return "\n".join(p for p in parts if p)
+
+
+def _merge_consecutive(messages: list[Message]) -> list[Message]:
+    """Some providers refuse two user (or assistant) turns in a row; plain turns are joined."""
+    merged: list[Message] = []
+    for message in messages:
+        previous = merged[-1] if merged else None
+        if (previous is not None and previous["role"] == message["role"] and set(previous) == set(message)
+                == {"role", "content"} and message["role"] in ("user", "assistant")):
+            merged[-1] = {"role": message["role"], "content": f"{previous['content']}\n\n{message['content']}"}
+        else:
+            merged.append(message)
+    return merged
+
+
+def _delta_sink(sink: Sink | None, index: int) -> Callable[[str], None] | None:
+    if sink is None:
+        return None
+    return lambda text: sink(TextDelta(index, text))
+
+
+def _as_model(model: Any) -> Any:
+    """A Model from a model name; anything else with `agenerate` (a Model, a test double) as is."""
+    if model is None or isinstance(model, str):
+        from ..models import as_model
+
+        return as_model(model)
+    if not callable(getattr(model, "agenerate", None)):
+        raise TypeError(f"model must be a model name (e.g. 'openai/gpt-4o-mini') or an agent_kernel Model, "
+                        f"got {model!r}")
+    return model
+
+
+def _model_name(model: Any) -> str:
+    return str(getattr(model, "model_id", None) or type(model).__name__)
+
+
+def _preview(value: Any) -> str:
+    """The codec's short description of a value (type, shape, columns), as the model sees it."""
+    from ..sandbox._codec import describe
+
+    return describe(value)
