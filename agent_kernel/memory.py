@@ -6,9 +6,10 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from .sandbox._records import Execution
+if TYPE_CHECKING:  # the sandbox package imports jupyter_client: keep records cheap to import
+    from .sandbox._records import Execution
 
 RunState = Literal["running", "success", "max_steps", "error", "interrupted"]
 

@@ -191,3 +191,20 @@ def test_async_sandbox_runs_executions_concurrently_with_other_work():
     stdout, ticks = asyncio.run(scenario())
     assert stdout == "done\n"
     assert ticks > 10
+
+
+def test_cancelling_an_execution_stops_the_code_in_the_kernel():
+    async def scenario():
+        async with AsyncSandbox(timeout=60) as sb:
+            slow = asyncio.create_task(sb.execute("import time\ntime.sleep(30)"))
+            await asyncio.sleep(0.5)
+            slow.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await slow
+            started = time.monotonic()
+            ex = await sb.execute("print('next')")
+            return ex.stdout, time.monotonic() - started
+
+    stdout, waited = asyncio.run(scenario())
+    assert stdout == "next\n"
+    assert waited < 5  # not the 30 s the cancelled code would have slept

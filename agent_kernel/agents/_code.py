@@ -87,7 +87,7 @@ class CodeAgent(MultiStepAgent):
             final_answer_checks=final_answer_checks, step_callbacks=step_callbacks,
             max_observation_chars=max_observation_chars, keep_steps=keep_steps, name=name, description=description,
         )
-        from ..sandbox import AsyncSandbox
+        from ..sandbox import AsyncSandbox, Sandbox
 
         unknown = set(sandbox_options) - set(inspect.signature(AsyncSandbox).parameters)
         if unknown:
@@ -97,7 +97,7 @@ class CodeAgent(MultiStepAgent):
             raise TypeError(f"pass sandbox options {sorted(sandbox_options)} to the sandbox you give, not to the agent")
         self.imports = tuple(imports)
         self._sandbox_options = sandbox_options
-        self._sandbox = getattr(sandbox, "_async", sandbox)  # a sync Sandbox wraps an AsyncSandbox
+        self._sandbox = sandbox.as_async() if isinstance(sandbox, Sandbox) else sandbox
         self._owns_sandbox = sandbox is None
         self._registered: set[str] = set()
 

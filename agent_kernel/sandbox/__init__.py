@@ -33,6 +33,10 @@ class Sandbox:
         sandbox._async = started
         return sandbox
 
+    def as_async(self) -> AsyncSandbox:
+        """The AsyncSandbox behind this one (the same kernel), for async code such as the agents."""
+        return self._async
+
     @property
     def options(self) -> SandboxOptions:
         return self._async.options

@@ -271,7 +271,11 @@ class AsyncSandbox:
     ) -> tuple[Execution, dict[str, Any]]:
         await self.start()
         async with self._lock:
-            return await self._exchange(code, user_expressions, timeout, silent)
+            try:
+                return await self._exchange(code, user_expressions, timeout, silent)
+            except asyncio.CancelledError:  # the caller gave up (an interrupted agent): stop the code too
+                await asyncio.shield(self._km.interrupt_kernel())
+                raise
 
     async def _exchange(
         self, code: str, user_expressions: dict[str, str], timeout: float | None, silent: bool
@@ -282,7 +286,8 @@ class AsyncSandbox:
         outputs = _Outputs(self.options.max_output)
         execution = Execution(code=code)
         msg_id = self._kc.execute(
-            code, silent=silent, store_history=False, user_expressions=user_expressions, allow_stdin=True
+            code, silent=silent, store_history=False, user_expressions=user_expressions, allow_stdin=True,
+            stop_on_error=False,  # one failed execution must not abort the next one queued behind it
         )
         outcome, reply = await self._collect(msg_id, outputs, started + limit)
         if outcome == "timeout":
