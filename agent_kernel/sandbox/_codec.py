@@ -1,0 +1,543 @@
+"""Values across the sandbox boundary, both ways, as data only: JSON, Arrow IPC, .npy, PNG or a repr.
+
+The same module runs in the host and inside the restricted kernel, so it imports nothing heavy at
+module level: pandas, numpy, pyarrow and matplotlib are only touched when a value is one of theirs
+(if a module is not imported yet, the value cannot be an instance of its types).
+
+`encode` turns a value into a JSON-able descriptor; big payloads go to a file in `transfer_dir`.
+`decode` treats every descriptor as hostile (the host decodes what the sandbox wrote): it never
+unpickles, opens only plain regular files named by the descriptor directly inside `transfer_dir`
+(O_NOFOLLOW, one link, size matching and bounded), validates Arrow data fully and raises
+`TransferError` on anything malformed. Decoding deletes the descriptor's file, whether it succeeds
+or not; `cleanup` deletes the file of a descriptor that will never be decoded.
+
+Files are read into private memory rather than memory-mapped: the sandbox can still write to the
+transfer folder, so a mapped file could change after it was validated (out-of-bounds Arrow reads in
+the host) or be truncated under the reader (SIGBUS kills the notebook kernel). The copy costs about
+0.15 s per GB (bench/bench_transfer.py) and makes the Arrow validation below meaningful.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import io
+import json
+import math
+import os
+import re
+import reprlib
+import stat
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+INLINE_LIMIT = 64 * 1024  # encoded payloads up to this size travel inside the descriptor
+MAX_BYTES = 4 * 1024**3  # default bound on what decode will read
+REPR_LIMIT = 2000  # characters of repr kept for values that cannot cross as data
+_JSON_DEPTH = 100  # deeper structures cross as a repr (and decode refuses them)
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
+_SUFFIX = {"json": ".json", "bytes": ".bin", "image": ".png", "arrow": ".arrow", "npy": ".npy"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_ARROW_AS = ("DataFrame", "Series", "Table")
+_NPY_MAX_HEADER = 9000  # numpy refuses to parse .npy headers over 10000 characters (max_header_size)
+
+
+class TransferError(ValueError):
+    """A value could not cross the sandbox boundary: a malformed, unsafe or oversized descriptor."""
+
+
+@dataclass(frozen=True)
+class Opaque:
+    """Stands in for a value that could not cross as data: its type and a bounded repr, never the object."""
+
+    type: str
+    text: str
+    reason: str = ""
+
+    def __repr__(self) -> str:
+        why = f"not transferable as data: {self.reason}" if self.reason else "not transferable as data"
+        return f"<{self.type} from the sandbox ({why}): {self.text}>"
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A PNG that crossed the boundary (a matplotlib Figure or PIL image); Jupyter shows it as an image."""
+
+    data: bytes
+    type: str  # the type of the original object, e.g. "matplotlib.figure.Figure"
+    mime: str = "image/png"
+
+    def _repr_png_(self) -> bytes:
+        return self.data
+
+    def __repr__(self) -> str:
+        return f"<ImageData {self.mime}, {len(self.data)} bytes, from {self.type}>"
+
+
+# -- encode ----------------------------------------------------------------------------------------
+
+
+def encode(value: Any, transfer_dir: str | Path, name: str) -> dict[str, Any]:
+    """A JSON-able descriptor of `value`; payloads over INLINE_LIMIT are written to `transfer_dir`.
+
+    Never raises for an unsupported or unconvertible value: that becomes a "repr" descriptor whose
+    `reason` says why, so one odd variable does not break a whole pull.
+    """
+    try:
+        text = json.dumps(_plain(value, 0), ensure_ascii=False, allow_nan=True)
+    except _NotPlain:
+        pass
+    else:
+        if len(text) <= INLINE_LIMIT:
+            return {"kind": "json", "text": text}
+        data = text.encode("utf-8", "surrogatepass")  # Python strings may hold lone surrogates
+        return _file_descriptor("json", transfer_dir, name, lambda f: f.write(data))
+    if type(value) is bytes:
+        return _blob_descriptor("bytes", value, transfer_dir, name)
+    for test, encoder in _ENCODERS:
+        if test(value):
+            try:
+                return encoder(value, transfer_dir, name)
+            except Exception as exc:  # noqa: BLE001 - e.g. pyarrow cannot convert a mixed object column
+                return _repr_descriptor(value, f"{type(exc).__name__}: {exc}"[:REPR_LIMIT])
+    return _repr_descriptor(value)
+
+
+class _NotPlain(Exception):
+    pass
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _plain(value: Any, depth: int) -> Any:
+    """`value` as plain JSON data (tuples become lists, numpy scalars Python ones), or _NotPlain.
+
+    Stricter than json.dumps: non-string dict keys would silently become strings, so they refuse.
+    """
+    if type(value) in _SCALARS:
+        return value
+    if depth >= _JSON_DEPTH:
+        raise _NotPlain
+    if type(value) in (list, tuple):
+        return [_plain(v, depth + 1) for v in value]
+    if type(value) is dict:
+        if not all(type(k) is str for k in value):
+            raise _NotPlain
+        return {k: _plain(v, depth + 1) for k, v in value.items()}
+    np = _loaded("numpy")
+    if np is not None and isinstance(value, np.generic) and value.dtype.kind in "biufU":
+        return value.item()
+    raise _NotPlain
+
+
+def _loaded(module: str) -> Any:
+    """The module if something already imported it (then values of its types may exist), else None."""
+    return sys.modules.get(module)
+
+
+def _is_pandas(value: Any) -> bool:
+    pd = _loaded("pandas")
+    return pd is not None and type(value) in (pd.DataFrame, pd.Series)
+
+
+def _is_arrow_table(value: Any) -> bool:
+    pa = _loaded("pyarrow")
+    return pa is not None and type(value) is pa.Table
+
+
+def _is_ndarray(value: Any) -> bool:
+    np = _loaded("numpy")
+    return np is not None and type(value) in (np.ndarray, np.memmap)
+
+
+def _is_figure(value: Any) -> bool:
+    figure = _loaded("matplotlib.figure")
+    return figure is not None and isinstance(value, figure.Figure)
+
+
+def _is_pil_image(value: Any) -> bool:
+    image = _loaded("PIL.Image")
+    return image is not None and isinstance(value, image.Image)
+
+
+def _encode_arrow(value: Any, transfer_dir: str | Path, name: str) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.ipc
+
+    descriptor: dict[str, Any] = {"kind": "arrow", "as": type(value).__name__}
+    if _is_arrow_table(value):
+        table = value
+    else:
+        import pandas as pd
+
+        frame = value
+        if isinstance(value, pd.Series):
+            descriptor["unnamed"] = value.name is None  # to_frame() names an unnamed Series 0
+            frame = value.to_frame()
+        if isinstance(frame.index, (pd.DatetimeIndex, pd.TimedeltaIndex)) and frame.index.freq is not None:
+            descriptor["freq"] = frame.index.freqstr  # Arrow keeps the index values but not their freq
+        table = pa.Table.from_pandas(frame)
+
+    def write(f: IO[bytes]) -> None:
+        with pyarrow.ipc.new_file(f, table.schema) as writer:  # uncompressed: no decompression bombs
+            writer.write_table(table)
+
+    return descriptor | _file_descriptor("arrow", transfer_dir, name, write, size_hint=table.nbytes)
+
+
+def _encode_npy(value: Any, transfer_dir: str | Path, name: str) -> dict[str, Any]:
+    import numpy as np
+
+    if value.dtype.hasobject:
+        return _repr_descriptor(value, "numpy arrays of Python objects cross only as a repr")
+    if len(str(value.dtype.descr)) > _NPY_MAX_HEADER:
+        return _repr_descriptor(value, "the dtype is too large for a safely readable .npy header")
+
+    def write(f: IO[bytes]) -> None:
+        np.save(f, value, allow_pickle=False)
+
+    return _file_descriptor("npy", transfer_dir, name, write, size_hint=value.nbytes)
+
+
+def _encode_image(value: Any, transfer_dir: str | Path, name: str) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    if _is_figure(value):
+        value.savefig(buffer, format="png")
+    else:
+        value.save(buffer, format="PNG")
+    return _blob_descriptor("image", buffer.getvalue(), transfer_dir, name) | {"type": _type_name(value)}
+
+
+_Encoder = Callable[[Any, "str | Path", str], dict[str, Any]]
+_ENCODERS: tuple[tuple[Callable[[Any], bool], _Encoder], ...] = (
+    (_is_pandas, _encode_arrow),
+    (_is_arrow_table, _encode_arrow),
+    (_is_ndarray, _encode_npy),
+    (_is_figure, _encode_image),
+    (_is_pil_image, _encode_image),
+)
+
+
+def _blob_descriptor(kind: str, data: bytes, transfer_dir: str | Path, name: str) -> dict[str, Any]:
+    if len(data) <= INLINE_LIMIT:
+        return {"kind": kind, "base64": base64.b64encode(data).decode("ascii")}
+    return _file_descriptor(kind, transfer_dir, name, lambda f: f.write(data))
+
+
+def _file_descriptor(
+    kind: str, transfer_dir: str | Path, name: str, write: Callable[[IO[bytes]], Any], size_hint: int = 0
+) -> dict[str, Any]:
+    """Write a payload to a fresh file (never through a planted symlink) and describe it.
+
+    `size_hint` preallocates the file: for a big payload that makes the write ~30% faster.
+    """
+    stem = re.sub(r"[^A-Za-z0-9_]", "_", name)[:64] or "value"
+    file = f"{stem}-{os.urandom(8).hex()}{_SUFFIX[kind]}"
+    path = Path(transfer_dir, file)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        with os.fdopen(os.open(path, flags, 0o600), "wb") as f:
+            if size_hint:
+                with suppress(OSError):  # only an optimisation; some filesystems refuse it
+                    os.posix_fallocate(f.fileno(), 0, size_hint)
+            write(f)
+            f.flush()
+            size = f.tell()
+            os.ftruncate(f.fileno(), size)  # drop what the hint preallocated beyond the payload
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return {"kind": kind, "file": file, "size": size}
+
+
+def _repr_descriptor(value: Any, reason: str = "") -> dict[str, Any]:
+    descriptor = {"kind": "repr", "type": _type_name(value), "text": _bounded_repr(value, REPR_LIMIT)}
+    return descriptor | {"reason": reason} if reason else descriptor
+
+
+def _type_name(value: Any) -> str:
+    cls = type(value)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 120, REPR_LIMIT
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = 8
+
+
+def _bounded_repr(value: Any, limit: int) -> str:
+    """A repr that cannot grow with the value (reprlib stops early in containers), cut to `limit`."""
+    try:
+        text = _REPR.repr(value)
+    except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not break a transfer
+        text = f"<repr failed: {type(exc).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- decode ----------------------------------------------------------------------------------------
+
+
+def decode(descriptor: Any, transfer_dir: str | Path, *, max_bytes: int = MAX_BYTES) -> Any:
+    """The value a descriptor stands for. Raises TransferError for anything malformed or unsafe.
+
+    The descriptor's file (if any) is deleted afterwards, also when decoding fails.
+    """
+    if (
+        not isinstance(descriptor, dict)
+        or not isinstance(descriptor.get("kind"), str)
+        or descriptor["kind"] not in _DECODERS
+    ):
+        raise TransferError(
+            f"not a transfer descriptor (expected a dict with a known 'kind'): {_bounded_repr(descriptor, 200)}"
+        )
+    try:
+        return _DECODERS[descriptor["kind"]](descriptor, transfer_dir, max_bytes)
+    except TransferError:
+        raise
+    except RecursionError:
+        raise TransferError("the transferred data is nested too deeply") from None
+    except Exception as exc:  # malformed payloads fail in many ways inside json/pyarrow/numpy
+        raise TransferError(f"could not decode a {descriptor['kind']!r} transfer: {type(exc).__name__}: {exc}") from exc
+    finally:
+        with suppress(TransferError):  # an unsafe file name has already been reported
+            cleanup(descriptor, transfer_dir)
+
+
+def cleanup(descriptor: Any, transfer_dir: str | Path) -> None:
+    """Delete the file behind a descriptor that will not be decoded (e.g. a push that failed)."""
+    if isinstance(descriptor, dict) and "file" in descriptor:
+        _file_path(descriptor, transfer_dir).unlink(missing_ok=True)
+
+
+def _decode_json(descriptor: dict[str, Any], transfer_dir: str | Path, max_bytes: int) -> Any:
+    if "file" in descriptor:
+        with _open_file(descriptor, transfer_dir, max_bytes) as f:
+            text = f.read().decode("utf-8", "surrogatepass")
+    else:
+        text = _field(descriptor, "text", str)
+        if len(text) > max_bytes:
+            raise TransferError(f"inline JSON of {len(text)} characters exceeds max_bytes={max_bytes}")
+    return json.loads(text)
+
+
+def _decode_bytes(descriptor: dict[str, Any], transfer_dir: str | Path, max_bytes: int) -> bytes:
+    if "file" in descriptor:
+        with _open_file(descriptor, transfer_dir, max_bytes) as f:
+            return f.read()
+    data = _field(descriptor, "base64", str)
+    if len(data) > max_bytes * 4 // 3 + 4:
+        raise TransferError(f"inline data exceeds max_bytes={max_bytes}")
+    return base64.b64decode(data, validate=True)
+
+
+def _decode_image(descriptor: dict[str, Any], transfer_dir: str | Path, max_bytes: int) -> ImageData:
+    data = _decode_bytes(descriptor, transfer_dir, max_bytes)
+    if not data.startswith(_PNG_SIGNATURE):
+        raise TransferError("an 'image' transfer must hold PNG data")
+    return ImageData(data, _field(descriptor, "type", str)[:200])
+
+
+def _decode_repr(descriptor: dict[str, Any], transfer_dir: str | Path, max_bytes: int) -> Opaque:
+    reason = descriptor.get("reason", "")
+    if not isinstance(reason, str):
+        raise TransferError("a 'repr' descriptor's 'reason' must be a string")
+    text = _field(descriptor, "text", str)
+    return Opaque(_field(descriptor, "type", str)[:200], text[:REPR_LIMIT], reason[:REPR_LIMIT])
+
+
+def _decode_npy(descriptor: dict[str, Any], transfer_dir: str | Path, max_bytes: int) -> Any:
+    """Read the array into memory (not np.load's mmap_mode): the file is deleted next, and the sandbox
+    could rewrite or truncate a mapped file under the host. Only format 1.0: numpy writes 2.0/3.0
+    only for headers too big for its safe header parser anyway."""
+    np = _require("numpy", "a numpy array")
+    fmt = np.lib.format
+    with _open_file(descriptor, transfer_dir, max_bytes) as f:
+        version = fmt.read_magic(f)
+        if version != (1, 0):
+            raise TransferError(f"unsupported .npy format version {version}")
+        shape, fortran_order, dtype = fmt.read_array_header_1_0(f)
+        if any(n < 0 for n in shape):
+            raise TransferError(f"negative dimension in .npy shape {shape}")
+        if dtype.hasobject:
+            raise TransferError("refusing a .npy of Python objects (it would need pickle)")
+        expected = f.tell() + dtype.itemsize * math.prod(shape)
+        if expected != descriptor["size"]:
+            raise TransferError(f"the .npy header describes {expected} bytes but the file has {descriptor['size']}")
+        array = np.fromfile(f, dtype=dtype, count=math.prod(shape))
+    return array.reshape(shape[::-1]).transpose() if fortran_order else array.reshape(shape)
+
+
+def _decode_arrow(descriptor: dict[str, Any], transfer_dir: str | Path, max_bytes: int) -> Any:
+    as_ = _field(descriptor, "as", str)
+    if as_ not in _ARROW_AS:
+        raise TransferError(f"an 'arrow' descriptor's 'as' must be one of {_ARROW_AS}, not {as_!r}")
+    pa = _require("pyarrow", "an Arrow table")
+    import pyarrow.ipc
+
+    with _open_file(descriptor, transfer_dir, max_bytes) as f:
+        buffer = pa.allocate_buffer(descriptor["size"])
+        if f.readinto(memoryview(buffer)) != descriptor["size"]:
+            raise TransferError("the Arrow file changed size while it was read")
+    table = pyarrow.ipc.open_file(buffer).read_all()
+    _check_arrow_types(table.schema)
+    table.validate(full=True)  # crafted offsets or lengths must fail here, not as reads out of bounds
+    if as_ == "Table":
+        return table
+    _require("pandas", "a pandas DataFrame or Series")
+    frame = table.to_pandas()
+    _restore_object_columns(table, frame)
+    if "freq" in descriptor:
+        frame.index = type(frame.index)(frame.index, freq=_field(descriptor, "freq", str)[:40])
+    if as_ == "DataFrame":
+        return frame
+    series = frame.iloc[:, 0]
+    if descriptor.get("unnamed") is True:
+        series.name = None
+    return series
+
+
+def _check_arrow_types(schema: Any) -> None:
+    """Refuse types whose values can share storage (views, run-end encoding, nested dictionaries):
+    a small file of them can expand into an arbitrarily large DataFrame."""
+    import pyarrow as pa
+    import pyarrow.types as t
+
+    # getattr: older pyarrow (>= 14 is supported) lacks some of these types altogether
+    shared = [
+        getattr(t, f"is_{n}", None)
+        for n in ("run_end_encoded", "binary_view", "string_view", "list_view", "large_list_view")
+    ]
+    shared_storage = [test for test in shared if test is not None]
+
+    def check(arrow_type: Any, top: bool) -> None:
+        if any(test(arrow_type) for test in shared_storage):
+            raise TransferError(f"refusing Arrow type {arrow_type}: its values can share storage")
+        if isinstance(arrow_type, pa.BaseExtensionType):
+            check(arrow_type.storage_type, top)
+        elif t.is_dictionary(arrow_type):
+            if not top:
+                raise TransferError("refusing a nested dictionary-encoded Arrow column")
+            check(arrow_type.value_type, False)
+        for i in range(arrow_type.num_fields):
+            check(arrow_type.field(i).type, False)
+
+    for field in schema:
+        check(field.type, True)
+
+
+def _restore_object_columns(table: Any, frame: Any) -> None:
+    """Give object columns back their Python values: pandas >= 3 turns Arrow strings into its str
+    dtype, and pyarrow turns lists into numpy arrays and int columns with None into floats."""
+    import pandas as pd
+
+    meta = table.schema.pandas_metadata or {}
+    index_fields = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
+    entries = [c for c in meta.get("columns", []) if c.get("field_name") not in index_fields]
+    if len(entries) != frame.shape[1]:
+        return
+    for position, entry in enumerate(entries):
+        if entry.get("numpy_type") == "object":
+            values = table.column(entry["field_name"]).to_pylist()
+            frame.isetitem(position, pd.Series(values, index=frame.index, dtype=object))
+
+
+def _require(module: str, what: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise TransferError(f"{module} is needed to receive {what}: install it in this environment") from None
+
+
+def _field(descriptor: dict[str, Any], key: str, kind: type) -> Any:
+    value = descriptor.get(key)
+    if not isinstance(value, kind):
+        raise TransferError(f"a {descriptor['kind']!r} descriptor needs {key!r} as {kind.__name__}")
+    return value
+
+
+def _file_path(descriptor: dict[str, Any], transfer_dir: str | Path) -> Path:
+    """The descriptor's file, which must be a plain name directly inside transfer_dir."""
+    file = descriptor.get("file")
+    suffix = _SUFFIX.get(str(descriptor.get("kind")), "")
+    if not isinstance(file, str) or not _FILE_NAME.fullmatch(file) or ".." in file or not file.endswith(suffix):
+        raise TransferError(f"unsafe or malformed transfer file name: {_bounded_repr(file, 120)}")
+    return Path(transfer_dir, file)
+
+
+@contextmanager
+def _open_file(descriptor: dict[str, Any], transfer_dir: str | Path, max_bytes: int) -> Iterator[IO[bytes]]:
+    """Open the descriptor's file only if it is a regular, singly-linked file of the declared,
+    bounded size: a planted symlink, hard link or FIFO aimed at a host secret fails."""
+    path = _file_path(descriptor, transfer_dir)
+    size = descriptor.get("size")
+    if type(size) is not int or not 0 <= size <= max_bytes:
+        raise TransferError(f"transfer file size {_bounded_repr(size, 40)} is not an int within max_bytes={max_bytes}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TransferError(
+            f"cannot open transfer file {path.name!r} (a symlink, or missing?): {exc.strerror}"
+        ) from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise TransferError(f"transfer file {path.name!r} is not a plain regular file")
+        if st.st_size != size:
+            raise TransferError(f"transfer file {path.name!r} has {st.st_size} bytes, the descriptor says {size}")
+        yield f
+
+
+_Decoder = Callable[[dict[str, Any], "str | Path", int], Any]
+_DECODERS: dict[str, _Decoder] = {
+    "json": _decode_json,
+    "bytes": _decode_bytes,
+    "image": _decode_image,
+    "repr": _decode_repr,
+    "npy": _decode_npy,
+    "arrow": _decode_arrow,
+}
+
+
+# -- describe --------------------------------------------------------------------------------------
+
+
+def describe(value: Any, limit: int = 200) -> str:
+    """A one-line preview for prompts and variable listings: type, size, columns, first items.
+
+    Costs the same for a huge value as for a small one; never raises.
+    """
+    try:
+        text = _describe(value, limit)
+    except Exception:  # noqa: BLE001 - a preview must never break a listing
+        text = _type_name(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _describe(value: Any, limit: int) -> str:
+    pd = _loaded("pandas")
+    if pd is not None and type(value) is pd.DataFrame:
+        rows, cols = value.shape
+        columns = []
+        for column, dtype in zip(value.columns[:50], value.dtypes.iloc[:50]):
+            columns.append(f"{column}: {dtype}")
+        more = ", …" if cols > 50 else ""
+        return f"DataFrame {rows} rows x {cols} columns [{', '.join(columns)}{more}]"
+    if pd is not None and type(value) is pd.Series:
+        head = _bounded_repr(value.iloc[:5].tolist(), limit)
+        return f"Series {value.name!r} len={len(value)} dtype={value.dtype}: {head}"
+    if _is_arrow_table(value):
+        return f"pyarrow.Table {value.num_rows} rows: {_bounded_repr(value.schema.names[:50], limit)}"
+    if _is_ndarray(value):
+        head = _bounded_repr(value.ravel()[:5].tolist(), limit) if value.size else "[]"
+        return f"ndarray shape={value.shape} dtype={value.dtype}: {head}"
+    if _is_figure(value):
+        width, height = value.get_size_inches() * value.dpi
+        return f"matplotlib Figure {width:.0f}x{height:.0f} px, {len(value.axes)} axes"
+    if isinstance(value, (str, bytes, list, tuple, dict, set, frozenset)):
+        return f"{_type_name(value)} len={len(value)}: {_bounded_repr(value, limit)}"
+    return f"{_type_name(value)}: {_bounded_repr(value, limit)}"
