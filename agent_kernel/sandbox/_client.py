@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,11 @@ import zmq
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 
+from .. import _aio
 from . import _codec
 from ._kernel_side import CALL_MARKER, HANDLE
-from ._spec import CONFIG_ENV, KERNEL_NAME, kernel_spec
 from ._records import Execution, ExecutionError, Isolation
+from ._spec import CONFIG_ENV, KERNEL_NAME, kernel_spec
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _UNSAFE_MIME = ("application/javascript", "text/javascript", "application/x-javascript")
@@ -409,22 +411,34 @@ class AsyncSandbox:
         """Bind `values` as variables in the sandbox."""
         await self.start()
         descriptors = {name: _codec.encode(v, self._transfer_dir, name) for name, v in values.items()}
-        await self._evaluate(f"{HANDLE}.load({json.dumps(json.dumps(descriptors))})")
+        try:
+            await self._evaluate(f"{HANDLE}.load({json.dumps(json.dumps(descriptors))})")
+        finally:  # whatever the kernel did not consume must not linger in the transfer folder
+            for descriptor in descriptors.values():
+                _codec.cleanup(descriptor, self._transfer_dir)
 
     async def pull(self, names: Iterable[str]) -> dict[str, Any]:
         """Copy sandbox variables out. Raises KeyError naming any that do not exist."""
         names = list(names)
         answer = await self._evaluate(f"{HANDLE}.dump({json.dumps(json.dumps(names))})")
-        if answer["missing"]:
-            raise KeyError(f"not defined in the sandbox: {', '.join(answer['missing'])}")
-        return {name: self._decode(answer["values"][name]) for name in names}
+        if not isinstance(answer, dict) or not isinstance(answer.get("values"), dict):
+            raise SandboxError("the sandbox answered a pull with something malformed")
+        if answer.get("missing"):
+            for descriptor in answer["values"].values():
+                with contextlib.suppress(_codec.TransferError):  # a bad name names no file of ours
+                    _codec.cleanup(descriptor, self._transfer_dir)
+            raise KeyError(f"not defined in the sandbox: {', '.join(map(str, answer['missing']))}")
+        return {name: self._decode(answer["values"].get(name)) for name in names}
 
     async def variables(self) -> dict[str, str]:
         """The sandbox's variables, each with a short preview (type, shape, columns)."""
         return await self._evaluate(f"{HANDLE}.variables()")
 
-    def _decode(self, descriptor: dict[str, Any]) -> Any:
-        return _codec.decode(descriptor, self._transfer_dir)
+    def _decode(self, descriptor: Any) -> Any:
+        try:
+            return _codec.decode(descriptor, self._transfer_dir)
+        except _codec.TransferError as exc:
+            raise SandboxError(f"a value from the sandbox was refused: {exc}") from None
 
     async def _evaluate(self, expression: str, *, locked: bool = False) -> Any:
         """Evaluate one of the kernel side's own calls; it answers JSON text, parsed here.
@@ -448,3 +462,57 @@ def _expression_value(reply: dict[str, Any], key: str) -> Any:
     if not isinstance(text, str):
         raise SandboxError("the sandbox answered an internal call with something other than text")
     return json.loads(text)
+
+
+class Sandbox:
+    """Synchronous face of AsyncSandbox, for scripts and notebook cells. Starts on construction."""
+
+    def __init__(self, **options: Any) -> None:
+        self._async = AsyncSandbox(**options)
+        _aio.run_sync(self._async.start())
+
+    @classmethod
+    def _wrap(cls, started: AsyncSandbox) -> Sandbox:
+        sandbox = cls.__new__(cls)
+        sandbox._async = started
+        return sandbox
+
+    def as_async(self) -> AsyncSandbox:
+        """The AsyncSandbox behind this one (the same kernel), for async code such as the agents."""
+        return self._async
+
+    @property
+    def options(self) -> SandboxOptions:
+        return self._async.options
+
+    @property
+    def isolation(self) -> Isolation:
+        return self._async.isolation
+
+    @property
+    def workdir(self) -> Path:
+        return self._async.workdir
+
+    def execute(self, code: str, timeout: float | None = None) -> Execution:
+        return _aio.run_sync(self._async.execute(code, timeout))
+
+    def push(self, **values: Any) -> None:
+        _aio.run_sync(self._async.push(**values))
+
+    def pull(self, names: Iterable[str]) -> dict[str, Any]:
+        return _aio.run_sync(self._async.pull(names))
+
+    def variables(self) -> dict[str, str]:
+        return _aio.run_sync(self._async.variables())
+
+    def register_function(self, name: str, fn: Callable[..., Any], doc: str | None = None) -> None:
+        _aio.run_sync(self._async.register_function(name, fn, doc))
+
+    def close(self) -> None:
+        _aio.run_sync(self._async.close())
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -11,7 +11,7 @@ from collections import deque
 from typing import Any
 
 from .. import _aio
-from ._client import AsyncSandbox
+from ._client import AsyncSandbox, Sandbox
 
 
 class SandboxPool:
@@ -50,9 +50,7 @@ class SandboxPool:
     def start(self) -> None:
         _aio.run_sync(self.astart())
 
-    def acquire(self) -> "Sandbox":
-        from . import Sandbox
-
+    def acquire(self) -> Sandbox:
         return Sandbox._wrap(_aio.run_sync(self.aacquire()))
 
     def close(self) -> None:

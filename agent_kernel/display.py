@@ -1,0 +1,624 @@
+"""Rendering runs and steps: sanitised HTML for notebooks, plain text for terminals, a live view.
+
+Everything shown here was written by a model or produced by the sandbox, so it is untrusted: text
+is escaped, the sandbox's HTML goes through nh3 with a table-friendly allowlist, images must decode
+as real PNG/JPEG, scripts never pass, and each assembled fragment gets a last nh3 pass as a backstop.
+Terminal text loses ANSI/control sequences so a model cannot drive the user's terminal.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import html
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import nh3
+
+from .memory import (
+    ActionStep,
+    Event,
+    FinalAnswerStep,
+    PlanningStep,
+    Run,
+    RunCompleted,
+    Step,
+    StepCompleted,
+    StepStarted,
+    TaskStep,
+    TextDelta,
+    ToolCall,
+    Usage,
+)
+from .sandbox._records import MimeBundle
+
+Renderable = Run | Step
+
+COLLAPSE_LINES = 25  # outputs longer than this are folded into <details> / shortened in text
+COLLAPSE_CHARS = 3000
+MAX_TEXT_CHARS = 100_000  # one output's text beyond this is cut: a notebook must stay openable
+TEXT_SUMMARY_LINES = 12  # head/tail lines kept per output in plain text
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_IMAGE_MAGIC = {"image/png": _PNG_MAGIC, "image/jpeg": _JPEG_MAGIC}
+
+# What the sandbox's text/html may keep: enough for DataFrame tables and simple formatted text.
+_SANDBOX_TAGS = {
+    "table", "thead", "tbody", "tfoot", "tr", "th", "td", "caption", "colgroup", "col",
+    "div", "span", "p", "br", "hr", "b", "i", "u", "s", "em", "strong", "small", "sub", "sup",
+    "code", "pre", "kbd", "samp", "blockquote", "ul", "ol", "li", "dl", "dt", "dd",
+    "h1", "h2", "h3", "h4", "h5", "h6", "a", "abbr",
+}  # fmt: skip
+_SANDBOX_ATTRIBUTES = {
+    "th": {"colspan", "rowspan", "align", "valign"},
+    "td": {"colspan", "rowspan", "align", "valign"},
+    "col": {"span"},
+    "colgroup": {"span"},
+    "a": {"href", "title"},
+    "abbr": {"title"},
+    "ol": {"start"},
+}
+_LINK_SCHEMES = {"http", "https", "mailto"}
+
+# The final backstop pass: our own markup (inline styles from a fixed property list, details,
+# data-URL images) plus whatever the sandbox pass kept. Properties that take url() are excluded.
+_ALL_TAGS = _SANDBOX_TAGS | {"details", "summary", "img"}
+_ALL_ATTRIBUTES = {
+    **_SANDBOX_ATTRIBUTES,
+    "img": {"src", "alt", "width", "height"},
+    "*": {"style", "title"},
+    "details": {"open"},
+}
+_STYLE_PROPERTIES = {
+    "color", "background-color", "font-weight", "font-style", "font-family", "font-size",
+    "text-decoration", "white-space", "margin", "margin-top", "margin-bottom", "padding",
+    "padding-left", "border-left", "border-left-color", "border-top", "border-radius", "overflow-x", "max-width",
+    "line-height", "opacity", "display",
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Sanitising helpers (also used by export.py)
+
+
+def clean_text(text: str) -> str:
+    """Drop ANSI escapes and control characters (keeps newlines and tabs)."""
+    return _CONTROL.sub("", _ANSI.sub("", text))
+
+
+def sanitize_html(fragment: str) -> str:
+    """The sandbox's text/html with scripts, styles, event handlers and unsafe URLs removed."""
+    return nh3.clean(
+        fragment,
+        tags=_SANDBOX_TAGS,
+        attributes=_SANDBOX_ATTRIBUTES,
+        url_schemes=_LINK_SCHEMES,
+        clean_content_tags={"script", "style"},
+        link_rel="noopener noreferrer nofollow",
+    )
+
+
+def image_base64(mime: str, data: Any) -> str | None:
+    """Canonical base64 of an image output, or None unless it decodes to a real PNG/JPEG."""
+    if not isinstance(data, str):
+        return None
+    try:
+        raw = base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if not raw.startswith(_IMAGE_MAGIC[mime]):
+        return None
+    return base64.b64encode(raw).decode("ascii")
+
+
+def safe_bundle(data: MimeBundle) -> MimeBundle:
+    """Keep only mime types that are safe to show: text/plain, sanitised text/html, valid images.
+
+    Anything else (application/javascript, widgets, SVG, markdown with raw HTML, ...) is dropped;
+    when nothing is left, a text/plain note says what was dropped.
+    """
+    safe: MimeBundle = {}
+    for mime, value in data.items():
+        text = _joined(value)
+        if mime == "text/plain":
+            safe[mime] = clean_text(text)
+        elif mime == "text/html":
+            safe[mime] = sanitize_html(text)
+        elif mime in _IMAGE_MAGIC and (encoded := image_base64(mime, text)):
+            safe[mime] = encoded
+    if not safe:
+        safe["text/plain"] = f"[output not shown: {', '.join(sorted(data)) or 'empty'}]"
+    return safe
+
+
+def _joined(value: Any) -> str:
+    """nbformat allows multiline strings as lists of lines."""
+    if isinstance(value, list):
+        return "".join(str(v) for v in value)
+    return value if isinstance(value, str) else str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared formatting
+
+
+def format_call(call: ToolCall) -> str:
+    """A tool call as the Python a reader expects: `search(query='x', limit=3)`."""
+    args = call.arguments if isinstance(call.arguments, dict) else {"arguments": call.arguments}
+    if all(isinstance(k, str) and k.isidentifier() for k in args):
+        inner = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    else:
+        inner = f"**{args!r}"
+    name = call.name if call.name.isidentifier() else f"<tool {call.name!r}>"
+    return f"{name}({inner})"
+
+
+def format_footer(usage: Usage, steps: int, duration: float, state: str = "") -> str:
+    parts = [
+        f"{steps} step{'s' if steps != 1 else ''}",
+        f"{duration:.1f} s",
+        f"{usage.total_tokens:,} tokens ({usage.input_tokens:,} in / {usage.output_tokens:,} out)",
+        f"${usage.cost:.4f}",
+    ]
+    return " · ".join(parts + ([state] if state else []))
+
+
+def _step_header(step: ActionStep) -> str:
+    detail = [f"{step.duration:.1f} s"] if step.duration else []
+    if step.usage.total_tokens:
+        detail.append(f"{step.usage.total_tokens:,} tokens")
+    return f"Step {step.index}" + (f" ({', '.join(detail)})" if detail else "")
+
+
+def _value_text(value: Any) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
+def _shorten(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n… [{len(text) - limit:,} characters cut] …\n{text[-half:]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain text
+
+
+def render_text(obj: Renderable) -> str:
+    """A run or step as plain text: for terminals, logs and `run.replay()`."""
+    if isinstance(obj, Run):
+        return _run_text(obj)
+    return clean_text(_step_text(obj))
+
+
+def _run_text(run: Run) -> str:
+    parts = [_step_text(s) for s in run.steps]
+    if not any(isinstance(s, TaskStep) for s in run.steps):
+        parts.insert(0, _step_text(TaskStep(run.task)))
+    return clean_text("\n\n".join(p for p in [*parts, _closing_text(run)] if p))
+
+
+def _closing_text(run: Run) -> str:
+    """What ends a run's text: its error, the answer unless a step showed it, the footer."""
+    parts = [f"Error: {run.error}"] if run.error else []
+    if run.output is not None and not any(isinstance(s, FinalAnswerStep) for s in run.steps):
+        parts.append(_step_text(FinalAnswerStep(run.output)))
+    footer = format_footer(run.usage, len(run.action_steps), run.duration, run.state)
+    return "\n\n".join([*parts, f"── {footer}"])
+
+
+def _step_text(step: Step, with_model_text: bool = True) -> str:
+    if isinstance(step, TaskStep):
+        return f"Task: {step.task}"
+    if isinstance(step, PlanningStep):
+        return f"── Plan\n{step.plan}"
+    if isinstance(step, FinalAnswerStep):
+        return f"── Final answer\n{_summarised(_value_text(step.output))}"
+    lines = [f"── {_step_header(step)}"] if with_model_text else []
+    if with_model_text and step.thought:
+        lines.append(step.thought.strip())
+    if with_model_text and step.code:
+        lines.append(_indent(step.code.rstrip()))
+    for call in step.tool_calls:
+        lines.append(f"→ {format_call(call)}")
+        outcome = f"error: {call.error}" if call.error else _value_text(call.result)
+        lines.append(_indent(_summarised(outcome)))
+    if step.execution is not None:
+        lines.extend(_indent(_summarised(t)) for t in map(_output_text, step.execution.outputs) if t)
+        if step.execution.truncated:
+            lines.append("  [output flood cut by the sandbox]")
+        if step.execution.restarted:
+            lines.append("  [sandbox restarted: its variables were lost]")
+    if step.error and not (step.execution and step.execution.error):
+        lines.append(f"Error: {step.error}")
+    return "\n".join(lines)
+
+
+def _output_text(output: dict[str, Any]) -> str:
+    kind = output.get("output_type")
+    if kind == "stream":
+        return _joined(output.get("text", ""))
+    if kind == "error":
+        tb = output.get("traceback") or []
+        return "\n".join(tb) if tb else f"{output.get('ename')}: {output.get('evalue')}"
+    data = output.get("data", {})
+    for mime in ("image/png", "image/jpeg"):
+        if mime in data:
+            meta = (output.get("metadata") or {}).get(mime)
+            sized = isinstance(meta, dict) and {"width", "height"} <= meta.keys()
+            size = f" {meta['width']}x{meta['height']}" if sized else ""
+            return f"[{mime}{size}]"
+    return _joined(data.get("text/plain", f"[{', '.join(data)}]"))
+
+
+def _summarised(text: str) -> str:
+    lines = text.rstrip("\n").splitlines()
+    if len(lines) <= 2 * TEXT_SUMMARY_LINES:
+        return _shorten(text.rstrip("\n"), COLLAPSE_CHARS * 2)
+    hidden = len(lines) - 2 * TEXT_SUMMARY_LINES
+    return "\n".join([*lines[:TEXT_SUMMARY_LINES], f"… [{hidden} lines]", *lines[-TEXT_SUMMARY_LINES:]])
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+_BOX = "font-family: var(--jp-ui-font-family, sans-serif); font-size: 13px; line-height: 1.4;"
+_STEP = "border-left: 3px solid #8aa4c8; padding-left: 10px; margin: 8px 0;"
+_PRE = (
+    "white-space: pre-wrap; margin: 4px 0; padding: 6px; border-radius: 4px; "
+    "font-family: var(--jp-code-font-family, monospace); font-size: 12px;"
+)
+_CODE_PRE = _PRE + " background-color: #f6f8fa; color: #1f2328;"
+_MUTED = "color: #6e7781;"
+_ERROR = "color: #cf222e;"
+
+
+def render_html(obj: Renderable) -> str:
+    """A run or step as sanitised HTML for notebook frontends."""
+    body = _run_html(obj) if isinstance(obj, Run) else _safe_step_html(obj)
+    return _boxed(body)
+
+
+def mime_bundle(obj: Renderable) -> dict[str, str]:
+    """What IPython displays: HTML for notebooks with plain text for everything else."""
+    return {"text/plain": render_text(obj), "text/html": render_html(obj)}
+
+
+def _run_html(run: Run) -> str:
+    """Each fragment is sanitised on its own: sanitised fragments are balanced, so none can close
+    the container it sits in, and the live view can send one step without re-cleaning the run."""
+    steps = run.steps if any(isinstance(s, TaskStep) for s in run.steps) else [TaskStep(run.task), *run.steps]
+    return "".join(map(_safe_step_html, steps)) + _closing_html(run)
+
+
+def _closing_html(run: Run, live_tail: str = "") -> str:
+    """The HTML twin of _closing_text, after an optional live tail (the step being written)."""
+    parts = [live_tail]
+    if run.error:
+        parts.append(f'<div style="{_ERROR}"><b>Error</b> {_pre(run.error)}</div>')
+    if run.output is not None and not any(isinstance(s, FinalAnswerStep) for s in run.steps):
+        parts.append(_step_html(FinalAnswerStep(run.output)))
+    footer = format_footer(run.usage, len(run.action_steps), run.duration, run.state)
+    parts.append(f'<div style="{_MUTED} margin-top: 6px;">{_esc(footer)}</div>')
+    return _backstop("".join(parts))
+
+
+def _safe_step_html(step: Step) -> str:
+    return _backstop(_step_html(step))
+
+
+def _boxed(body: str) -> str:
+    return f'<div style="{_BOX}">{body}</div>'
+
+
+def _step_html(step: Step) -> str:
+    if isinstance(step, TaskStep):
+        return f"<div><b>Task</b>{_pre(step.task, style='white-space: pre-wrap; margin: 2px 0;')}</div>"
+    if isinstance(step, PlanningStep):
+        return f'<div style="{_STEP}"><b>Plan</b>{_prose(step.plan)}</div>'
+    if isinstance(step, FinalAnswerStep):
+        return f'<div style="{_STEP} border-left-color: #2da44e;"><b>Final answer</b>{_value_html(step.output)}</div>'
+    parts = [f"<div><b>{_esc(_step_header(step))}</b></div>"]
+    if step.thought:
+        parts.append(_prose(step.thought))
+    if step.code:
+        parts.append(_code(step.code))
+    for call in step.tool_calls:
+        parts.append(_code(format_call(call)))
+        if call.error:
+            parts.append(_collapsible(clean_text(call.error), _ERROR))
+        else:
+            parts.append(_value_html(call.result))
+    if step.execution is not None:
+        parts.extend(_output_html(o) for o in step.execution.outputs)
+        if step.execution.truncated:
+            parts.append(f'<div style="{_MUTED}">[output flood cut by the sandbox]</div>')
+        if step.execution.restarted:
+            parts.append(f'<div style="{_ERROR}">[sandbox restarted: its variables were lost]</div>')
+    if step.error and not (step.execution and step.execution.error):
+        parts.append(_collapsible(clean_text(step.error), _ERROR))
+    return f'<div style="{_STEP}">{"".join(parts)}</div>'
+
+
+def _output_html(output: dict[str, Any]) -> str:
+    kind = output.get("output_type")
+    if kind == "stream":
+        style = _ERROR if output.get("name") == "stderr" else ""
+        return _collapsible(clean_text(_joined(output.get("text", ""))), style)
+    if kind == "error":
+        return _collapsible(clean_text(_output_text(output)), _ERROR)
+    return _bundle_html(output.get("data", {}), output.get("metadata", {}))
+
+
+def _bundle_html(data: MimeBundle, metadata: dict[str, Any]) -> str:
+    """The richest safe representation, the way a notebook would pick it."""
+    safe = safe_bundle(data)
+    for mime in ("image/png", "image/jpeg"):
+        if mime in safe:
+            size = "".join(
+                f' {dim}="{metadata[mime][dim]}"'
+                for dim in ("width", "height")
+                if isinstance(metadata.get(mime), dict) and isinstance(metadata[mime].get(dim), int)
+            )
+            return f'<div><img src="data:{mime};base64,{safe[mime]}" alt="{mime}"{size}></div>'
+    if "text/html" in safe:
+        fragment = safe["text/html"]
+        if len(fragment) > COLLAPSE_CHARS * 10:
+            return f"<details><summary>HTML output ({len(fragment):,} chars)</summary>{fragment}</details>"
+        return f'<div style="overflow-x: auto;">{fragment}</div>'
+    return _collapsible(safe["text/plain"])
+
+
+def _value_html(value: Any) -> str:
+    """A Python value (final answer, tool result) shown the way IPython would, safely."""
+    repr_html = getattr(type(value), "_repr_html_", None)
+    if repr_html is not None:
+        try:
+            rendered = repr_html(value)
+        except Exception:  # a broken _repr_html_ falls back to the plain repr
+            rendered = None
+        if isinstance(rendered, str):
+            return _bundle_html({"text/html": rendered}, {})
+    return _collapsible(clean_text(_value_text(value)))
+
+
+def _collapsible(text: str, style: str = "") -> str:
+    text = _shorten(text.rstrip("\n"))
+    if not text:
+        return ""
+    lines = text.count("\n") + 1
+    block = _pre(text, style=_PRE + " " + style)
+    if lines > COLLAPSE_LINES or len(text) > COLLAPSE_CHARS:
+        first = _esc(text.split("\n", 1)[0][:120])
+        return f"<details><summary>{first} … ({lines:,} lines)</summary>{block}</details>"
+    return block
+
+
+def _code(code: str) -> str:
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import PythonLexer
+
+    spans = highlight(clean_text(code), PythonLexer(), HtmlFormatter(noclasses=True, nowrap=True))
+    return f'<pre style="{_CODE_PRE}">{spans}</pre>'
+
+
+def _prose(text: str) -> str:
+    return f'<div style="white-space: pre-wrap; margin: 4px 0;">{_esc(text.strip())}</div>'
+
+
+def _pre(text: str, style: str = _PRE) -> str:
+    return f'<pre style="{style}">{_esc(text)}</pre>'
+
+
+def _esc(text: str) -> str:
+    return html.escape(clean_text(text), quote=True)
+
+
+def _backstop(document: str) -> str:
+    """Last nh3 pass over the assembled HTML: nothing outside the allowlist survives."""
+    return nh3.clean(
+        document,
+        tags=_ALL_TAGS,
+        attributes=_ALL_ATTRIBUTES,
+        url_schemes=_LINK_SCHEMES | {"data"},
+        attribute_filter=_filter_attribute,
+        filter_style_properties=_STYLE_PROPERTIES,
+        clean_content_tags={"script", "style"},
+        link_rel="noopener noreferrer nofollow",
+    )
+
+
+def _filter_attribute(tag: str, attribute: str, value: str) -> str | None:
+    """data: URLs only as base64 PNG/JPEG image sources; never in links."""
+    if value.strip().lower().startswith("data:"):
+        ok = tag == "img" and attribute == "src" and value.startswith(("data:image/png;base64,", "data:image/jpeg;base64,"))
+        return value if ok else None
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Live view
+
+
+class LiveRun:
+    """A run's progress in the cell output, shown while the agent works.
+
+    In a notebook frontend each step gets its own display: created when the step starts, updated in
+    place through its display id while the model's tokens stream (at most `max_rate` times a
+    second), then set to the finished step; a last display holds the answer and the footer. Only
+    the step in progress is re-sent, so a long run full of plots stays cheap to update. Elsewhere
+    (terminal IPython, plain Python) it prints text as it goes: tokens, then each step's outputs.
+    Every display is a mime bundle with text/plain and text/html.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        *,
+        model: str = "",
+        agent: str = "code",
+        max_rate: float = 10.0,
+        rich: bool | None = None,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_rate <= 0:
+            raise ValueError("max_rate must be a positive number of updates per second")
+        self.run = Run(task=task, agent="tools" if agent == "tools" else "code", model=model)
+        self.rich = _rich_frontend() if rich is None else rich
+        self.updates = 0  # display updates sent (rich) or step blocks printed (text), for tuning
+        self._interval = 1.0 / max_rate
+        self._clock = clock
+        self._start = clock()
+        self._last_update = float("-inf")
+        self._dirty = False
+        self._current: int | None = None
+        self._streamed = ""
+        self._out = stream
+        self._handle: Any = None  # the display of the step in progress
+        self._shown: dict[int, Step] = {}  # steps already displayed, by id (holding them keeps ids unique)
+        if self.rich:
+            self._show(mime_bundle(TaskStep(task)))
+        else:
+            self._print(render_text(TaskStep(task)) + "\n")
+
+    def __enter__(self) -> LiveRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def update(self, event: Event) -> None:
+        """Take one event from `agent.run(..., stream=True)` or a step callback."""
+        if isinstance(event, StepStarted):
+            self._current, self._streamed = event.index, ""
+            if self.rich:
+                self._handle = self._show(self._live_bundle())
+            else:
+                self._print(f"── Step {event.index}\n")
+        elif isinstance(event, TextDelta):
+            self._current = event.index  # planning streams without a StepStarted
+            self._streamed += event.text
+            if not self.rich:
+                self._print(event.text)
+            elif self._handle is None:
+                self._handle = self._show(self._live_bundle())
+            else:
+                self._refresh(force=False)
+        elif isinstance(event, StepCompleted):
+            self._add_step(event.step)
+        elif isinstance(event, RunCompleted):
+            self.finish(event.run)
+        else:
+            raise TypeError(f"LiveRun.update takes agent events (StepStarted, TextDelta, ...), not {type(event).__name__}")
+
+    def finish(self, run: Run) -> None:
+        """Show the finished (or interrupted) run as recorded: steps not shown yet, then the footer."""
+        self.run, self._current, self._streamed = run, None, ""
+        if not self.rich:
+            self._print(f"\n{_closing_text(run)}\n")
+            return
+        for step in run.steps:
+            if id(step) not in self._shown:
+                self._place(step)  # e.g. the step an interrupt stopped
+        closing = {"text/plain": clean_text(_closing_text(run)), "text/html": _boxed(_closing_html(run))}
+        if self._handle is not None:
+            self._handle.update(closing, raw=True)
+            self.updates += 1
+            self._handle = None
+        else:
+            self._show(closing)
+        self._dirty = False
+
+    def close(self) -> None:
+        """Send an update still held back by the rate limit."""
+        if self._dirty and self._handle is not None:
+            self._refresh(force=True)
+
+    def _add_step(self, step: Step) -> None:
+        streamed = self._streamed
+        self.run.steps.append(step)
+        self.run.usage = sum((s.usage for s in self.run.steps if isinstance(s, (ActionStep, PlanningStep))), Usage())
+        self._current, self._streamed = None, ""
+        if self.rich:
+            self._place(step)
+        elif isinstance(step, ActionStep):
+            # Thought and code were just streamed; print them only if nothing was.
+            body = _step_text(step, with_model_text=not streamed)
+            self._print(("\n" if streamed else "") + (body + "\n" if body else ""))
+            self.updates += 1
+        elif not isinstance(step, TaskStep):
+            self._print(_step_text(step) + "\n")
+            self.updates += 1
+
+    def _place(self, step: Step) -> None:
+        """Show a finished step in the display of its progress, or in a new one."""
+        self._shown[id(step)] = step
+        if isinstance(step, TaskStep):
+            return  # shown when the view opened
+        bundle = mime_bundle(step)
+        if self._handle is not None:
+            self._handle.update(bundle, raw=True)
+            self.updates += 1
+            self._handle = None
+        else:
+            self._show(bundle)
+        self._dirty = False
+
+    def _refresh(self, force: bool) -> None:
+        now = self._clock()
+        if not force and now - self._last_update < self._interval:
+            self._dirty = True
+            return
+        self._handle.update(self._live_bundle(), raw=True)
+        self._last_update, self._dirty = now, False
+        self.updates += 1
+
+    def _show(self, bundle: dict[str, str]) -> Any:
+        from IPython.display import display
+
+        return display(bundle, raw=True, display_id=True)
+
+    def _live_bundle(self) -> dict[str, str]:
+        """The step being written (its latest tokens) and the footer so far."""
+        run = self.run
+        run.duration = self._clock() - self._start
+        writing = clean_text(self._streamed[-COLLAPSE_CHARS:])
+        tail = (
+            f'<div style="{_STEP}"><b>Step {self._current}</b> <span style="{_MUTED}">writing…</span>'
+            + (_pre(writing) if writing else "")
+            + "</div>"
+        )
+        text = f"── Step {self._current} (writing…)\n{writing}\n\n{clean_text(_closing_text(run))}"
+        return {"text/plain": text, "text/html": _boxed(_closing_html(run, tail))}
+
+    def _print(self, text: str) -> None:
+        if text:
+            out = self._out or sys.stdout
+            out.write(clean_text(text))
+            out.flush()
+
+
+def _rich_frontend() -> bool:
+    """True inside a notebook-like frontend (ipykernel), False in terminal IPython or plain Python."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+    return not any(cls.__name__ == "TerminalInteractiveShell" for cls in type(shell).__mro__)

@@ -1,0 +1,353 @@
+"""A run as an nbformat v4 notebook that re-runs top to bottom and reproduces the answer.
+
+The notebook keeps what really happened (each code action with the outputs the sandbox produced,
+sanitised as in display.py) and what is needed to run it again outside the agent: the inputs saved
+beside it in safe formats (Parquet, .npy without pickle, JSON), a `final_answer` that keeps the
+answer as `answer`, and recorded results for tools that cannot run without the agent.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import keyword
+import os
+import re
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbformat import NotebookNode
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from .display import clean_text, format_call, format_footer, safe_bundle
+from .memory import ActionStep, FinalAnswerStep, PlanningStep, Run, TaskStep, ToolCall
+
+_WARNING = (
+    "*The code below was written by a model and ran in agent_kernel's restricted sandbox. "
+    "Running this notebook runs it in your kernel, without the sandbox: read it first.*"
+)
+_FINAL_ANSWER_DEF = '''\
+answer = None
+
+
+def final_answer(value):
+    """Stands in for the sandbox's final_answer: keeps the value as `answer`."""
+    global answer
+    answer = value
+    return value'''
+_REPLAY_DEF = '''\
+def _replay(tool):
+    """Tools ran in the agent's session; here each call returns the next recorded result."""
+    outcome, value = _recorded_results[tool].pop(0)
+    if outcome == "error":
+        raise RuntimeError(value)
+    return value'''
+
+
+def run_to_notebook(
+    run: Run, path: str | os.PathLike[str] | None = None, inputs: Mapping[str, Any] | None = None
+) -> NotebookNode:
+    """Export `run` as a notebook; with `path`, write it there and save `inputs` beside it.
+
+    `inputs` maps the notebook variables the agent was given to their values; they are saved in
+    `<notebook stem>_inputs/` and the first code cell loads them back.
+    """
+    if inputs and path is None:
+        raise ValueError("inputs are saved beside the notebook: pass path='name.ipynb' as well")
+    target = Path(path) if path is not None else None
+    cells = [new_markdown_cell(_title(run))]
+    setup = []
+    if inputs:
+        assert target is not None
+        setup.append(_save_inputs(inputs, target))
+    if run.agent == "code":
+        setup.append(_FINAL_ANSWER_DEF)
+        setup.extend(_replay_stubs(run))
+    if setup:
+        cells.append(new_code_cell("\n\n\n".join(setup)))
+    counter = _Counter()
+    for step in run.steps:
+        cells.extend(_step_cells(step, run, counter))
+    cells.extend(_answer_cells(run, counter))
+
+    nb = new_notebook(cells=cells, metadata=_metadata(run))
+    nbformat.validate(nb)
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, str(target))
+    return nb
+
+
+@dataclasses.dataclass
+class _Counter:
+    """Execution counts of the exported cells that carry outputs, as if run in order."""
+
+    value: int = 0
+
+    def next(self) -> int:
+        self.value += 1
+        return self.value
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown from untrusted text
+
+
+def safe_markdown(text: str) -> str:
+    """Model text as markdown that renders as written but cannot carry HTML or links.
+
+    A zero-width space after `<` stops raw HTML and autolinks, and one inside `](` / `]:` stops
+    inline links, images and link definitions (so no javascript: URLs, no tracking pixels). Unlike
+    backslash or entity escapes, this also reads right inside code spans.
+    """
+    text = clean_text(text).replace("<", "<\u200b")
+    return re.sub(r"\](?=[(:])", "]\u200b", text)
+
+
+def _title(run: Run) -> str:
+    footer = format_footer(run.usage, len(run.action_steps), run.duration, run.state)
+    agent = "CodeAgent" if run.agent == "code" else "ToolCallingAgent"
+    lines = [
+        "# Agent run",
+        "",
+        safe_markdown(run.task),
+        "",
+        f"{agent} · model `{_code_span(run.model)}` · {footer}",
+        "",
+        _WARNING,
+    ]
+    return "\n".join(lines)
+
+
+def _code_span(text: str) -> str:
+    return clean_text(text).replace("`", "'").replace("\n", " ")
+
+
+def _fenced(code: str, lang: str = "") -> str:
+    """A fenced block its content cannot close: the fence is longer than any backtick run in it."""
+    longest = max((len(m) for m in re.findall(r"`+", code)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{lang}\n{clean_text(code).rstrip()}\n{fence}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+
+
+def _step_cells(step: Any, run: Run, counter: _Counter) -> list[NotebookNode]:
+    if isinstance(step, TaskStep):
+        if step.task == run.task:
+            return []  # the title shows it
+        return [new_markdown_cell("## Follow-up task\n\n" + safe_markdown(step.task))]
+    if isinstance(step, PlanningStep):
+        return [new_markdown_cell("### Plan\n\n" + safe_markdown(step.plan))]
+    if isinstance(step, FinalAnswerStep):
+        return []  # the answer cells at the end show it
+    cells = [new_markdown_cell(f"### Step {step.index}\n\n{safe_markdown(step.thought)}".rstrip())]
+    if step.code is not None:
+        cells.append(_action_cell(step, counter))
+    if run.agent == "tools":
+        cells.extend(_tool_cell(call, counter) for call in step.tool_calls if call.name != "final_answer")
+    if step.error and not (step.execution and step.execution.error):
+        cells.append(new_markdown_cell("**Error**\n\n" + _fenced(step.error)))
+    return cells
+
+
+def _action_cell(step: ActionStep, counter: _Counter) -> NotebookNode:
+    """The code as it ran, with its real outputs; code that never ran (or hung) stays unrunnable."""
+    assert step.code is not None
+    ex = step.execution
+    if ex is None:
+        return new_markdown_cell("This code was not run:\n\n" + _fenced(step.code, "python"))
+    if ex.restarted:
+        return new_markdown_cell(
+            "This code crashed or hung the sandbox (which restarted), so it is not runnable here:\n\n"
+            + _fenced(step.code, "python")
+        )
+    count = counter.next()
+    outputs = [o for o in (_output(raw, count) for raw in ex.outputs) if o is not None]
+    cell = new_code_cell(step.code, execution_count=count, outputs=outputs)
+    if ex.error is not None or any(o.output_type == "error" for o in outputs):
+        cell.metadata["tags"] = ["raises-exception"]  # re-running it raises again, as it did
+    return cell
+
+
+def _output(raw: Mapping[str, Any], count: int) -> NotebookNode | None:
+    kind = raw.get("output_type")
+    if kind == "stream":
+        name = raw.get("name") if raw.get("name") in ("stdout", "stderr") else "stdout"
+        return new_output("stream", name=name, text=_text(raw.get("text", "")))
+    if kind == "error":
+        traceback = raw.get("traceback") or []
+        return new_output(
+            "error",
+            ename=str(raw.get("ename", "Error")),
+            evalue=str(raw.get("evalue", "")),
+            traceback=[str(line) for line in traceback],
+        )
+    if kind in ("display_data", "execute_result"):
+        data = safe_bundle(raw.get("data") or {})
+        metadata = {m: _image_size(v) for m, v in (raw.get("metadata") or {}).items() if m in data}
+        extra = {"execution_count": count} if kind == "execute_result" else {}
+        return new_output(kind, data=data, metadata={m: v for m, v in metadata.items() if v}, **extra)
+    return None  # update_display_data, clear_output and unknown kinds have no place in a file
+
+
+def _text(value: Any) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)
+
+
+def _image_size(meta: Any) -> dict[str, int]:
+    if not isinstance(meta, dict):
+        return {}
+    return {k: v for k, v in meta.items() if k in ("width", "height") and isinstance(v, int)}
+
+
+def _tool_cell(call: ToolCall, counter: _Counter) -> NotebookNode:
+    """A tool call as readable code whose recorded result is a literal: tools don't re-run here."""
+    count = counter.next()
+    if call.error is not None:
+        code = _comment(f"{format_call(call)} failed in the agent's session.")
+        return new_code_cell(code, execution_count=count, outputs=[new_output("stream", name="stderr", text=call.error)])
+    literal, exact = _literal(call.result)
+    lines = [_comment(f"{format_call(call)} ran in the agent's session; recorded result:")]
+    if not exact:
+        lines.append(_comment("(not a Python literal: its repr, as a string)"))
+    code = "\n".join([*lines, f"result = {literal}", "result"])
+    return new_code_cell(code, execution_count=count, outputs=[_result_output(call.result, exact, count)])
+
+
+def _result_output(value: Any, exact: bool, count: int) -> NotebookNode:
+    text = repr(value) if exact else repr(repr(value))
+    return new_output("execute_result", data=safe_bundle({"text/plain": text}), execution_count=count)
+
+
+def _comment(text: str) -> str:
+    return "\n".join("# " + line for line in clean_text(text).splitlines() or [""])
+
+
+def _literal(value: Any) -> tuple[str, bool]:
+    """Python source that evaluates to `value`, and whether it is exact (else it is repr's text)."""
+    text = repr(value)
+    try:
+        exact = ast.literal_eval(text) == value
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        exact = False
+    return (text, True) if exact else (repr(text), False)
+
+
+def _replay_stubs(run: Run) -> list[str]:
+    """Stand-ins for tools the CodeAgent's code called, returning the results recorded in order."""
+    recorded: dict[str, list[tuple[str, Any]]] = {}
+    for step in run.action_steps:
+        for call in step.tool_calls:
+            if call.name.isidentifier() and not keyword.iskeyword(call.name) and call.name != "final_answer":
+                outcome = ("error", call.error) if call.error is not None else ("ok", call.result)
+                recorded.setdefault(call.name, []).append(outcome)
+    if not recorded:
+        return []
+    entries = []
+    for name, outcomes in recorded.items():
+        values = ", ".join(f"({kind!r}, {_literal(value)[0]})" for kind, value in outcomes)
+        entries.append(f"    {name!r}: [{values}],")
+    table = "_recorded_results = {\n" + "\n".join(entries) + "\n}"
+    stubs = [f"def {name}(*args, **kwargs):\n    return _replay({name!r})" for name in recorded]
+    return [table, _REPLAY_DEF, *stubs]
+
+
+# ---------------------------------------------------------------------------------------------
+# Final answer, inputs, metadata
+
+
+def _answer_cells(run: Run, counter: _Counter) -> list[NotebookNode]:
+    if run.state != "success":
+        detail = f"\n\n{_fenced(run.error)}" if run.error else ""
+        return [new_markdown_cell(f"## No final answer\n\nThe run ended as **{run.state}**.{detail}")]
+    count = counter.next()
+    if run.agent == "code":
+        # `answer` is set by final_answer(...) in the cells above, so re-running reproduces it.
+        code, exact = "answer", True
+    else:
+        literal, exact = _literal(run.output)
+        note = [] if exact else [_comment("(not a Python literal: its repr, as a string)")]
+        code = "\n".join([*note, f"answer = {literal}", "answer"])
+    output = _result_output(run.output, exact, count)
+    return [new_markdown_cell("## Final answer"), new_code_cell(code, execution_count=count, outputs=[output])]
+
+
+def _save_inputs(inputs: Mapping[str, Any], notebook: Path) -> str:
+    """Write each input in a format that loads without pickle; return the code that loads them."""
+    folder_name = f"{notebook.stem}_inputs"
+    folder = notebook.parent / folder_name
+    folder.mkdir(parents=True, exist_ok=True)
+    loads = [_save_input(name, value, folder) for name, value in inputs.items()]
+    imports = sorted({line for line, _ in loads if line})
+    return "\n".join(
+        [
+            "# The inputs the agent was given, saved beside this notebook (no pickle).",
+            *imports,
+            "from pathlib import Path",
+            "",
+            f"_inputs = Path({folder_name!r})",
+            *(load for _, load in loads),
+        ]
+    )
+
+
+def _save_input(name: str, value: Any, folder: Path) -> tuple[str, str]:
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+        raise ValueError(f"input name {name!r} is not a Python identifier; inputs are notebook variable names")
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    if kind == "pandas.DataFrame":
+        if not all(isinstance(c, str) for c in value.columns):
+            raise ValueError(
+                f"input {name!r}: Parquet needs string column names; rename them first, "
+                f"e.g. {name}.columns = {name}.columns.astype(str)"
+            )
+        value.to_parquet(folder / f"{name}.parquet")
+        return "import pandas as pd", f"{name} = pd.read_parquet(_inputs / {name + '.parquet'!r})"
+    if kind == "numpy.ndarray":
+        import numpy as np
+
+        try:
+            np.save(folder / f"{name}.npy", value, allow_pickle=False)
+        except ValueError as exc:
+            raise ValueError(f"input {name!r}: object arrays need pickle, which is never used; {exc}") from exc
+        return "import numpy as np", f"{name} = np.load(_inputs / {name + '.npy'!r}, allow_pickle=False)"
+    try:
+        encoded = json.dumps(value, allow_nan=False)
+        same = json.loads(encoded) == value
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise ValueError(
+            f"input {name!r} ({kind}) cannot be saved safely: pass a pandas DataFrame, a numpy array or a "
+            "JSON value (str, number, bool, None, lists and dicts with string keys); nothing is pickled"
+        )
+    (folder / f"{name}.json").write_text(encoded, encoding="utf-8")
+    return "import json", f"{name} = json.loads((_inputs / {name + '.json'!r}).read_text(encoding='utf-8'))"
+
+
+def _metadata(run: Run) -> dict[str, Any]:
+    return {
+        "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
+        "language_info": {"name": "python"},
+        "agent_kernel": {
+            "task": run.task,
+            "agent": run.agent,
+            "model": run.model,
+            "state": run.state,
+            "error": run.error,
+            "started_at": datetime.fromtimestamp(run.started_at, timezone.utc).isoformat(),
+            "duration": run.duration,
+            "usage": dataclasses.asdict(run.usage),
+            "steps": [
+                {"index": s.index, "duration": s.duration, "usage": dataclasses.asdict(s.usage), "error": s.error}
+                for s in run.action_steps
+            ],
+        },
+    }

@@ -1,0 +1,278 @@
+"""`%%agent` / `%agent`: ask an agent from a notebook cell, watch it work, get ordinary variables back.
+
+    %load_ext agent_kernel
+    %config AgentMagics.model = "openai/gpt-4o-mini"
+
+    %%agent code --in sales --out summary --keep monthly
+    Summarise {sales} by month and plot it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from traitlets import Bool, Dict, Float, Int, List, Unicode
+
+if TYPE_CHECKING:
+    from ..memory import Run
+
+from .. import _aio
+from ._options import (
+    CELL_USAGE,
+    LINE_USAGE,
+    CellOptions,
+    coerce,
+    describe_task,
+    parse_assignments,
+    parse_cell_line,
+    task_references,
+)
+
+_CONFIGURABLE = ("model", "api_base", "max_steps", "timeout", "imports", "network", "quiet")
+
+
+@dataclass
+class _Record:
+    """A past run with the inputs it was given (kept so `%agent export` can save them)."""
+
+    run: Run
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+@magics_class
+class AgentMagics(Magics):
+    """The `%%agent` cell magic and `%agent` line magic. Defaults are traitlets config."""
+
+    model = Unicode("openai/gpt-4o-mini", help="default model (litellm name or alias)").tag(config=True)
+    max_steps = Int(10, help="default step limit").tag(config=True)
+    timeout = Float(30.0, help="seconds per sandbox action").tag(config=True)
+    imports = List(Unicode(), help="modules the sandbox may import beyond its defaults").tag(config=True)
+    network = Bool(False, help="let the sandbox use the network").tag(config=True)
+    quiet = Bool(False, help="no live display").tag(config=True)
+    api_base = Unicode(None, allow_none=True, help="OpenAI-compatible endpoint, e.g. a local server").tag(config=True)
+    aliases = Dict(Unicode(), help="short model names: {'fast': 'openai/gpt-4o-mini'}").tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self.runs: list[_Record] = []
+        self._agents: dict[str, Any] = {}  # kind -> the last agent of that kind, for --continue and --keep
+
+    # -- %%agent ---------------------------------------------------------------------------------
+
+    @line_cell_magic
+    def agent(self, line: str, cell: str | None = None) -> Any:
+        """Run an agent on the cell's task (`%%agent code|tools ...`) or manage them (`%agent ...`)."""
+        if cell is None:
+            return self._line(line)
+        options = parse_cell_line(line)
+        if not cell.strip():
+            raise UsageError(f"the cell body is the task: say what the agent should do\n\n{CELL_USAGE}")
+        inputs = self._inputs(options, cell)
+        agent, follow_up = self._agent_for(options)
+        run = self._run(agent, options, describe_task(cell.strip()), inputs, follow_up)
+        self.runs.append(_Record(run, inputs))
+        self.shell.user_ns["_agent_run"] = run
+        self._bind(run, options)
+        return None
+
+    def _inputs(self, options: CellOptions, task: str) -> dict[str, Any]:
+        names = list(dict.fromkeys([*options.inputs, *task_references(task)]))
+        missing = [n for n in names if n not in self.shell.user_ns]
+        if missing:
+            raise UsageError(f"not defined in the notebook: {', '.join(missing)} (define them first, or fix the name)")
+        return {n: self.shell.user_ns[n] for n in names}
+
+    def _tools(self, names: list[str]) -> list[Any]:
+        found = []
+        for name in names:
+            value = self.shell.user_ns.get(name)
+            if value is None or not callable(value):
+                raise UsageError(f"--tools {name}: no callable named {name!r} in the notebook")
+            found.append(value)
+        return found
+
+    def _agent_for(self, options: CellOptions) -> tuple[Any, bool]:
+        """A new agent, or the last one for --continue (same sandbox and memory)."""
+        if options.follow_up:
+            if options.kind not in self._agents:
+                raise UsageError(f"--continue needs an earlier `%%agent {options.kind}` run in this session")
+            return self._agents[options.kind], True
+        from ..agents import CodeAgent, ToolCallingAgent
+        from ..models import Model
+
+        name = options.model or self.model
+        common = {"tools": self._tools(options.tools), "max_steps": options.max_steps or self.max_steps}
+        try:
+            model = Model(self.aliases.get(name, name), api_base=self.api_base)
+            if options.kind == "code":
+                agent = CodeAgent(
+                    model,
+                    imports=[*self.imports, *options.imports],
+                    timeout=options.timeout or self.timeout,
+                    network=options.network or self.network,
+                    read_paths=options.read,
+                    **common,
+                )
+            else:
+                agent = ToolCallingAgent(model, **common)
+        except (ValueError, TypeError) as exc:  # a bad model name, tool or sandbox option
+            raise UsageError(f"{exc}\n\n{CELL_USAGE}") from None
+        self._close_agents(options.kind)
+        self._agents[options.kind] = agent
+        return agent, False
+
+    def _run(self, agent: Any, options: CellOptions, task: str, inputs: dict[str, Any], follow_up: bool) -> Run:
+        """Stream the run into the live display; Kernel > Interrupt keeps the steps done so far."""
+        from ..display import LiveRun
+        from ..memory import ActionStep, PlanningStep, Run, RunCompleted, Usage
+
+        quiet = options.quiet or self.quiet
+        model = agent.model.model_id
+        live = None if quiet else LiveRun(task, model=model, agent=agent.kind)
+        first = len(agent.memory) if follow_up else 0  # a fresh run clears the agent's memory
+        run: Run | None = None
+        try:
+            for event in agent.run(task, variables=inputs, reset=not follow_up, stream=True):
+                if live is not None:
+                    live.update(event)
+                if isinstance(event, RunCompleted):
+                    run = event.run
+        except KeyboardInterrupt:
+            agent.interrupt()  # the stream has already waited for the agent to wind down
+        if run is None:  # interrupted: the agent's memory holds every step, the stopped one too
+            run = Run(task=task, agent=agent.kind, model=model, steps=list(agent.memory[first:]),
+                      state="interrupted", error="interrupted (Kernel > Interrupt)")
+            run.usage = sum((s.usage for s in run.steps if isinstance(s, (ActionStep, PlanningStep))), Usage())
+            if live is not None:
+                live.finish(run)
+        if live is not None:
+            live.close()
+        return run
+
+    def _bind(self, run: Run, options: CellOptions) -> None:
+        ns = self.shell.user_ns
+        if options.out:
+            if run.state == "success":
+                ns[options.out] = run.output
+            else:
+                print(f"--out {options.out}: not bound, the run ended as {run.state}")
+        if options.keep:
+            try:
+                ns.update(_aio.run_sync(self._agents["code"].sandbox.pull(options.keep)))
+            except (KeyError, RuntimeError) as exc:  # not defined there, or the sandbox is gone
+                print(f"--keep: {exc.args[0] if exc.args else exc}")
+
+    def _close_agents(self, *kinds: str) -> None:
+        """Stop agents (a CodeAgent owns a sandbox kernel); all of them when no kind is given."""
+        for kind in kinds or list(self._agents):
+            agent = self._agents.pop(kind, None)
+            if hasattr(agent, "close"):
+                agent.close()
+
+    # -- %agent ----------------------------------------------------------------------------------
+
+    def _line(self, line: str) -> Any:
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"cannot read the arguments: {exc}\n\n{LINE_USAGE}") from None
+        command, args = (words[0], words[1:]) if words else ("help", [])
+        handler = getattr(self, f"_cmd_{command}", None)
+        if handler is None:
+            raise UsageError(f"unknown command {command!r}\n\n{LINE_USAGE}")
+        return handler(args)
+
+    def _cmd_help(self, args: list[str]) -> None:
+        print(f"{LINE_USAGE}\n\n{CELL_USAGE}")
+
+    def _cmd_config(self, args: list[str]) -> None:
+        for key, value in parse_assignments(args).items():
+            if key not in _CONFIGURABLE:
+                raise UsageError(f"unknown setting {key!r}; settings: {', '.join(_CONFIGURABLE)}")
+            setattr(self, key, coerce(value, getattr(self, key)))
+        print("\n".join(f"{key} = {getattr(self, key)!r}" for key in _CONFIGURABLE))
+
+    def _cmd_alias(self, args: list[str]) -> None:
+        if not args:
+            raise UsageError("usage: %agent alias NAME=MODEL")
+        self.aliases = {**self.aliases, **parse_assignments(args)}
+        self._cmd_models([])
+
+    def _cmd_models(self, args: list[str]) -> None:
+        lines = [f"default: {self.model}", *(f"{a} = {m}" for a, m in sorted(self.aliases.items()))]
+        print("\n".join(lines))
+
+    def _cmd_runs(self, args: list[str]) -> None:
+        if not self.runs:
+            print("no runs yet")
+            return
+        rows = [f"{'#':>3}  {'agent':5}  {'state':11}  {'steps':>5}  {'tokens':>8}  {'cost':>8}  {'time':>7}  task"]
+        for i, record in enumerate(self.runs, 1):
+            r = record.run
+            task = " ".join(r.task.split())[:60]
+            rows.append(
+                f"{i:>3}  {r.agent:5}  {r.state:11}  {len(r.action_steps):>5}  {r.usage.total_tokens:>8,}  "
+                f"{'$' + format(r.usage.cost, '.4f'):>8}  {r.duration:>6.1f}s  {task}"
+            )
+        from ..display import clean_text
+
+        print(clean_text("\n".join(rows)))  # task text may carry terminal escapes
+
+    def _cmd_show(self, args: list[str]) -> None:
+        from IPython.display import display
+
+        from ..display import mime_bundle
+
+        run = self._record(args[0] if args else None).run
+        display(mime_bundle(run), raw=True)
+
+    def _cmd_export(self, args: list[str]) -> None:
+        if len(args) not in (1, 2) or not args[-1].endswith(".ipynb"):
+            raise UsageError("usage: %agent export [N] PATH.ipynb")
+        record = self._record(args[0] if len(args) == 2 else None)
+        try:
+            record.run.to_notebook(args[-1], inputs=record.inputs or None)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"saved {args[-1]}")
+
+    def _cmd_sandbox(self, args: list[str]) -> None:
+        sandbox = getattr(self._agents.get("code"), "sandbox", None)
+        if sandbox is None:
+            print("no sandbox: run `%%agent code` first")
+            return
+        variables = _aio.run_sync(sandbox.variables())
+        listing = "\n".join(f"  {name}: {preview}" for name, preview in variables.items()) or "  (none)"
+        print(f"{sandbox.isolation}\nvariables\n{listing}")
+
+    def _cmd_reset(self, args: list[str]) -> None:
+        self._close_agents()
+        print("agent and sandbox stopped; the next run starts fresh")
+
+    def _record(self, number: str | None) -> _Record:
+        if not self.runs:
+            raise UsageError("no runs yet")
+        if number is None:
+            return self.runs[-1]
+        if not number.isdigit() or not 1 <= int(number) <= len(self.runs):
+            raise UsageError(f"no run {number!r}: runs are numbered 1 to {len(self.runs)} (%agent runs)")
+        return self.runs[int(number) - 1]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    magics = AgentMagics(shell=ipython, config=ipython.config)
+    ipython.register_magics(magics)
+    ipython.configurables.append(magics)  # so `%config AgentMagics.model = ...` finds it
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    for magics in [c for c in ipython.configurables if isinstance(c, AgentMagics)]:
+        magics._close_agents()
+        ipython.configurables.remove(magics)
+
+
+__all__ = ["AgentMagics", "load_ipython_extension", "unload_ipython_extension"]
