@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import shutil
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -419,8 +421,15 @@ def test_network_opt_in_reaches_loopback(world: dict[str, Any]) -> None:
     assert "network" in report["missing"] and "network" not in report["active"]
     assert not report["results"]["read_secret_open"]["ok"]
     assert not report["results"]["os_fork"]["ok"]
+    deadline = (
+        time.monotonic() + 5
+    )  # the listener thread records the bytes asynchronously
+    while not any(data.startswith(b"tcp:leak") for data in world["listeners"].received):
+        assert time.monotonic() < deadline, (
+            "the opted-in connection never delivered its bytes"
+        )
+        time.sleep(0.05)
     received = list(world["listeners"].received)
-    assert any(data.startswith(b"tcp:leak") for data in received)
     # The environment is scrubbed before the connection: the key never travels.
     assert not any(SECRET.encode() in data for data in received)
 
@@ -565,20 +574,24 @@ def test_root_switches_to_unprivileged_user_when_python_is_world_readable(
 
         import agent_kernel
 
-        site = os.path.dirname(pyseccomp.__file__)
-        project = os.path.dirname(os.path.dirname(agent_kernel.__file__))
+        # The checkout and the venv may sit in a 0700 folder: give the uid its own copies.
+        lib = public / "lib"
+        lib.mkdir()
+        shutil.copy(pyseccomp.__file__, lib)  # a single module
+        shutil.copytree(os.path.dirname(agent_kernel.__file__), lib / "agent_kernel",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for path in [public, *lib.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
         report = run_child(
             shared, "user", ["workdir_rw", "read_secret_open", "os_fork", "kill_victim"],
-            python=system_python, env={"PYTHONPATH": f"{project}{os.pathsep}{site}"},
+            python=system_python, env={"PYTHONPATH": str(lib)},
         )  # fmt: skip
         assert report["active"].get("user", "").startswith("uid/gid 65534"), report[
             "missing"
         ]
         assert report["results"]["workdir_rw"]["value"] == "True"
         for attack in ("read_secret_open", "os_fork", "kill_victim"):
-            assert not report["results"][attack]["ok"], attack
+            assert not report["results"][attack]["ok"], (attack, report)
     finally:
-        import shutil
-
         shutil.rmtree(public, ignore_errors=True)
     assert world["victim"].poll() is None

@@ -23,7 +23,7 @@ def sb():
 
 
 def transfer_files(sb: Sandbox) -> list[str]:
-    return sorted(p.name for p in (sb.workdir / ".transfer").iterdir())
+    return sorted(p.name for p in (sb.workdir.parent / "transfer").iterdir())
 
 
 def test_a_dataframe_pushed_and_pulled_back_is_equal(sb: Sandbox) -> None:
@@ -71,7 +71,7 @@ def test_a_sandbox_cannot_make_the_host_read_a_planted_symlink(sb: Sandbox, tmp_
     }
     code = f"""
 import os
-os.symlink({str(secret)!r}, ".transfer/leak.json")
+os.symlink({str(secret)!r}, os.path.join(__ak__.transfer_dir, "leak.json"))
 print(input({CALL_MARKER + json.dumps(call)!r}))
 """
     ex = sb.execute(code)

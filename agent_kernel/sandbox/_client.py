@@ -10,13 +10,13 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import hmac
 import json
 import os
 import re
 import shutil
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from .. import _aio
 from . import _codec
-from ._kernel_side import CALL_MARKER, HANDLE
+from ._kernel_side import CALL_MARKER, CUT_MARK, HANDLE, HeadTail
 from ._records import Execution, ExecutionError, Isolation
 from ._spec import CONFIG_ENV, KERNEL_NAME, kernel_spec
 
@@ -55,11 +55,13 @@ class SandboxOptions:
     keep_workdir: bool = False
     startup_timeout: float = 60.0
 
-    def launcher_settings(self, workdir: Path, runtime_dir: Path) -> dict[str, Any]:
+    def launcher_settings(self, root: Path) -> dict[str, Any]:
         memory = _parse_size(self.memory)
         return {
-            "workdir": str(workdir),
-            "runtime_dir": str(runtime_dir),
+            "workdir": str(root / "work"),
+            "runtime_dir": str(root / "run"),
+            "transfer_dir": str(root / "transfer"),
+            "max_output": self.max_output,
             "read_paths": [str(Path(p).expanduser().resolve()) for p in self.read_paths],
             "network": self.network,
             "memory_bytes": memory,
@@ -93,15 +95,13 @@ class _Outputs:
     def __init__(self, max_chars: int) -> None:
         self.items: list[dict[str, Any]] = []
         self.error: ExecutionError | None = None
-        self._head_left = max_chars // 2
-        self._tail: deque[tuple[str, str]] = deque()
-        self._tail_chars = 0
-        self._tail_max = max_chars - max_chars // 2
-        self._cut = 0
+        self._text = HeadTail(max_chars)
 
     def add(self, msg_type: str, content: dict[str, Any]) -> None:
         if msg_type == "stream":
-            self._stream(content["name"], content["text"])
+            head = self._text.add(content["name"], content["text"])
+            if head:
+                self._append_stream(content["name"], head)
         elif msg_type in ("display_data", "update_display_data", "execute_result"):
             data = {k: v for k, v in content["data"].items() if k not in _UNSAFE_MIME}
             out = {"output_type": "display_data" if msg_type != "execute_result" else msg_type, "data": data,
@@ -118,18 +118,6 @@ class _Outputs:
         elif msg_type == "clear_output":
             self.items.clear()
 
-    def _stream(self, name: str, text: str) -> None:
-        if self._head_left > 0:
-            head, text = text[: self._head_left], text[self._head_left :]
-            self._head_left -= len(head)
-            self._append_stream(name, head)
-        if text:
-            self._tail.append((name, text))
-            self._tail_chars += len(text)
-            while self._tail_chars - len(self._tail[0][1]) >= self._tail_max:
-                self._cut += len(self._tail[0][1])
-                self._tail_chars -= len(self._tail.popleft()[1])
-
     def _append_stream(self, name: str, text: str) -> None:
         last = self.items[-1] if self.items else None
         if last and last["output_type"] == "stream" and last["name"] == name:
@@ -138,17 +126,13 @@ class _Outputs:
             self.items.append({"output_type": "stream", "name": name, "text": text})
 
     def finish(self) -> bool:
-        """Append the kept tail; True when something was cut."""
-        excess = self._tail_chars - self._tail_max
-        if excess > 0:  # cut the oldest part of the first kept chunk too
-            name, text = self._tail[0]
-            self._tail[0] = (name, text[excess:])
-            self._cut += excess
-        if self._cut:
-            self._append_stream(self._tail[0][0], f"\n[... {self._cut} characters of output cut ...]\n")
-        for name, text in self._tail:
+        """Append the kept tail; True when something was cut (here, or already in the kernel)."""
+        note, tail = self._text.finish()
+        if note:
+            self._append_stream(tail[0][0] if tail else "stdout", note)
+        for name, text in tail:
             self._append_stream(name, text)
-        return bool(self._cut)
+        return note is not None or any(o["output_type"] == "stream" and CUT_MARK in o["text"] for o in self.items)
 
 
 class AsyncSandbox:
@@ -188,15 +172,19 @@ class AsyncSandbox:
 
     @property
     def _transfer_dir(self) -> Path:
-        return self.workdir / ".transfer"
+        """Outside the workdir: sandbox code may write files in it but cannot swap it for a symlink."""
+        assert self._root is not None
+        return self._root / "transfer"
 
     async def start(self) -> AsyncSandbox:
         if self._km is not None:
             return self
-        self._root = Path(tempfile.mkdtemp(prefix="agent-sandbox-"))  # 0700
+        self._root = Path(tempfile.mkdtemp(prefix="agent-sandbox-"))
+        self._root.chmod(0o711)  # traversable, not listable: lets the kernel drop to an unprivileged uid
         runtime_dir = self._root / "run"
         runtime_dir.mkdir(mode=0o700)
-        self._transfer_dir.mkdir(parents=True)
+        self.workdir.mkdir()
+        self._transfer_dir.mkdir()
         km = AsyncKernelManager(
             kernel_name=KERNEL_NAME,
             kernel_spec_manager=_SpecManager(),
@@ -206,7 +194,7 @@ class AsyncSandbox:
         )
         env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
         env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures come back as PNG displays
-        env[CONFIG_ENV] = json.dumps(self.options.launcher_settings(self.workdir, runtime_dir))
+        env[CONFIG_ENV] = json.dumps(self.options.launcher_settings(self._root))
         try:
             await km.start_kernel(env=env, cwd=str(self.workdir))
             self._km = km
@@ -257,13 +245,16 @@ class AsyncSandbox:
         """Run `code`; outputs, errors and a final answer come back in the Execution."""
         report = f"{HANDLE}.report()"
         execution, reply = await self._run(code, {"report": report}, timeout=timeout)
-        if reply.get("status") == "ok":
+        if reply.get("status") != "ok" and not execution.restarted:
+            # an error after final_answer(x): x still counts, so ask for it separately
+            follow_up, reply = await self._run("", {"report": report}, timeout=None, silent=True)
+            execution.restarted = follow_up.restarted
+            execution.error = follow_up.error if follow_up.restarted else execution.error
+        try:
             answer = _expression_value(reply, "report")
-        elif not execution.restarted:  # an error after final_answer(x): x still counts
-            answer = await self._evaluate(report)
-        else:
+        except SandboxError:  # no reply (a restart), or the sandbox code clobbered its own bridge
             answer = {}
-        if "final" in answer:
+        if isinstance(answer, dict) and "final" in answer:
             execution.has_final_answer = True
             execution.final_answer = self._decode(answer["final"])
         return execution
@@ -327,50 +318,52 @@ class AsyncSandbox:
     async def _collect(self, msg_id: str, outputs: _Outputs, deadline: float) -> tuple[str, dict[str, Any]]:
         """Read the kernel's messages for `msg_id` until its reply and idle status: done, timeout or dead."""
         kc = self._kc
-        shell, iopub, stdin = kc.shell_channel.socket, kc.iopub_channel.socket, kc.stdin_channel.socket
+        channels = (kc.iopub_channel.socket, kc.shell_channel.socket, kc.stdin_channel.socket)
         poller = zmq.asyncio.Poller()
-        for sock in (shell, iopub, stdin):
+        for sock in channels:
             poller.register(sock, zmq.POLLIN)
+        # Reads go through plain shadows of the asyncio sockets, which make a future per read.
+        iopub, shell, stdin = (zmq.Socket.shadow(sock.underlying) for sock in channels)
         reply: dict[str, Any] | None = None
         idle = False
-        while reply is None or not idle:
+        while True:
+            for msg_type, content in self._drain(iopub, msg_id):
+                if msg_type == "status":
+                    idle = content["execution_state"] == "idle"
+                else:
+                    outputs.add(msg_type, content)
+            for _, content in self._drain(shell, msg_id):
+                reply = content
+            for msg_type, content in self._drain(stdin, None):
+                if msg_type == "input_request":
+                    kc.input(await self._answer_input(content["prompt"], deadline - time.perf_counter()))
+            if reply is not None and idle:
+                return "done", reply
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return "timeout", reply or {}
-            ready = dict(await poller.poll(min(remaining, 0.25) * 1000))
-            if not ready:
-                if not await self._km.is_alive():
-                    return "dead", {}
-                continue
-            if iopub in ready:
-                for msg in await self._drain(iopub):
-                    if msg["parent_header"].get("msg_id") != msg_id:
-                        continue
-                    if msg["msg_type"] == "status":
-                        idle = msg["content"]["execution_state"] == "idle"
-                    else:
-                        outputs.add(msg["msg_type"], msg["content"])
-            if shell in ready:
-                for msg in await self._drain(shell):
-                    if msg["parent_header"].get("msg_id") == msg_id:
-                        reply = msg["content"]
-            if stdin in ready:
-                for msg in await self._drain(stdin):
-                    if msg["msg_type"] == "input_request":
-                        remaining = deadline - time.perf_counter()
-                        kc.input(await self._answer_input(msg["content"]["prompt"], remaining))
-        return "done", reply
+            if not await poller.poll(min(remaining, 0.25) * 1000) and not await self._km.is_alive():
+                return "dead", {}
 
-    async def _drain(self, sock: zmq.asyncio.Socket) -> list[dict[str, Any]]:
+    def _drain(self, sock: zmq.Socket, msg_id: str | None) -> list[tuple[str, dict[str, Any]]]:
+        """The messages waiting on `sock` that answer `msg_id` (all, when None), as (msg_type, content).
+
+        Leaner than Session.deserialize (a quarter of its cost): the signature is checked, only the
+        parent header is parsed for messages to someone else, and dates stay text (none is read here).
+        """
         session = self._kc.session
-        msgs = []
+        found = []
         while True:
             try:
-                frames = await sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+                frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return msgs
-            _, frames = session.feed_identities(frames)
-            msgs.append(session.deserialize(frames))
+                return found
+            _, (signature, *parts) = session.feed_identities(frames)
+            header, parent, _, content = parts[:4]
+            if session.auth is not None and not hmac.compare_digest(signature, session.sign(parts[:4])):
+                raise SandboxError("a message on the sandbox kernel's channels had a bad signature")
+            if msg_id is None or session.unpack(parent).get("msg_id") == msg_id:
+                found.append((session.unpack(header)["msg_type"], session.unpack(content)))
 
     # -- host functions -------------------------------------------------------------------------
     async def register_function(self, name: str, fn: Callable[..., Any], doc: str | None = None) -> None:
@@ -458,10 +451,13 @@ def _expression_value(reply: dict[str, Any], key: str) -> Any:
     result = reply.get("user_expressions", {}).get(key, {})
     if result.get("status") != "ok":
         raise SandboxError(f"{result.get('ename')}: {result.get('evalue')}")
-    text = ast.literal_eval(result["data"]["text/plain"])
-    if not isinstance(text, str):
-        raise SandboxError("the sandbox answered an internal call with something other than text")
-    return json.loads(text)
+    try:
+        text = ast.literal_eval(result["data"]["text/plain"])
+        if not isinstance(text, str):
+            raise ValueError("not text")
+        return json.loads(text)
+    except (KeyError, TypeError, ValueError, SyntaxError, RecursionError) as exc:
+        raise SandboxError(f"the sandbox answered an internal call with something malformed ({exc})") from None
 
 
 class Sandbox:

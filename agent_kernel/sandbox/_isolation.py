@@ -34,6 +34,7 @@ import sys
 import sysconfig
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent_kernel.sandbox._records import Isolation
 
@@ -95,6 +96,7 @@ class _Unavailable(Exception):
 
 def apply_isolation(config: IsolationConfig) -> Isolation:
     """Confine the current process for good. Call once, before any thread starts."""
+    seccomp = _import_seccomp()  # first: finding the library runs ldconfig, which is denied later
     for path in (config.workdir, config.runtime_dir, *config.write_paths):
         if not os.path.isdir(path):
             raise ValueError(
@@ -167,7 +169,7 @@ def apply_isolation(config: IsolationConfig) -> Isolation:
         if "landlock" in iso.active:
             iso.active.update(ruleset.extras_active)
             iso.missing.update(ruleset.extras_missing)
-    layer("seccomp", lambda: _load_seccomp(config.network, iso))
+    layer("seccomp", lambda: _load_seccomp(seccomp, config.network, iso))
 
     missing_required = [
         name
@@ -643,17 +645,19 @@ _DENIED_SYSCALLS = (
 _AF_INET, _AF_INET6, _AF_NETLINK, _AF_PACKET = 2, 10, 16, 17
 
 
-def _load_seccomp(network: bool, iso: Isolation) -> str:
-    """Syscalls model code never needs. EPERM, not kill: Python raises and the kernel lives on."""
+def _import_seccomp() -> Any:
+    """pyseccomp, imported while the process may still run ldconfig to find libseccomp.so.2."""
     try:
-        import pyseccomp as sc
-    except (
-        ImportError,
-        RuntimeError,
-    ) as exc:  # RuntimeError: libseccomp.so.2 not found
-        raise _Unavailable(
-            f"pyseccomp/libseccomp unavailable ({exc}); install libseccomp2 and pyseccomp"
-        ) from None
+        import pyseccomp
+    except (ImportError, RuntimeError) as exc:  # RuntimeError: libseccomp.so.2 not found
+        return _Unavailable(f"pyseccomp/libseccomp unavailable ({exc}); install libseccomp2 and pyseccomp")
+    return pyseccomp
+
+
+def _load_seccomp(sc: Any, network: bool, iso: Isolation) -> str:
+    """Syscalls model code never needs. EPERM, not kill: Python raises and the kernel lives on."""
+    if isinstance(sc, _Unavailable):
+        raise sc
     eperm = sc.ERRNO(errno.EPERM)
     filt = sc.SyscallFilter(sc.ALLOW)
     filt.set_attr(

@@ -12,6 +12,7 @@ import importlib
 import json
 import sys
 import types
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from . import _codec
 from ._records import Isolation
 
 CALL_MARKER = "\x00agent_kernel:call\x00"  # prefix of an input_request that is a host-function call
+CUT_MARK = "characters of output cut ...]"  # ends the note that replaces cut output
 HANDLE = "__ak__"  # the hidden object the host calls; each of its host-facing methods returns JSON text
 
 # Data-analysis defaults; `imports=[...]` widens them, "*" lifts the policy.
@@ -40,12 +42,48 @@ class _NoAnswer:
 _NO_ANSWER = _NoAnswer()
 
 
+class HeadTail:
+    """Keeps the first and the last max_chars/2 characters of a run of text pieces; counts the cut.
+
+    Used twice: in the kernel, so a flood of prints never crosses the wire, and in the host.
+    """
+
+    def __init__(self, max_chars: int) -> None:
+        self._head_left = max_chars // 2
+        self._tail_max = max_chars - max_chars // 2
+        self._tail: deque[tuple[str, str]] = deque()
+        self._tail_chars = 0
+        self._cut = 0
+
+    def add(self, key: str, text: str) -> str:
+        """Take a piece; return the part of it that is still head, to pass on now."""
+        head, rest = text[: self._head_left], text[self._head_left :]
+        self._head_left -= len(head)
+        if rest:
+            self._tail.append((key, rest))
+            self._tail_chars += len(rest)
+            while self._tail_chars - len(self._tail[0][1]) >= self._tail_max:
+                self._cut += len(self._tail[0][1])
+                self._tail_chars -= len(self._tail.popleft()[1])
+        return head
+
+    def finish(self) -> tuple[str | None, list[tuple[str, str]]]:
+        """The note saying what was cut (None when nothing was), and the kept tail pieces."""
+        excess = self._tail_chars - self._tail_max
+        if excess > 0:
+            key, text = self._tail[0]
+            self._tail[0] = (key, text[excess:])
+            self._cut += excess
+        note = f"\n[... {self._cut} {CUT_MARK}\n" if self._cut else None
+        return note, list(self._tail)
+
+
 class Bridge:
-    def __init__(self, shell: Any, workdir: str, isolation: Isolation) -> None:
+    def __init__(self, shell: Any, transfer_dir: str, isolation: Isolation) -> None:
         self._shell = shell
         self._isolation = isolation
         self._final: Any = _NO_ANSWER
-        self.transfer_dir = Path(workdir) / ".transfer"
+        self.transfer_dir = Path(transfer_dir)
         self.transfer_dir.mkdir(exist_ok=True)
 
     # -- final answer ---------------------------------------------------------------------------
@@ -119,14 +157,57 @@ class Bridge:
         self._shell.user_ns_hidden[name] = value
 
 
-def install(shell: Any, imports: list[str], isolation: Isolation, workdir: str) -> Bridge:
-    bridge = Bridge(shell, workdir, isolation)
+def install(shell: Any, imports: list[str], isolation: Isolation, transfer_dir: str, max_output: int) -> Bridge:
+    bridge = Bridge(shell, transfer_dir, isolation)
     shell.user_ns[HANDLE] = bridge
     shell.user_ns_hidden[HANDLE] = bridge
     bridge._expose("final_answer", bridge.final_answer)
     if "*" not in imports:
         _install_import_policy(DEFAULT_IMPORTS | set(imports))
+    _cap_output(shell, max_output)
+    shell.events.register("post_run_cell", lambda result: _forget_last_error(shell, result))
     return bridge
+
+
+def _cap_output(shell: Any, max_chars: int) -> None:
+    """Cut each execution's printed output to head and tail inside the kernel."""
+    streams = {"stdout": sys.stdout, "stderr": sys.stderr}
+    writes = {name: stream.write for name, stream in streams.items()}
+    budget = HeadTail(max_chars)
+
+    def capped(name: str) -> Any:
+        def write(text: str) -> int:
+            head = budget.add(name, text)
+            if head:
+                writes[name](head)
+            return len(text)
+
+        return write
+
+    def reset(*_: Any) -> None:
+        nonlocal budget
+        budget = HeadTail(max_chars)
+
+    def flush_tail(*_: Any) -> None:
+        note, tail = budget.finish()
+        if note:
+            writes["stdout"](note)
+        for name, text in tail:
+            writes[name](text)
+
+    for name, stream in streams.items():
+        stream.write = capped(name)
+    shell.events.register("pre_run_cell", reset)
+    shell.events.register("post_run_cell", flush_tail)
+
+
+def _forget_last_error(shell: Any, result: Any) -> None:
+    """Drop the references that keep a failed execution's frames (and their memory) alive."""
+    sys.last_type = sys.last_value = sys.last_traceback = None
+    shell.InteractiveTB.tb = None
+    error = getattr(result, "error_in_exec", None)
+    if error is not None:
+        error.__traceback__ = None
 
 
 def _install_import_policy(allowed: frozenset[str] | set[str]) -> None:

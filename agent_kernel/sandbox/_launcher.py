@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
             workdir=workdir,
             runtime_dir=runtime_dir,
             read_paths=list(settings.get("read_paths", [])),
+            write_paths=[settings["transfer_dir"]] if settings.get("transfer_dir") else [],
             network=bool(settings.get("network", False)),
             memory_bytes=settings.get("memory_bytes"),
             cpu_seconds=settings.get("cpu_seconds"),
@@ -63,7 +64,13 @@ def main(argv: list[str] | None = None) -> None:
 
     app = kernelapp.IPKernelApp.instance()
     app.initialize(_kernel_argv(argv if argv is not None else sys.argv[1:]))
-    _kernel_side.install(app.shell, imports=settings.get("imports", []), isolation=isolation, workdir=workdir)
+    _kernel_side.install(
+        app.shell,
+        imports=settings.get("imports", []),
+        isolation=isolation,
+        transfer_dir=settings.get("transfer_dir") or os.path.join(workdir, ".transfer"),
+        max_output=settings.get("max_output", 100_000),
+    )
     app.start()
 
 
