@@ -485,3 +485,17 @@ print("ok")
         [sys.executable, "-c", script], check=False, cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_subclasses_of_plain_scalars_cross_as_their_plain_value(tmp_path):
+    import enum
+
+    class Tagged(str):
+        pass
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    for value, expected in ((Tagged("title"), "title"), (Level.HIGH, 3), ([Tagged("a")], ["a"])):
+        out = decode(encode(value, tmp_path, "v"), tmp_path)
+        assert out == expected and type(out) is type(expected)

@@ -121,6 +121,9 @@ def _plain(value: Any, depth: int) -> Any:
     """
     if type(value) in _SCALARS:
         return value
+    for base in (str, int, float):
+        if isinstance(value, base):  # e.g. bs4's NavigableString or an IntEnum: its plain value
+            return base(value)
     if depth >= _JSON_DEPTH:
         raise _NotPlain
     if type(value) in (list, tuple):
