@@ -353,17 +353,14 @@ class AsyncSandbox:
         """
         session = self._kc.session
         found = []
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return found
-            _, (signature, *parts) = session.feed_identities(frames)
+        while sock.get(zmq.EVENTS) & zmq.POLLIN:  # cheaper than a zmq.Again per empty socket
+            _, (signature, *parts) = session.feed_identities(sock.recv_multipart(zmq.NOBLOCK))
             header, parent, _, content = parts[:4]
             if session.auth is not None and not hmac.compare_digest(signature, session.sign(parts[:4])):
                 raise SandboxError("a message on the sandbox kernel's channels had a bad signature")
             if msg_id is None or session.unpack(parent).get("msg_id") == msg_id:
                 found.append((session.unpack(header)["msg_type"], session.unpack(content)))
+        return found
 
     # -- host functions -------------------------------------------------------------------------
     async def register_function(self, name: str, fn: Callable[..., Any], doc: str | None = None) -> None:
