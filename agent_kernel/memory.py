@@ -64,7 +64,7 @@ class ActionStep:
     model_output: str = ""  # the raw reply text
     thought: str = ""  # the reply's prose, without the code
     code: str | None = None  # CodeAgent: the action
-    tool_calls: list[ToolCall] = field(default_factory=list)  # ToolCallingAgent: the actions
+    tool_calls: list[ToolCall] = field(default_factory=list)  # the actions (tools); tools the code called (code)
     execution: Execution | None = None  # CodeAgent: what running the code produced
     observation: str = ""  # what the model is shown next
     error: str | None = None
@@ -113,6 +113,12 @@ class Run:
         from .display import render_text
 
         print(render_text(self))
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        """`run` as a cell's last line shows it as the live view did (sanitised HTML, or text)."""
+        from .display import mime_bundle
+
+        return mime_bundle(self)
 
     def to_notebook(self, path: str | None = None, **kwargs: Any):
         """Export as an nbformat v4 notebook; written to `path` when given."""

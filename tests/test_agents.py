@@ -7,12 +7,16 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
+from IPython.core.formatters import DisplayFormatter
+from nbclient import NotebookClient
 from scripted_server import Reply, text, tool_calls
 
 from agent_kernel.agents import CodeAgent, ToolCallingAgent
@@ -352,20 +356,70 @@ def test_interrupt_cancels_the_model_call_and_keeps_the_steps(scripted_server):
     ])
     agent = ToolCallingAgent(scripted_server.model(), tools=[add])
     events = []
-    stream = agent.run("interrupt me", stream=True)
-    started = time.perf_counter()
-    for event in stream:
+    interrupted_at: list[float] = []  # timed from the interrupt: importing litellm may take seconds
+
+    def interrupt() -> None:
+        interrupted_at.append(time.perf_counter())
+        agent.interrupt()
+
+    for event in agent.run("interrupt me", stream=True):
         events.append(event)
         if isinstance(event, StepStarted) and event.index == 2:
-            threading.Timer(0.3, agent.interrupt).start()
+            threading.Timer(0.3, interrupt).start()
     run = events[-1].run
-    assert time.perf_counter() - started < 5
+    assert time.perf_counter() - interrupted_at[0] < 5
     assert run.state == "interrupted"
     assert run.action_steps[0].tool_calls[0].result == 2
     assert run.action_steps[1].error == "interrupted"
     # the agent can run again afterwards
     scripted_server.script([tool_calls([("final_answer", {"answer": 1})])])
     assert agent.run("interrupt me again").output == 1
+
+
+def test_ctrl_c_during_a_stream_interrupts_and_still_delivers_the_run(scripted_server):
+    """Kernel > Interrupt is SIGINT to the main thread, which is waiting inside the stream."""
+    scripted_server.script([tool_calls([("add", {"a": 1, "b": 1})]), Reply(text="too slow", delay=20)])
+    agent = ToolCallingAgent(scripted_server.model(), tools=[add])
+    events = []
+    interrupted_at: list[float] = []
+
+    def ctrl_c() -> None:
+        interrupted_at.append(time.perf_counter())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    for event in agent.run("interrupt me", stream=True):
+        events.append(event)
+        if isinstance(event, StepStarted) and event.index == 2:
+            threading.Timer(0.3, ctrl_c).start()
+    assert time.perf_counter() - interrupted_at[0] < 5
+    stopped, done = events[-2:]
+    assert isinstance(stopped, StepCompleted) and stopped.step.index == 2 and stopped.step.error == "interrupted"
+    assert isinstance(done, RunCompleted) and done.run.state == "interrupted"
+    assert done.run.action_steps[0].tool_calls[0].result == 2
+
+
+class _SlowToDescribe:
+    """A model that takes seconds to say whether it supports tools, as litellm's first import does."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.model_id = model, model.model_id
+
+    @property
+    def supports_tools(self) -> bool:
+        time.sleep(2)
+        return True
+
+    async def agenerate(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.model.agenerate(*args, **kwargs)
+
+
+def test_an_interrupt_while_the_run_starts_is_not_lost(scripted_server):
+    scripted_server.script([tool_calls([("final_answer", {"answer": 1})])])
+    agent = ToolCallingAgent(_SlowToDescribe(scripted_server.model()))
+    threading.Timer(0.5, agent.interrupt).start()
+    run = agent.run("stop before the first step")
+    assert run.state == "interrupted" and not scripted_server.requests  # stopped before asking the model
+    assert [s.error for s in run.action_steps] == ["interrupted"]
 
 
 def test_leaving_a_stream_early_stops_the_run(scripted_server):
@@ -528,7 +582,7 @@ def test_interrupt_stops_a_running_sandbox_action(scripted_server):
         worker = threading.Thread(target=lambda: result.append(agent.run("sleep for a long time")))
         worker.start()
         deadline = time.time() + 30
-        while not (agent.sandbox and agent._task and not agent._task.done()) and time.time() < deadline:
+        while not scripted_server.requests and time.time() < deadline:
             time.sleep(0.05)
         time.sleep(1.5)  # the model answered; the sandbox is sleeping
         interrupted_at = time.perf_counter()
@@ -561,3 +615,41 @@ def test_agent_as_a_tool_of_another(scripted_server):
     assert run.state == "success", run.error
     assert run.output == "the analyst says 120"
     assert run.action_steps[0].tool_calls[0].result == 120
+
+
+def test_tool_calls_from_code_are_recorded_and_the_export_replays_them(scripted_server, tmp_path):
+    host_calls: list[str] = []
+
+    @tool
+    def rate(currency: str) -> float:
+        """Euros for one unit of a currency.
+
+        Args:
+            currency: the ISO code.
+        """
+        host_calls.append(currency)
+        return {"USD": 0.9, "GBP": 1.2}[currency]
+
+    code = ("rates = {c: rate(c) for c in ['USD', 'GBP']}\ntry:\n    rate(currency='XXX')\nexcept Exception as e:\n"
+            "    print('no XXX rate')\nprint(rates)\nfinal_answer(round(100 * rates['USD'] + 50 * rates['GBP'], 2))")
+    scripted_server.script([text(f"```python\n{code}\n```")])
+    with CodeAgent(scripted_server.model(), tools=[rate]) as agent:
+        run = agent.run("convert the amounts")
+    assert run.state == "success" and run.output == 150.0, run.error
+    calls = run.action_steps[0].tool_calls
+    assert [(c.name, c.arguments, c.result) for c in calls] == [
+        ("rate", {"currency": "USD"}, 0.9), ("rate", {"currency": "GBP"}, 1.2), ("rate", {"currency": "XXX"}, None)]
+    assert [c.error for c in calls] == [None, None, "KeyError: 'XXX'"]
+    assert host_calls == ["USD", "GBP", "XXX"]
+    shown, _ = DisplayFormatter().format(run)  # how IPython shows a run as a cell's last value
+    assert "→ rate(currency='GBP')\n  1.2" in shown["text/plain"] and "KeyError" in shown["text/plain"]
+    assert "Final answer" in shown["text/html"] and "150.0" in shown["text/html"]
+
+    nb = run.to_notebook(str(tmp_path / "run.ipynb"))
+    NotebookClient(nb, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    rerun_stdout = "".join(o.text for o in code_cells[1].outputs if o.output_type == "stream")
+    assert rerun_stdout == run.action_steps[0].execution.stdout == "no XXX rate\n{'USD': 0.9, 'GBP': 1.2}\n"
+    assert code_cells[-1].outputs[0].data["text/plain"] == "150.0"
+    assert host_calls == ["USD", "GBP", "XXX"]  # the re-run replayed the recorded results
+    nbformat.validate(nb)

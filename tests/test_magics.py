@@ -50,15 +50,17 @@ def test_code_and_tools_cells_bind_values_show_steps_and_export(tmp_path: Path) 
                 "%%agent code --in sales --out total --keep totals\nTotal the {sales} by city",
                 "expected = sales.groupby('city', as_index=False)['amount'].sum()\n"
                 "pd.testing.assert_frame_equal(totals, expected)\nprint(total)",
-                "def lookup(city: str) -> str:\n    '''Region of a city.\n\n    Args:\n        city: the city.\n    '''\n    return 'Rhone'",
-                "%%agent tools --tools lookup --out region\nWhich region is Lyon in?",
-                "print(region, _agent_run.state)",
+                "%agent alias fast=openai/scripted-fast\ndef lookup(city: str) -> str:\n    '''Region of a city.\n\n    Args:\n        city: the city.\n    '''\n    return 'Rhone'",
+                "%%agent tools -m fast --tools lookup --out region\nWhich region is Lyon in?",
+                "print(region, _agent_run.state, _agent_run.model)",
                 "%%agent code --continue --out n\nHow many rows has totals?",
                 "print(n)",
                 "%agent export 1 analysis.ipynb",
                 "%agent sandbox",
                 "%agent runs",
                 "%agent config max_steps=3 network=no",
+                "%agent show 2",
+                "%agent reset\n%agent sandbox",
             ],
             tmp_path,
         )
@@ -69,12 +71,17 @@ def test_code_and_tools_cells_bind_values_show_steps_and_export(tmp_path: Path) 
     assert "Step 1" in step.data["text/html"] and "<img src=\"data:image/png;base64," in step.data["text/html"]
     assert "Final answer" in answer.data["text/html"] and "success" in footer.data["text/plain"]
     assert _stdout(nb.cells[2]).strip() == "6"
-    assert _stdout(nb.cells[5]).strip() == "Rhone success"
+    assert _stdout(nb.cells[5]).strip() == "Rhone success openai/scripted-fast"  # the alias resolved
     assert _stdout(nb.cells[7]).strip() == "2"  # --continue saw `totals` from the first run's sandbox
     assert "sandbox isolation" in _stdout(nb.cells[9]) and "totals: DataFrame" in _stdout(nb.cells[9])
     runs = _stdout(nb.cells[10]).splitlines()
     assert len(runs) == 4 and "Total the `sales` by city" in runs[1] and runs[2].split()[1:3] == ["tools", "success"]
     assert "max_steps = 3" in _stdout(nb.cells[11]) and "network = False" in _stdout(nb.cells[11])
+    replay = nb.cells[12].outputs[0].data
+    assert "→ lookup(city='Lyon')\n  Rhone" in replay["text/plain"] and "Which region is Lyon in?" in replay["text/plain"]
+    assert "Step 1" in replay["text/html"] and "Final answer" in replay["text/html"]
+    assert _stdout(nb.cells[13]).splitlines() == ["agent and sandbox stopped; the next run starts fresh",
+                                                  "no sandbox: run `%%agent code` first"]
     exported = nbformat.read(tmp_path / "analysis.ipynb", as_version=4)
     nbformat.validate(exported)
     NotebookClient(exported, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(tmp_path)}}).execute()
@@ -91,6 +98,9 @@ def test_code_and_tools_cells_bind_values_show_steps_and_export(tmp_path: Path) 
         ("%%agent code --max-steps zero\nx", "expected a positive whole number"),
         ("%%agent tools --keep x\nx", "only apply to `%%agent code`"),
         ("%%agent code --continue\nx", "--continue needs an earlier"),
+        ("%%agent tools --tools nope\nx", "--tools: not defined in the notebook: nope"),
+        ("%%agent tools --tools In\nx", "as a tool; pass a Tool"),
+        ("%agent model a b", "usage: %agent model [NAME]"),
         ("%agent show 3", "no runs yet"),
         ("%agent frobnicate", "unknown command 'frobnicate'"),
     ],

@@ -8,12 +8,13 @@ import binascii
 import inspect
 import re
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
 from .. import _aio
-from ..memory import ActionStep
+from ..memory import ActionStep, ToolCall
 from ..sandbox._records import Execution
+from ..tools import Tool
 from . import _prompts
 from ._loop import NO_ANSWER, Message, MultiStepAgent, truncate
 
@@ -100,6 +101,7 @@ class CodeAgent(MultiStepAgent):
         self._sandbox = sandbox.as_async() if isinstance(sandbox, Sandbox) else sandbox
         self._owns_sandbox = sandbox is None
         self._registered: set[str] = set()
+        self._calls: list[ToolCall] = []  # where tool calls from the running action are recorded
 
     @property
     def sandbox(self) -> Any:
@@ -130,7 +132,7 @@ class CodeAgent(MultiStepAgent):
         await self._sandbox.start()
         for name, t in self.tools.items():
             if name not in self._registered:
-                await self._sandbox.register_function(name, t.acall, doc=t.description)
+                await self._sandbox.register_function(name, self._recorded(t), doc=t.description)
                 self._registered.add(name)
         if variables:
             await self._sandbox.push(**variables)
@@ -146,12 +148,31 @@ class CodeAgent(MultiStepAgent):
             step.error = "no code in the reply"
             step.observation = _prompts.CODE_FORMAT_REMINDER
             return NO_ANSWER
+        self._calls = step.tool_calls
         execution = await self._sandbox.execute(step.code)
         step.execution = execution
         if execution.error is not None:
             step.error = f"{execution.error.name}: {execution.error.value}"
         step.observation = truncate(render_observation(execution), self.max_observation_chars)
         return execution.final_answer if execution.has_final_answer else NO_ANSWER
+
+    def _recorded(self, t: Tool) -> Callable[..., Awaitable[Any]]:
+        """The host side of a tool called from sandbox code. Each call is noted in the running step,
+        so the run shows it and an exported notebook can replay its result without the tool."""
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            names = list((t.parameters or {}).get("properties", {}))
+            positional = {names[i] if i < len(names) else f"arg{i}": a for i, a in enumerate(args)}
+            record = ToolCall(t.name, {**positional, **kwargs})
+            self._calls.append(record)
+            try:
+                record.result = await t.acall(*args, **kwargs)
+            except Exception as exc:  # the sandbox code sees it as HostFunctionError
+                record.error = f"{type(exc).__name__}: {exc}"
+                raise
+            return record.result
+
+        return call
 
     def _step_messages(self, step: ActionStep, as_text: bool) -> list[Message]:
         if step.code is None:

@@ -167,17 +167,31 @@ class MultiStepAgent:
                 await asyncio.wait([running])
 
     def _stream_sync(self, task: str, variables: dict[str, Any] | None, reset: bool) -> Iterator[Event]:
+        """Events from the background loop. Ctrl-C while waiting interrupts the run and the stream
+        goes on, so the stopped step and RunCompleted still arrive; a second Ctrl-C stops waiting."""
         events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         future = _aio.submit(self._start(task, variables, reset, events.put))
         future.add_done_callback(lambda _: events.put(_DONE))
+        wait = True
         try:
-            while (event := events.get()) is not _DONE:
+            while (event := self._next_event(events)) is not _DONE:
                 yield event
             future.result()
+        except KeyboardInterrupt:
+            wait = False  # the user insists: the run winds down in the background
+            raise
         finally:
             if not future.done():
                 self.interrupt()
-                future.exception()  # wait for the run to wind down
+                if wait:
+                    future.exception()  # so the agent can run again as soon as this returns
+
+    def _next_event(self, events: queue.SimpleQueue[Any]) -> Any:
+        try:
+            return events.get()
+        except KeyboardInterrupt:
+            self.interrupt()
+            return events.get()
 
     def interrupt(self) -> None:
         """Stop the run in progress (from any thread); it ends with state "interrupted"."""
@@ -193,12 +207,14 @@ class MultiStepAgent:
         if self._task is not None and not self._task.done():
             raise RuntimeError(f"agent {self.name!r} is already running; wait for it or call interrupt()")
         self._interrupting = False
-        self._system_text = self._full_system_prompt()  # once per run: tools and instructions are fixed now
         self._task_loop = asyncio.get_running_loop()
         self._task = asyncio.ensure_future(self._execute(task, dict(variables or {}), reset, sink))
         return await self._task
 
     async def _execute(self, task: str, variables: dict[str, Any], reset: bool, sink: Sink | None) -> Run:
+        # Once per run (tools and instructions are fixed now), inside the task so that an interrupt
+        # while it is built (asking litellm about the model can take seconds) is not lost.
+        self._system_text = self._full_system_prompt()
         run = Run(task=task, agent=self.kind, model=_model_name(self.model))
         started = time.perf_counter()
         current: list[ActionStep] = []  # the step in progress, kept if the run is interrupted

@@ -9,16 +9,18 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from traitlets import Bool, Dict, Float, Int, List, Unicode
+from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 
 if TYPE_CHECKING:
-    from ..memory import Run
+    from ..memory import Event, Run
+    from ..models import Model
 
 from .. import _aio
 from ._options import (
@@ -47,14 +49,27 @@ class _Record:
 class AgentMagics(Magics):
     """The `%%agent` cell magic and `%agent` line magic. Defaults are traitlets config."""
 
-    model = Unicode("openai/gpt-4o-mini", help="default model (litellm name or alias)").tag(config=True)
+    model = Unicode(help="default model (litellm name or alias); $AGENT_KERNEL_MODEL if set").tag(config=True)
     max_steps = Int(10, help="default step limit").tag(config=True)
     timeout = Float(30.0, help="seconds per sandbox action").tag(config=True)
     imports = List(Unicode(), help="modules the sandbox may import beyond its defaults").tag(config=True)
     network = Bool(False, help="let the sandbox use the network").tag(config=True)
     quiet = Bool(False, help="no live display").tag(config=True)
-    api_base = Unicode(None, allow_none=True, help="OpenAI-compatible endpoint, e.g. a local server").tag(config=True)
+    api_base = Unicode(
+        None, allow_none=True, help="OpenAI-compatible endpoint, e.g. a local server; $AGENT_KERNEL_API_BASE if set"
+    ).tag(config=True)
     aliases = Dict(Unicode(), help="short model names: {'fast': 'openai/gpt-4o-mini'}").tag(config=True)
+
+    # The environment picks the model where a notebook must not name one (shared examples, CI).
+    @default("model")
+    def _default_model(self) -> str:
+        from ..models import DEFAULT_MODEL
+
+        return os.environ.get("AGENT_KERNEL_MODEL") or DEFAULT_MODEL
+
+    @default("api_base")
+    def _default_api_base(self) -> str | None:
+        return os.environ.get("AGENT_KERNEL_API_BASE") or None
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -87,13 +102,18 @@ class AgentMagics(Magics):
         return {n: self.shell.user_ns[n] for n in names}
 
     def _tools(self, names: list[str]) -> list[Any]:
-        found = []
-        for name in names:
-            value = self.shell.user_ns.get(name)
-            if value is None or not callable(value):
-                raise UsageError(f"--tools {name}: no callable named {name!r} in the notebook")
-            found.append(value)
-        return found
+        """Notebook values by name; the agent checks each is a tool (a function, a Tool or an agent)."""
+        missing = [n for n in names if n not in self.shell.user_ns]
+        if missing:
+            raise UsageError(f"--tools: not defined in the notebook: {', '.join(missing)} (define them first)")
+        return [self.shell.user_ns[n] for n in names]
+
+    def _model(self, name: str | None) -> Model:
+        """The model a cell names (or the default), aliases resolved, at the configured endpoint."""
+        from ..models import Model
+
+        name = name or self.model
+        return Model(self.aliases.get(name, name), api_base=self.api_base)
 
     def _agent_for(self, options: CellOptions) -> tuple[Any, bool]:
         """A new agent, or the last one for --continue (same sandbox and memory)."""
@@ -102,12 +122,10 @@ class AgentMagics(Magics):
                 raise UsageError(f"--continue needs an earlier `%%agent {options.kind}` run in this session")
             return self._agents[options.kind], True
         from ..agents import CodeAgent, ToolCallingAgent
-        from ..models import Model
 
-        name = options.model or self.model
         common = {"tools": self._tools(options.tools), "max_steps": options.max_steps or self.max_steps}
         try:
-            model = Model(self.aliases.get(name, name), api_base=self.api_base)
+            model = self._model(options.model)
             if options.kind == "code":
                 agent = CodeAgent(
                     model,
@@ -126,31 +144,33 @@ class AgentMagics(Magics):
         return agent, False
 
     def _run(self, agent: Any, options: CellOptions, task: str, inputs: dict[str, Any], follow_up: bool) -> Run:
-        """Stream the run into the live display; Kernel > Interrupt keeps the steps done so far."""
+        """Stream the run into the live display. Kernel > Interrupt stops the agent, and the stream
+        still delivers the stopped step and the interrupted run (see MultiStepAgent.run)."""
         from ..display import LiveRun
-        from ..memory import ActionStep, PlanningStep, Run, RunCompleted, Usage
+        from ..memory import RunCompleted
 
-        quiet = options.quiet or self.quiet
-        model = agent.model.model_id
-        live = None if quiet else LiveRun(task, model=model, agent=agent.kind)
-        first = len(agent.memory) if follow_up else 0  # a fresh run clears the agent's memory
+        live = None if options.quiet or self.quiet else LiveRun(task, model=agent.model.model_id, agent=agent.kind)
+        events = agent.run(task, variables=inputs, reset=not follow_up, stream=True)
         run: Run | None = None
-        try:
-            for event in agent.run(task, variables=inputs, reset=not follow_up, stream=True):
-                if live is not None:
-                    live.update(event)
-                if isinstance(event, RunCompleted):
-                    run = event.run
-        except KeyboardInterrupt:
-            agent.interrupt()  # the stream has already waited for the agent to wind down
-        if run is None:  # interrupted: the agent's memory holds every step, the stopped one too
-            run = Run(task=task, agent=agent.kind, model=model, steps=list(agent.memory[first:]),
-                      state="interrupted", error="interrupted (Kernel > Interrupt)")
-            run.usage = sum((s.usage for s in run.steps if isinstance(s, (ActionStep, PlanningStep))), Usage())
+
+        def show(event: Event) -> None:
+            nonlocal run
             if live is not None:
-                live.finish(run)
+                live.update(event)
+            if isinstance(event, RunCompleted):
+                run = event.run
+
+        try:
+            for event in events:
+                show(event)
+        except KeyboardInterrupt:  # it arrived while the display was drawing: the stream goes on
+            agent.interrupt()
+            for event in events:
+                show(event)
         if live is not None:
             live.close()
+        if run is None:  # only when a second interrupt stopped the wait
+            raise KeyboardInterrupt
         return run
 
     def _bind(self, run: Run, options: CellOptions) -> None:
@@ -201,6 +221,15 @@ class AgentMagics(Magics):
             raise UsageError("usage: %agent alias NAME=MODEL")
         self.aliases = {**self.aliases, **parse_assignments(args)}
         self._cmd_models([])
+
+    def _cmd_model(self, args: list[str]) -> Model:
+        """`m = %agent model [NAME]`: the Model the cells use, for agents built in Python."""
+        if len(args) > 1:
+            raise UsageError("usage: %agent model [NAME]")
+        try:
+            return self._model(args[0] if args else None)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
     def _cmd_models(self, args: list[str]) -> None:
         lines = [f"default: {self.model}", *(f"{a} = {m}" for a, m in sorted(self.aliases.items()))]
@@ -266,7 +295,8 @@ class AgentMagics(Magics):
 def load_ipython_extension(ipython: Any) -> None:
     magics = AgentMagics(shell=ipython, config=ipython.config)
     ipython.register_magics(magics)
-    ipython.configurables.append(magics)  # so `%config AgentMagics.model = ...` finds it
+    if magics not in ipython.configurables:  # `%config AgentMagics.model = ...` looks there; IPython 8 adds it
+        ipython.configurables.append(magics)
 
 
 def unload_ipython_extension(ipython: Any) -> None:

@@ -30,6 +30,7 @@ CELL_USAGE = """\
 LINE_USAGE = """\
 %agent config [key=value ...]      show or set defaults (also %config AgentMagics.model = "...")
 %agent models                      the default model and aliases
+m = %agent model [NAME]            that model as a Model, to build agents in Python
 %agent alias NAME=MODEL            a short name for a model
 %agent runs                        past runs in this session
 %agent show [N]                    replay run N (default: the last)
