@@ -22,6 +22,10 @@ _PUBLIC = {
     "tool": "agent_kernel.tools",
     "CodeAgent": "agent_kernel.agents",
     "ToolCallingAgent": "agent_kernel.agents",
+    "WebSearchTool": "agent_kernel.base_tools",
+    "VisitWebpageTool": "agent_kernel.base_tools",
+    "PythonInterpreterTool": "agent_kernel.base_tools",
+    "mcp_tools": "agent_kernel.mcp",
     "Run": "agent_kernel.memory",
     "Usage": "agent_kernel.memory",
 }

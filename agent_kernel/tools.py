@@ -19,6 +19,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["Tool", "ToolArgumentError", "as_tool", "tool"]
+# The base tools live in base_tools.py (they build on Tool) and are importable from here too.
+_BASE_TOOLS = frozenset({"WebSearchTool", "VisitWebpageTool", "PythonInterpreterTool", "SearchEngine",
+                         "DuckDuckGoEngine", "BraveEngine", "TavilyEngine", "SerperEngine", "URLNotAllowed"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BASE_TOOLS:
+        from . import base_tools
+
+        return getattr(base_tools, name)
+    raise AttributeError(f"module 'agent_kernel.tools' has no attribute {name!r}")
 
 Schema = dict[str, Any]
 _RESERVED_NAMES = frozenset({"final_answer"})

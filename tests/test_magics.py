@@ -98,7 +98,7 @@ def test_code_and_tools_cells_bind_values_show_steps_and_export(tmp_path: Path) 
         ("%%agent code --max-steps zero\nx", "expected a positive whole number"),
         ("%%agent tools --keep x\nx", "only apply to `%%agent code`"),
         ("%%agent code --continue\nx", "--continue needs an earlier"),
-        ("%%agent tools --tools nope\nx", "--tools: not defined in the notebook: nope"),
+        ("%%agent tools --tools nope\nx", "--tools: 'nope' is not defined in the notebook"),
         ("%%agent tools --tools In\nx", "as a tool; pass a Tool"),
         ("%agent model a b", "usage: %agent model [NAME]"),
         ("%agent show 3", "no runs yet"),

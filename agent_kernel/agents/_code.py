@@ -71,6 +71,8 @@ class CodeAgent(MultiStepAgent):
         tools: Iterable[Any] = (),
         *,
         imports: Iterable[str] = (),
+        additional_authorized_imports: Iterable[str] | None = None,
+        executor_type: str = "local",
         sandbox: Any = None,
         max_steps: int = 10,
         planning_interval: int | None = None,
@@ -81,12 +83,19 @@ class CodeAgent(MultiStepAgent):
         keep_steps: int = 8,
         name: str | None = None,
         description: str | None = None,
+        add_base_tools: bool = False,
         **sandbox_options: Any,
     ) -> None:
+        _check_executor(executor_type)
+        if additional_authorized_imports is not None:  # the name other agent libraries use
+            if imports:
+                raise TypeError("pass imports=[...] or its alias additional_authorized_imports=[...], not both")
+            imports = additional_authorized_imports
         super().__init__(
             model, tools, max_steps=max_steps, planning_interval=planning_interval, instructions=instructions,
             final_answer_checks=final_answer_checks, step_callbacks=step_callbacks,
             max_observation_chars=max_observation_chars, keep_steps=keep_steps, name=name, description=description,
+            add_base_tools=add_base_tools,
         )
         from ..sandbox import AsyncSandbox, Sandbox
 
@@ -196,25 +205,31 @@ class CodeAgent(MultiStepAgent):
 
     async def aclose(self) -> None:
         """Stop the sandbox kernel this agent started (one passed in is left to its owner)."""
+        await super().aclose()
         if self._owns_sandbox and self._sandbox is not None:
             old, self._sandbox = self._sandbox, None
             self._registered.clear()
             await old.close()
 
-    def close(self) -> None:
-        _aio.run_sync(self.aclose())
 
-    def __enter__(self) -> CodeAgent:
-        return self
+_EXECUTORS = {
+    "local": "the restricted sandbox kernel on this machine (OS isolation layers)",
+    "gateway": "the same kernel started by a Jupyter Kernel/Enterprise Gateway (containers, Kubernetes)",
+}
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
-    async def __aenter__(self) -> CodeAgent:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+def _check_executor(name: str) -> None:
+    """`executor_type=` as other agent libraries spell it; ours are the local sandbox and the gateway."""
+    if name == "local":
+        return
+    if name == "gateway":
+        raise ValueError("executor_type='gateway' needs the gateway sandbox backend, which this version does not "
+                         "have yet; use executor_type='local' (the default)")
+    listed = "; ".join(f"{k!r}: {v}" for k, v in _EXECUTORS.items())
+    raise ValueError(f"unknown executor_type {name!r}. The executors are {listed}. To run the sandbox on a "
+                     "container platform (Docker, Kubernetes, a cloud sandbox service), run a Jupyter gateway "
+                     "there with the `agent-sandbox` kernelspec (`python -m agent_kernel install-kernelspec`) "
+                     "and use executor_type='gateway'.")
 
 
 def render_observation(execution: Execution) -> str:

@@ -69,6 +69,7 @@ class MultiStepAgent:
         keep_steps: int = 8,
         name: str | None = None,
         description: str | None = None,
+        add_base_tools: bool = False,
     ) -> None:
         if max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {max_steps}")
@@ -83,6 +84,14 @@ class MultiStepAgent:
             if converted.name in self.tools:
                 raise ValueError(f"two tools are named {converted.name!r}; give one another name (@tool(name=...))")
             self.tools[converted.name] = converted
+        self._owned_tools: list[Any] = []  # tools this agent made (add_base_tools) and so must close
+        if add_base_tools:
+            from ..base_tools import base_tools
+
+            for base in base_tools(self.kind):
+                if base.name not in self.tools:  # the user's own tool of that name wins
+                    self.tools[base.name] = base
+                    self._owned_tools.append(base)
         self.max_steps = max_steps
         self.planning_interval = planning_interval
         self.instructions = instructions
@@ -192,6 +201,27 @@ class MultiStepAgent:
         except KeyboardInterrupt:
             self.interrupt()
             return events.get()
+
+    async def aclose(self) -> None:
+        """Stop what the agent started: the python_interpreter tool's sandbox (add_base_tools)."""
+        for owned in self._owned_tools:
+            if hasattr(owned, "aclose"):
+                await owned.aclose()
+
+    def close(self) -> None:
+        _aio.run_sync(self.aclose())
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def interrupt(self) -> None:
         """Stop the run in progress (from any thread); it ends with state "interrupted"."""

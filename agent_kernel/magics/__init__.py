@@ -75,6 +75,7 @@ class AgentMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self.runs: list[_Record] = []
         self._agents: dict[str, Any] = {}  # kind -> the last agent of that kind, for --continue and --keep
+        self._mcp: Any = None  # agent_kernel.mcp.MCPServers, made at the first `%agent mcp`
 
     # -- %%agent ---------------------------------------------------------------------------------
 
@@ -103,10 +104,20 @@ class AgentMagics(Magics):
 
     def _tools(self, names: list[str]) -> list[Any]:
         """Notebook values by name; the agent checks each is a tool (a function, a Tool or an agent)."""
-        missing = [n for n in names if n not in self.shell.user_ns]
-        if missing:
-            raise UsageError(f"--tools: not defined in the notebook: {', '.join(missing)} (define them first)")
-        return [self.shell.user_ns[n] for n in names]
+        found: list[Any] = []
+        for name in names:
+            if name in self.shell.user_ns:
+                found.append(self.shell.user_ns[name])
+                continue
+            try:  # NAME: every tool of that MCP server; NAME.tool: one of them
+                served = self._mcp.resolve(name) if self._mcp is not None else None
+            except KeyError as exc:
+                raise UsageError(f"--tools {name}: {exc.args[0]}") from None
+            if served is None:
+                raise UsageError(f"--tools: {name!r} is not defined in the notebook, nor an MCP server "
+                                 "(%agent mcp list); define it first")
+            found.extend(served)
+        return found
 
     def _model(self, name: str | None) -> Model:
         """The model a cell names (or the default), aliases resolved, at the configured endpoint."""
@@ -123,7 +134,8 @@ class AgentMagics(Magics):
             return self._agents[options.kind], True
         from ..agents import CodeAgent, ToolCallingAgent
 
-        common = {"tools": self._tools(options.tools), "max_steps": options.max_steps or self.max_steps}
+        common = {"tools": self._tools(options.tools), "max_steps": options.max_steps or self.max_steps,
+                  "add_base_tools": options.base_tools}
         try:
             model = self._model(options.model)
             if options.kind == "code":
@@ -278,6 +290,19 @@ class AgentMagics(Magics):
         listing = "\n".join(f"  {name}: {preview}" for name, preview in variables.items()) or "  (none)"
         print(f"{sandbox.isolation}\nvariables\n{listing}")
 
+    def _cmd_mcp(self, args: list[str]) -> None:
+        from ..mcp import MCP_USAGE, MCPConnectionError, MCPServers
+
+        if args[:1] == ["help"]:
+            print(MCP_USAGE)
+            return
+        if self._mcp is None:
+            self._mcp = MCPServers()
+        try:
+            print(self._mcp.command(args))
+        except (ValueError, MCPConnectionError) as exc:
+            raise UsageError(str(exc)) from None
+
     def _cmd_reset(self, args: list[str]) -> None:
         self._close_agents()
         print("agent and sandbox stopped; the next run starts fresh")
@@ -302,6 +327,8 @@ def load_ipython_extension(ipython: Any) -> None:
 def unload_ipython_extension(ipython: Any) -> None:
     for magics in [c for c in ipython.configurables if isinstance(c, AgentMagics)]:
         magics._close_agents()
+        if magics._mcp is not None:
+            magics._mcp.close()
         ipython.configurables.remove(magics)
 
 

@@ -16,7 +16,9 @@ CELL_USAGE = """\
 
   -m, --model MODEL     litellm model name or an alias (%agent alias fast=openai/gpt-4o-mini)
   --max-steps N         steps before the agent must answer
-  --tools f,g           notebook callables the agent may call
+  --tools f,g           notebook callables the agent may call; an MCP server (NAME) or one of its
+                        tools (NAME.tool), after `%agent mcp add NAME ...`
+  --base-tools          add web_search and visit_webpage (and python_interpreter for tools)
   --in a,b              notebook variables the agent can use
   --out NAME            bind the final answer to NAME
   --keep x,y            pull these sandbox variables back into the notebook (code only)
@@ -36,7 +38,8 @@ m = %agent model [NAME]            that model as a Model, to build agents in Pyt
 %agent show [N]                    replay run N (default: the last)
 %agent export [N] PATH.ipynb       save run N as a notebook that re-runs
 %agent sandbox                     isolation layers and variables of the last code sandbox
-%agent reset                       stop sandboxes, forget runs' memory"""
+%agent reset                       stop sandboxes, forget runs' memory
+%agent mcp add NAME -- CMD ARGS    connect an MCP server (stdio; or NAME URL for HTTP): %agent mcp help"""
 
 _NAME = re.compile(r"[A-Za-z_]\w*\Z")
 _CODE_ONLY = ("keep", "imports", "timeout", "network", "read")
@@ -50,6 +53,7 @@ class CellOptions:
     model: str | None = None
     max_steps: int | None = None
     tools: list[str] = field(default_factory=list)
+    base_tools: bool = False
     inputs: list[str] = field(default_factory=list)
     out: str | None = None
     keep: list[str] = field(default_factory=list)
@@ -77,6 +81,15 @@ def _names(text: str) -> list[str]:
     bad = [n for n in names if not _NAME.match(n)]
     if bad or not names:
         raise argparse.ArgumentTypeError(f"expected comma-separated Python names, got {text!r}")
+    return names
+
+
+def _tool_names(text: str) -> list[str]:
+    """`--tools`: Python names, or NAME.tool for one tool of an MCP server (its own spelling)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if not _NAME.match(n.split(".", 1)[0])]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names (or SERVER.tool), got {text!r}")
     return names
 
 
@@ -111,7 +124,8 @@ def _build_parser() -> _Parser:
     p.add_argument("kind", choices=("code", "tools"))
     p.add_argument("-m", "--model")
     p.add_argument("--max-steps", type=_positive_int)
-    p.add_argument("--tools", type=_names, default=[])
+    p.add_argument("--tools", type=_tool_names, default=[])
+    p.add_argument("--base-tools", action="store_true")
     p.add_argument("--in", dest="inputs", type=_names, default=[])
     p.add_argument("--out", type=_name)
     p.add_argument("--keep", type=_names, default=[])
