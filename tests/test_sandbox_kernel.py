@@ -24,7 +24,7 @@ def sandbox():
 @pytest.fixture()
 def kc(sandbox):
     client = BlockingKernelClient()
-    client.load_connection_file(sandbox._async._km.connection_file)
+    client.load_connection_file(sandbox._async._backend.km.connection_file)
     client.start_channels()
     client.wait_for_ready(timeout=20)
     yield client

@@ -1,8 +1,11 @@
 """The host side of a sandbox: start the restricted kernel, run code in it, move values in and out.
 
-One AsyncSandbox owns one kernel process (started by jupyter_client over ipc transport in a
-private 0700 directory) and its working directory. Every reply from the kernel is untrusted: it is
-parsed as JSON or decoded by the codec, never unpickled.
+One AsyncSandbox owns one kernel. Where that kernel runs is its backend's business: locally
+(`_LocalBackend`: a process started by jupyter_client over ipc transport in a private 0700
+directory, its channels read straight off the zmq sockets) or on a Jupyter Kernel/Enterprise
+Gateway (`_gateway.GatewayBackend`: REST and the channels websocket). Everything else (Execution
+records, timeouts, restarts, host functions, value transfers) is here, shared. Every reply from the
+kernel is untrusted: it is parsed as JSON or decoded by the codec, never unpickled.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
@@ -31,6 +34,7 @@ from . import _codec
 from ._kernel_side import CALL_MARKER, CUT_MARK, HANDLE, HeadTail
 from ._records import Execution, ExecutionError, Isolation
 from ._spec import CONFIG_ENV, KERNEL_NAME, kernel_spec
+from ._transfer import Transfer
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _UNSAFE_MIME = ("application/javascript", "text/javascript", "application/x-javascript")
@@ -54,13 +58,18 @@ class SandboxOptions:
     max_output: int = 100_000  # characters of printed output kept per execution (head and tail)
     keep_workdir: bool = False
     startup_timeout: float = 60.0
+    gateway: str | None = None  # a Jupyter Kernel/Enterprise Gateway's URL; None: a local kernel
+    token: str | None = field(default=None, repr=False)
 
-    def launcher_settings(self, root: Path) -> dict[str, Any]:
+    def launcher_settings(self, root: Path | None) -> dict[str, Any]:
+        """The kernel's settings; without `root` (a remote kernel) it picks its own folders."""
         memory = _parse_size(self.memory)
+        folders = {} if root is None else {
+            "workdir": str(root / "work"), "runtime_dir": str(root / "run"), "transfer_dir": str(root / "transfer")
+        }
         return {
-            "workdir": str(root / "work"),
-            "runtime_dir": str(root / "run"),
-            "transfer_dir": str(root / "transfer"),
+            **folders,
+            "inline": root is None,
             "max_output": self.max_output,
             "read_paths": [str(Path(p).expanduser().resolve()) for p in self.read_paths],
             "network": self.network,
@@ -135,8 +144,155 @@ class _Outputs:
         return note is not None or any(o["output_type"] == "stream" and CUT_MARK in o["text"] for o in self.items)
 
 
+Message = tuple[str, str, dict[str, Any]]  # (channel, msg_type, content)
+
+
+class _Backend(Protocol):
+    """Where the kernel runs and how its messages travel. AsyncSandbox holds all the rest."""
+
+    inline: bool  # True: no folder is shared with the kernel, payloads travel inside the messages
+    workdir: Path | None  # the kernel's working directory, when it is on this machine
+
+    async def start(self, root: Path, options: SandboxOptions) -> None:
+        """Create the kernel (`root`: this sandbox's private folder here)."""
+
+    async def connect(self, timeout: float) -> None:
+        """Open the channels and wait until the kernel answers."""
+
+    async def execute(self, code: str, silent: bool, user_expressions: dict[str, str]) -> str:
+        """Send an execute_request; its msg_id."""
+
+    async def input(self, text: str) -> None:
+        """Answer the kernel's input_request."""
+
+    def drain(self, msg_id: str) -> list[Message]:
+        """The messages waiting now: replies and outputs for `msg_id`, every stdin request."""
+
+    async def wait(self, timeout: float) -> bool:
+        """Until a message is waiting (True) or `timeout` seconds pass (False)."""
+
+    async def is_alive(self) -> bool: ...
+
+    async def exit_status(self) -> int | None:
+        """How a dead kernel ended, when that is known here."""
+
+    async def interrupt(self) -> None: ...
+
+    async def restart(self) -> None:
+        """Replace the kernel (dead or hung); `connect` follows."""
+
+    async def close(self) -> None: ...
+
+
+class _LocalBackend:
+    """A kernel process on this machine, its channels read straight off the zmq sockets."""
+
+    inline = False
+
+    def __init__(self) -> None:
+        self.km: AsyncKernelManager | None = None
+        self.workdir: Path | None = None
+        self._kc: Any = None
+        self._poller: zmq.asyncio.Poller | None = None
+        self._sockets: tuple[zmq.Socket, ...] = ()
+
+    async def start(self, root: Path, options: SandboxOptions) -> None:
+        runtime_dir = root / "run"
+        runtime_dir.mkdir(mode=0o700)
+        self.workdir = root / "work"
+        self.workdir.mkdir()
+        km = AsyncKernelManager(
+            kernel_name=KERNEL_NAME,
+            kernel_spec_manager=_SpecManager(),
+            transport="ipc",
+            ip=str(runtime_dir / "k"),
+            connection_file=str(runtime_dir / "kernel.json"),
+        )
+        env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
+        env[CONFIG_ENV] = json.dumps(options.launcher_settings(root))
+        await km.start_kernel(env=env, cwd=str(self.workdir))
+        self.km = km
+
+    async def connect(self, timeout: float) -> None:
+        assert self.km is not None
+        self._kc = self.km.client()
+        self._kc.start_channels()
+        try:
+            await self._kc.wait_for_ready(timeout=timeout)
+        except RuntimeError as exc:
+            raise SandboxError(f"{exc}. Kernel output: see the log above") from exc
+        channels = (self._kc.iopub_channel.socket, self._kc.shell_channel.socket, self._kc.stdin_channel.socket)
+        self._poller = zmq.asyncio.Poller()
+        for sock in channels:
+            self._poller.register(sock, zmq.POLLIN)
+        # Reads go through plain shadows of the asyncio sockets, which make a future per read.
+        self._sockets = tuple(zmq.Socket.shadow(sock.underlying) for sock in channels)
+
+    async def execute(self, code: str, silent: bool, user_expressions: dict[str, str]) -> str:
+        return self._kc.execute(
+            code, silent=silent, store_history=False, user_expressions=user_expressions, allow_stdin=True,
+            stop_on_error=False,  # one failed execution must not abort the next one queued behind it
+        )
+
+    async def input(self, text: str) -> None:
+        self._kc.input(text)
+
+    def drain(self, msg_id: str) -> list[Message]:
+        iopub, shell, stdin = self._sockets
+        return [*self._drain(iopub, "iopub", msg_id), *self._drain(shell, "shell", msg_id),
+                *self._drain(stdin, "stdin", None)]
+
+    def _drain(self, sock: zmq.Socket, channel: str, msg_id: str | None) -> list[Message]:
+        """The messages waiting on `sock` that answer `msg_id` (all, when None).
+
+        Leaner than Session.deserialize (a quarter of its cost): the signature is checked, only the
+        parent header is parsed for messages to someone else, and dates stay text (none is read here).
+        """
+        session = self._kc.session
+        found = []
+        while sock.get(zmq.EVENTS) & zmq.POLLIN:  # cheaper than a zmq.Again per empty socket
+            _, (signature, *parts) = session.feed_identities(sock.recv_multipart(zmq.NOBLOCK))
+            header, parent, _, content = parts[:4]
+            if session.auth is not None and not hmac.compare_digest(signature, session.sign(parts[:4])):
+                raise SandboxError("a message on the sandbox kernel's channels had a bad signature")
+            if msg_id is None or session.unpack(parent).get("msg_id") == msg_id:
+                found.append((channel, session.unpack(header)["msg_type"], session.unpack(content)))
+        return found
+
+    async def wait(self, timeout: float) -> bool:
+        assert self._poller is not None
+        return bool(await self._poller.poll(timeout * 1000))
+
+    async def is_alive(self) -> bool:
+        return self.km is not None and await self.km.is_alive()
+
+    async def exit_status(self) -> int | None:
+        return await self.km.provisioner.poll() if self.km is not None and self.km.provisioner else None
+
+    async def interrupt(self) -> None:
+        assert self.km is not None
+        await self.km.interrupt_kernel()
+
+    async def restart(self) -> None:
+        assert self.km is not None
+        self._kc.stop_channels()
+        await self.km.restart_kernel(now=True)
+
+    async def close(self) -> None:
+        if self._kc is not None:
+            self._kc.stop_channels()
+            self._kc = None
+        if self.km is not None:
+            km, self.km = self.km, None
+            await km.shutdown_kernel(now=True)
+
+
 class AsyncSandbox:
-    """A restricted Python kernel for untrusted code. Use `async with AsyncSandbox(...) as sb`."""
+    """A restricted Python kernel for untrusted code. Use `async with AsyncSandbox(...) as sb`.
+
+    `gateway="http://host:8888"` (or $JUPYTER_GATEWAY_URL) runs the kernel on a Jupyter
+    Kernel/Enterprise Gateway instead of this machine, with `token` (or $JUPYTER_GATEWAY_AUTH_TOKEN).
+    """
 
     def __init__(
         self,
@@ -149,17 +305,20 @@ class AsyncSandbox:
         strict: bool = False,
         max_output: int = 100_000,
         keep_workdir: bool = False,
+        gateway: str | None = None,
+        token: str | None = None,
     ) -> None:
         self.options = SandboxOptions(
             imports=tuple(imports), timeout=timeout, memory=memory, network=network,
             read_paths=tuple(str(p) for p in read_paths), strict=strict, max_output=max_output,
-            keep_workdir=keep_workdir,
+            keep_workdir=keep_workdir, gateway=gateway or os.environ.get("JUPYTER_GATEWAY_URL") or None, token=token,
         )
         _parse_size(memory)  # fail now on a bad size, not in the kernel
         self.isolation = Isolation()
+        self._backend = _backend_for(self.options)
         self._root: Path | None = None
-        self._km: AsyncKernelManager | None = None
-        self._kc: Any = None
+        self._transfer: Transfer | None = None
+        self._starting: asyncio.Task[None] | None = None
         self._functions: dict[str, Callable[..., Any]] = {}
         self._lock = asyncio.Lock()
 
@@ -168,62 +327,44 @@ class AsyncSandbox:
     def workdir(self) -> Path:
         if self._root is None:
             raise SandboxError("the sandbox is not started")
-        return self._root / "work"
-
-    @property
-    def _transfer_dir(self) -> Path:
-        """Outside the workdir: sandbox code may write files in it but cannot swap it for a symlink."""
-        assert self._root is not None
-        return self._root / "transfer"
+        if self._backend.workdir is None:
+            raise SandboxError("this sandbox's working directory is on the gateway's machine, not this one")
+        return self._backend.workdir
 
     async def start(self) -> AsyncSandbox:
-        if self._km is not None:
-            return self
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._boot())
+        await self._starting
+        return self
+
+    async def _boot(self) -> None:
         self._root = Path(tempfile.mkdtemp(prefix="agent-sandbox-"))
         self._root.chmod(0o711)  # traversable, not listable: lets the kernel drop to an unprivileged uid
-        runtime_dir = self._root / "run"
-        runtime_dir.mkdir(mode=0o700)
-        self.workdir.mkdir()
-        self._transfer_dir.mkdir()
-        km = AsyncKernelManager(
-            kernel_name=KERNEL_NAME,
-            kernel_spec_manager=_SpecManager(),
-            transport="ipc",
-            ip=str(runtime_dir / "k"),
-            connection_file=str(runtime_dir / "kernel.json"),
-        )
-        env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
-        env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures come back as PNG displays
-        env[CONFIG_ENV] = json.dumps(self.options.launcher_settings(self._root))
+        # Outside the workdir: sandbox code may write files in it but cannot swap it for a symlink.
+        transfer_dir = self._root / "transfer"
+        transfer_dir.mkdir()
+        self._transfer = Transfer(transfer_dir, inline=self._backend.inline)
         try:
-            await km.start_kernel(env=env, cwd=str(self.workdir))
-            self._km = km
+            await self._backend.start(self._root, self.options)
             await self._connect()
         except Exception as exc:
             await self.close()
             raise SandboxError(f"the sandbox kernel failed to start: {exc}") from exc
-        return self
 
     async def _connect(self) -> None:
-        assert self._km is not None
-        self._kc = self._km.client()
-        self._kc.start_channels()
         try:
-            await self._kc.wait_for_ready(timeout=self.options.startup_timeout)
-        except RuntimeError as exc:
-            raise SandboxError(f"{exc}. Kernel output: see the log above; strict={self.options.strict}") from exc
+            await self._backend.connect(self.options.startup_timeout)
+        except SandboxError as exc:
+            raise SandboxError(f"{exc}; strict={self.options.strict}") from exc
         iso = await self._evaluate(f"{HANDLE}.isolation()", locked=True)
         self.isolation = Isolation(active=iso["active"], missing=iso["missing"])
         if self._functions:
             await self._register_stubs(self._functions, locked=True)
 
     async def close(self) -> None:
-        if self._kc is not None:
-            self._kc.stop_channels()
-            self._kc = None
-        if self._km is not None:
-            km, self._km = self._km, None
-            await km.shutdown_kernel(now=True)
+        if self._starting is not None:
+            self._starting = None
+            await self._backend.close()
         if self._root is not None and not self.options.keep_workdir:
             shutil.rmtree(self._root, ignore_errors=True)
 
@@ -235,9 +376,7 @@ class AsyncSandbox:
 
     async def _restart(self) -> None:
         """Replace a dead or hung kernel; the working directory survives, variables do not."""
-        assert self._km is not None
-        self._kc.stop_channels()
-        await self._km.restart_kernel(now=True)
+        await self._backend.restart()
         await self._connect()
 
     # -- running code ---------------------------------------------------------------------------
@@ -267,7 +406,7 @@ class AsyncSandbox:
             try:
                 return await self._exchange(code, user_expressions, timeout, silent)
             except asyncio.CancelledError:  # the caller gave up (an interrupted agent): stop the code too
-                await asyncio.shield(self._km.interrupt_kernel())
+                await asyncio.shield(self._backend.interrupt())
                 raise
 
     async def _exchange(
@@ -278,13 +417,10 @@ class AsyncSandbox:
         limit = self.options.timeout if timeout is None else timeout
         outputs = _Outputs(self.options.max_output)
         execution = Execution(code=code)
-        msg_id = self._kc.execute(
-            code, silent=silent, store_history=False, user_expressions=user_expressions, allow_stdin=True,
-            stop_on_error=False,  # one failed execution must not abort the next one queued behind it
-        )
+        msg_id = await self._backend.execute(code, silent, user_expressions)
         outcome, reply = await self._collect(msg_id, outputs, started + limit)
         if outcome == "timeout":
-            await self._km.interrupt_kernel()
+            await self._backend.interrupt()
             outcome, reply = await self._collect(msg_id, outputs, time.perf_counter() + _INTERRUPT_GRACE)
             if outcome == "done":
                 outputs.error = ExecutionError(
@@ -298,7 +434,7 @@ class AsyncSandbox:
                 )
                 execution.restarted = True
         if outcome == "dead":
-            status = await self._km.provisioner.poll() if self._km.provisioner else None
+            status = await self._backend.exit_status()
             outputs.error = ExecutionError(
                 "SandboxDied",
                 f"the sandbox kernel died (exit status {status}; out of memory or a crash); "
@@ -317,50 +453,27 @@ class AsyncSandbox:
 
     async def _collect(self, msg_id: str, outputs: _Outputs, deadline: float) -> tuple[str, dict[str, Any]]:
         """Read the kernel's messages for `msg_id` until its reply and idle status: done, timeout or dead."""
-        kc = self._kc
-        channels = (kc.iopub_channel.socket, kc.shell_channel.socket, kc.stdin_channel.socket)
-        poller = zmq.asyncio.Poller()
-        for sock in channels:
-            poller.register(sock, zmq.POLLIN)
-        # Reads go through plain shadows of the asyncio sockets, which make a future per read.
-        iopub, shell, stdin = (zmq.Socket.shadow(sock.underlying) for sock in channels)
+        backend = self._backend
         reply: dict[str, Any] | None = None
         idle = False
         while True:
-            for msg_type, content in self._drain(iopub, msg_id):
-                if msg_type == "status":
-                    idle = content["execution_state"] == "idle"
-                else:
-                    outputs.add(msg_type, content)
-            for _, content in self._drain(shell, msg_id):
-                reply = content
-            for msg_type, content in self._drain(stdin, None):
-                if msg_type == "input_request":
-                    kc.input(await self._answer_input(content["prompt"], deadline - time.perf_counter()))
+            for channel, msg_type, content in backend.drain(msg_id):
+                if channel == "iopub":
+                    if msg_type == "status":
+                        idle = content["execution_state"] == "idle"
+                    else:
+                        outputs.add(msg_type, content)
+                elif channel == "shell":
+                    reply = content
+                elif msg_type == "input_request":
+                    await backend.input(await self._answer_input(content["prompt"], deadline - time.perf_counter()))
             if reply is not None and idle:
                 return "done", reply
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return "timeout", reply or {}
-            if not await poller.poll(min(remaining, 0.25) * 1000) and not await self._km.is_alive():
+            if not await backend.wait(min(remaining, 0.25)) and not await backend.is_alive():
                 return "dead", {}
-
-    def _drain(self, sock: zmq.Socket, msg_id: str | None) -> list[tuple[str, dict[str, Any]]]:
-        """The messages waiting on `sock` that answer `msg_id` (all, when None), as (msg_type, content).
-
-        Leaner than Session.deserialize (a quarter of its cost): the signature is checked, only the
-        parent header is parsed for messages to someone else, and dates stay text (none is read here).
-        """
-        session = self._kc.session
-        found = []
-        while sock.get(zmq.EVENTS) & zmq.POLLIN:  # cheaper than a zmq.Again per empty socket
-            _, (signature, *parts) = session.feed_identities(sock.recv_multipart(zmq.NOBLOCK))
-            header, parent, _, content = parts[:4]
-            if session.auth is not None and not hmac.compare_digest(signature, session.sign(parts[:4])):
-                raise SandboxError("a message on the sandbox kernel's channels had a bad signature")
-            if msg_id is None or session.unpack(parent).get("msg_id") == msg_id:
-                found.append((session.unpack(header)["msg_type"], session.unpack(content)))
-        return found
 
     # -- host functions -------------------------------------------------------------------------
     async def register_function(self, name: str, fn: Callable[..., Any], doc: str | None = None) -> None:
@@ -368,7 +481,7 @@ class AsyncSandbox:
         if not name.isidentifier():
             raise ValueError(f"{name!r} is not a Python identifier")
         self._functions[name] = fn
-        if self._km is not None:
+        if self._starting is not None:
             await self._register_stubs({name: fn}, doc)
 
     async def _register_stubs(
@@ -390,7 +503,7 @@ class AsyncSandbox:
             else:
                 call = asyncio.to_thread(fn, *args, **kwargs)
             result = await asyncio.wait_for(call, max(time_left, 0.001))
-            return json.dumps({"ok": _codec.encode(result, self._transfer_dir, f"{request['name']}_result")})
+            return json.dumps({"ok": self._transfer.encode(result, f"{request['name']}_result")})
         except asyncio.TimeoutError:
             return json.dumps({"error": "the host function did not return before the execution timeout"})
         except Exception as exc:  # reported to the sandbox code as HostFunctionError
@@ -400,12 +513,12 @@ class AsyncSandbox:
     async def push(self, **values: Any) -> None:
         """Bind `values` as variables in the sandbox."""
         await self.start()
-        descriptors = {name: _codec.encode(v, self._transfer_dir, name) for name, v in values.items()}
+        descriptors = {name: self._transfer.encode(v, name) for name, v in values.items()}
         try:
             await self._evaluate(f"{HANDLE}.load({json.dumps(json.dumps(descriptors))})")
         finally:  # whatever the kernel did not consume must not linger in the transfer folder
             for descriptor in descriptors.values():
-                _codec.cleanup(descriptor, self._transfer_dir)
+                self._transfer.cleanup(descriptor)
 
     async def pull(self, names: Iterable[str]) -> dict[str, Any]:
         """Copy sandbox variables out. Raises KeyError naming any that do not exist."""
@@ -416,7 +529,7 @@ class AsyncSandbox:
         if answer.get("missing"):
             for descriptor in answer["values"].values():
                 with contextlib.suppress(_codec.TransferError):  # a bad name names no file of ours
-                    _codec.cleanup(descriptor, self._transfer_dir)
+                    self._transfer.cleanup(descriptor)
             raise KeyError(f"not defined in the sandbox: {', '.join(map(str, answer['missing']))}")
         return {name: self._decode(answer["values"].get(name)) for name in names}
 
@@ -426,7 +539,7 @@ class AsyncSandbox:
 
     def _decode(self, descriptor: Any) -> Any:
         try:
-            return _codec.decode(descriptor, self._transfer_dir)
+            return self._transfer.decode(descriptor)
         except _codec.TransferError as exc:
             raise SandboxError(f"a value from the sandbox was refused: {exc}") from None
 
@@ -441,6 +554,14 @@ class AsyncSandbox:
             return _expression_value(reply, "r")
         except SandboxError as exc:
             raise SandboxError(f"sandbox call {expression.split('(')[0]} failed: {execution.error or exc}") from None
+
+
+def _backend_for(options: SandboxOptions) -> _Backend:
+    if options.gateway is None:
+        return _LocalBackend()
+    from ._gateway import GatewayBackend
+
+    return GatewayBackend(options.gateway, options.token)
 
 
 def _expression_value(reply: dict[str, Any], key: str) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import _codec
 from ._records import Isolation
+from ._transfer import Transfer
 
 CALL_MARKER = "\x00agent_kernel:call\x00"  # prefix of an input_request that is a host-function call
 CUT_MARK = "characters of output cut ...]"  # ends the note that replaces cut output
@@ -79,12 +80,13 @@ class HeadTail:
 
 
 class Bridge:
-    def __init__(self, shell: Any, transfer_dir: str, isolation: Isolation) -> None:
+    def __init__(self, shell: Any, transfer_dir: str, isolation: Isolation, inline: bool = False) -> None:
         self._shell = shell
         self._isolation = isolation
         self._final: Any = _NO_ANSWER
         self.transfer_dir = Path(transfer_dir)
         self.transfer_dir.mkdir(exist_ok=True)
+        self._transfer = Transfer(self.transfer_dir, inline)  # inline: the host is behind a gateway
 
     # -- final answer ---------------------------------------------------------------------------
     def final_answer(self, answer: Any) -> Any:
@@ -97,17 +99,17 @@ class Bridge:
         if self._final is _NO_ANSWER:
             return "{}"
         answer, self._final = self._final, _NO_ANSWER
-        return json.dumps({"final": _codec.encode(answer, self.transfer_dir, "final_answer")})
+        return json.dumps({"final": self._transfer.encode(answer, "final_answer")})
 
     # -- values in and out ----------------------------------------------------------------------
     def load(self, descriptors: str) -> str:
         for name, descriptor in json.loads(descriptors).items():
-            self._shell.user_ns[name] = _codec.decode(descriptor, self.transfer_dir)
+            self._shell.user_ns[name] = self._transfer.decode(descriptor)
         return "null"
 
     def dump(self, names: str) -> str:
         ns = self._shell.user_ns
-        found = {n: _codec.encode(ns[n], self.transfer_dir, n) for n in json.loads(names) if n in ns}
+        found = {n: self._transfer.encode(ns[n], n) for n in json.loads(names) if n in ns}
         return json.dumps({"values": found, "missing": [n for n in json.loads(names) if n not in ns]})
 
     def variables(self) -> str:
@@ -144,21 +146,23 @@ class Bridge:
     def call(self, name: str, args: tuple, kwargs: dict) -> Any:
         request = {
             "name": name,
-            "args": [_codec.encode(a, self.transfer_dir, f"{name}_arg{i}") for i, a in enumerate(args)],
-            "kwargs": {k: _codec.encode(v, self.transfer_dir, f"{name}_{k}") for k, v in kwargs.items()},
+            "args": [self._transfer.encode(a, f"{name}_arg{i}") for i, a in enumerate(args)],
+            "kwargs": {k: self._transfer.encode(v, f"{name}_{k}") for k, v in kwargs.items()},
         }
         reply = json.loads(self._shell.kernel.raw_input(CALL_MARKER + json.dumps(request)))
         if "error" in reply:
             raise HostFunctionError(reply["error"])
-        return _codec.decode(reply["ok"], self.transfer_dir)
+        return self._transfer.decode(reply["ok"])
 
     def _expose(self, name: str, value: Any) -> None:
         self._shell.user_ns[name] = value
         self._shell.user_ns_hidden[name] = value
 
 
-def install(shell: Any, imports: list[str], isolation: Isolation, transfer_dir: str, max_output: int) -> Bridge:
-    bridge = Bridge(shell, transfer_dir, isolation)
+def install(
+    shell: Any, imports: list[str], isolation: Isolation, transfer_dir: str, max_output: int, inline: bool = False
+) -> Bridge:
+    bridge = Bridge(shell, transfer_dir, isolation, inline)
     shell.user_ns[HANDLE] = bridge
     shell.user_ns_hidden[HANDLE] = bridge
     bridge._expose("final_answer", bridge.final_answer)

@@ -27,6 +27,8 @@ from jupyter_client.session import json_packer
 
 from ._spec import CONFIG_ENV
 
+GATEWAY_CONFIG_ENV = "KERNEL_AGENT_SANDBOX"
+
 try:
     import orjson
 
@@ -52,18 +54,26 @@ def _kernel_argv(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     from ._isolation import IsolationConfig, apply_isolation
 
-    settings = json.loads(os.environ.pop(CONFIG_ENV, "{}") or "{}")
-    workdir = settings.get("workdir") or os.getcwd()
-    runtime_dir = settings.get("runtime_dir") or os.path.dirname(os.path.abspath(_connection_file(argv or sys.argv[1:])))
-    os.makedirs(workdir, exist_ok=True)
+    # A gateway forwards only KERNEL_* variables from the host: the same settings under that name.
+    sent = [os.environ.pop(name, "") for name in (CONFIG_ENV, GATEWAY_CONFIG_ENV)]
+    settings = json.loads(sent[0] or sent[1] or "{}")
+    connection_file = os.path.abspath(_connection_file(argv or sys.argv[1:]))
+    runtime_dir = settings.get("runtime_dir") or os.path.dirname(connection_file)
+    if not settings.get("workdir"):  # behind a gateway: the host cannot name folders on this machine
+        _require_private(runtime_dir, connection_file)
+    workdir = settings.get("workdir") or os.path.join(runtime_dir, "work")
+    transfer_dir = settings.get("transfer_dir") or os.path.join(runtime_dir, "transfer")
+    for folder in (workdir, transfer_dir):
+        os.makedirs(folder, mode=0o700, exist_ok=True)
     os.chdir(workdir)
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # figures as PNG displays
 
     isolation = apply_isolation(
         IsolationConfig(
             workdir=workdir,
             runtime_dir=runtime_dir,
             read_paths=list(settings.get("read_paths", [])),
-            write_paths=[settings["transfer_dir"]] if settings.get("transfer_dir") else [],
+            write_paths=[transfer_dir],
             network=bool(settings.get("network", False)),
             memory_bytes=settings.get("memory_bytes"),
             cpu_seconds=settings.get("cpu_seconds"),
@@ -81,8 +91,9 @@ def main(argv: list[str] | None = None) -> None:
         app.shell,
         imports=settings.get("imports", []),
         isolation=isolation,
-        transfer_dir=settings.get("transfer_dir") or os.path.join(workdir, ".transfer"),
+        transfer_dir=transfer_dir,
         max_output=settings.get("max_output", 100_000),
+        inline=bool(settings.get("inline", False)),
     )
     app.start()
 
@@ -204,6 +215,19 @@ def _pack(obj: Any) -> bytes:
         return orjson.dumps(obj, default=json_default, option=_ORJSON_OPTIONS)
     except orjson.JSONEncodeError:
         return json_packer(obj)
+
+
+def _require_private(runtime_dir: str, connection_file: str) -> None:
+    """The runtime dir becomes read-write for sandbox code: it must not hold other kernels' secrets."""
+    own = os.path.basename(connection_file)
+    others = [name for name in os.listdir(runtime_dir) if name.endswith(".json") and name != own]
+    if others:
+        raise SystemExit(
+            f"agent-sandbox: refusing to start, the connection file's folder {runtime_dir} is shared with other "
+            f"kernels ({len(others)} other connection files) and sandbox code could read their keys. Run the "
+            "gateway with --MappingKernelManager.kernel_manager_class="
+            "agent_kernel.sandbox._gateway_server.SandboxKernelManager (see docs/gateway.md)."
+        )
 
 
 def _connection_file(argv: list[str]) -> str:

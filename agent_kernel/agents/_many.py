@@ -1,0 +1,218 @@
+"""Many runs at once: one agent's configuration over a list of tasks, `concurrency` at a time.
+
+Each task runs on its own copy of the agent (same model, tools and settings, empty memory) and,
+for a CodeAgent, in its own fresh sandbox from a shared pool that starts kernels ahead of the runs
+that need them (never more kernels than tasks). Model calls of different tasks overlap. A task that
+fails yields a Run with state "error"; the others go on. Runs come back in input order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+from .. import _aio
+from ..memory import Run
+from ..sandbox._pool import SandboxPool
+from ._loop import MultiStepAgent, _model_name
+
+Task = str | tuple[str, dict[str, Any]]  # a task, or a task with its own variables
+
+
+def run_many(agent: MultiStepAgent, tasks: Iterable[Task], *, concurrency: int = 4,
+             variables: dict[str, Any] | None = None, progress: bool = True) -> list[Run]:
+    """Run every task and return their Runs in input order (sync; see `arun_many`).
+
+    Ctrl-C (Kernel > Interrupt) interrupts the runs in progress; they, and the tasks not started
+    yet, come back with state "interrupted" next to the runs already finished.
+    """
+    batch = _Batch(agent, tasks, concurrency, variables, progress)
+    future = _aio.submit(batch.run())
+    try:
+        return future.result()
+    except KeyboardInterrupt:
+        batch.interrupt()
+        return future.result()
+
+
+async def arun_many(agent: MultiStepAgent, tasks: Iterable[Task], *, concurrency: int = 4,
+                    variables: dict[str, Any] | None = None, progress: bool = True) -> list[Run]:
+    """Run every task, `concurrency` at a time, each on its own copy of `agent` (and sandbox).
+
+    `tasks`: task strings, or (task, variables) pairs; `variables` are given to every task (a
+    pair's own variables win). `progress`: show a progress bar (notebook display or terminal line).
+    """
+    return await _Batch(agent, tasks, concurrency, variables, progress).run()
+
+
+class _Batch:
+    def __init__(self, agent: MultiStepAgent, tasks: Iterable[Task], concurrency: int,
+                 variables: dict[str, Any] | None, progress: bool) -> None:
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be a positive number of runs at a time, got {concurrency!r}")
+        self.agent = agent
+        self.items = [_item(task, variables or {}) for task in tasks]
+        self.concurrency = min(concurrency, max(1, len(self.items)))
+        self.runs: list[Run | None] = [None] * len(self.items)
+        self.progress = _Progress(len(self.items)) if progress else None
+        self._running: set[MultiStepAgent] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+
+    async def run(self) -> list[Run]:
+        self._loop = asyncio.get_running_loop()
+        pool = _pool_for(self.agent, self.concurrency, len(self.items))
+        slots = asyncio.Semaphore(self.concurrency)
+        try:
+            await asyncio.gather(*(self._one(index, pool, slots) for index in range(len(self.items))))
+        finally:
+            if pool is not None:
+                await pool.aclose()
+            if self.progress is not None:
+                self.progress.finish()
+        return [run for run in self.runs if run is not None]
+
+    def interrupt(self) -> None:
+        """Stop the runs in progress and skip the rest (from any thread)."""
+        self._stopping = True
+        if self._loop is not None:
+            for twin in list(self._running):
+                twin.interrupt()
+
+    async def _one(self, index: int, pool: Any, slots: asyncio.Semaphore) -> None:
+        task, variables = self.items[index]
+        async with slots:
+            if self._stopping:
+                run = self._failed(task, "interrupted", None)
+            else:
+                run = await self._attempt(task, variables, pool)
+        self.runs[index] = run
+        if self.progress is not None:
+            self.progress.update(run)
+
+    async def _attempt(self, task: str, variables: dict[str, Any], pool: Any) -> Run:
+        """One task on its own copy of the agent; whatever goes wrong stays in its Run."""
+        sandbox = None
+        try:
+            if pool is not None:
+                sandbox = await pool.aacquire()
+            if self._stopping:  # interrupted while its kernel was starting
+                return self._failed(task, "interrupted", None)
+            twin = _fork(self.agent, sandbox)
+            self._running.add(twin)
+            try:
+                return await twin.arun(task, variables=variables)
+            finally:
+                self._running.discard(twin)
+        except Exception as exc:  # the sandbox failed to start, a bad task: this task fails, the batch goes on
+            return self._failed(task, "error", f"{type(exc).__name__}: {exc}")
+        finally:
+            if sandbox is not None:
+                await sandbox.close()
+
+    def _failed(self, task: str, state: Any, error: str | None) -> Run:
+        return Run(task=task, agent=self.agent.kind, model=_model_name(self.agent.model), state=state, error=error)
+
+
+def _item(task: Any, shared: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    if isinstance(task, str):
+        return task, dict(shared)
+    if (isinstance(task, tuple) and len(task) == 2 and isinstance(task[0], str) and isinstance(task[1], dict)):
+        return task[0], {**shared, **task[1]}
+    raise TypeError(f"each task must be a string or a (task, variables) pair, got {task!r:.200}")
+
+
+def _pool_for(agent: MultiStepAgent, size: int, total: int) -> Any:
+    """A pool of sandboxes like the agent's own (None for agents that run no code)."""
+    if agent.kind != "code" or total == 0:
+        return None
+    given = agent.sandbox
+    if given is not None and not agent._owns_sandbox:  # a sandbox passed in: more of the same kind
+        options = {f.name: getattr(given.options, f.name) for f in dataclasses.fields(given.options)
+                   if f.name != "startup_timeout"}
+    else:
+        options = {"imports": agent.imports, **agent._sandbox_options}
+    return _BatchPool(size, total, **options)
+
+
+class _BatchPool(SandboxPool):
+    """A SandboxPool that starts no more kernels than the batch has tasks (each is used once)."""
+
+    def __init__(self, size: int, total: int, **options: Any) -> None:
+        super().__init__(size, **options)
+        self._left = total
+
+    def _fill(self) -> None:
+        wanted = min(self.size, len(self._ready) + self._left)
+        self._left -= max(0, wanted - len(self._ready))
+        size, self.size = self.size, wanted
+        try:
+            super()._fill()
+        finally:
+            self.size = size
+
+
+def _fork(agent: MultiStepAgent, sandbox: Any) -> MultiStepAgent:
+    """A copy of `agent` for one task: shared model, tools and settings; its own memory and run state."""
+    twin = copy.copy(agent)
+    twin.memory = []
+    twin._task = twin._task_loop = None
+    twin._interrupting = False
+    if sandbox is not None:  # a CodeAgent: the pool's sandbox, closed by the batch, not by the twin
+        twin._sandbox, twin._owns_sandbox = sandbox, False
+        twin._registered = set()
+        twin._calls = []
+    return twin
+
+
+class _Progress:
+    """Tasks done so far: an updating display in a notebook, a rewritten line in a terminal."""
+
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        from ..display import _rich_frontend
+
+        self.total, self.done, self.failed = total, 0, 0
+        self._started = time.monotonic()
+        self._stream = stream or sys.stderr
+        self._handle = None
+        self._tty = self._stream.isatty()
+        self._printed = -1  # the last tenth printed when the stream is not a terminal
+        if _rich_frontend():
+            from IPython.display import display
+
+            self._handle = display(self._bundle(), raw=True, display_id=True)
+
+    def update(self, run: Run) -> None:
+        self.done += 1
+        self.failed += run.state in ("error", "interrupted")
+        if self._handle is not None:
+            self._handle.update(self._bundle(), raw=True)
+        elif self._tty:
+            self._stream.write("\r" + self._line())
+            self._stream.flush()
+        elif self.done * 10 // max(self.total, 1) > self._printed:  # logs: every tenth, not every task
+            self._printed = self.done * 10 // max(self.total, 1)
+            self._stream.write(self._line() + "\n")
+
+    def finish(self) -> None:
+        if self._handle is None and self._tty:
+            self._stream.write("\n")
+
+    def _line(self) -> str:
+        width = 24
+        filled = width * self.done // max(self.total, 1)
+        failed = f", {self.failed} failed" if self.failed else ""
+        return (f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} runs{failed}, "
+                f"{time.monotonic() - self._started:.1f} s")
+
+    def _bundle(self) -> dict[str, str]:
+        # numbers only: nothing from the model or the sandbox reaches this HTML
+        return {"text/plain": self._line(),
+                "text/html": f'<progress value="{self.done}" max="{self.total}"></progress> '
+                             f"<code>{self._line()}</code>"}
+

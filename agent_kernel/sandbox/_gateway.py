@@ -1,0 +1,286 @@
+"""The gateway backend: a sandbox kernel on a Jupyter Kernel Gateway or Enterprise Gateway.
+
+The kernel is created and deleted over the gateway's REST API (`POST /api/kernels` with the
+`agent-sandbox` kernelspec, interrupt, restart, `DELETE`), and its messages travel as JSON over the
+`/api/kernels/{id}/channels` websocket, each tagged with its channel. The sandbox's settings go in
+the create request's env as KERNEL_AGENT_SANDBOX (gateways forward only KERNEL_* variables). The
+gateway shares no folder with this machine, so value payloads travel inside the messages
+(`Transfer(inline=True)`). Configured like jupyter_server's gateway client: arguments first, then
+its JUPYTER_GATEWAY_* environment variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+import time
+import uuid
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
+
+from ._client import Message, SandboxError, SandboxOptions
+from ._launcher import GATEWAY_CONFIG_ENV
+from ._spec import KERNEL_NAME
+
+_MAX_MESSAGE = 1 << 30  # bytes of one websocket message from the gateway (a pulled DataFrame, inline)
+_GONE = ("restarting", "dead")  # statuses the gateway sends when the kernel process ended
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Where the gateway is and how to authenticate (jupyter_server's JUPYTER_GATEWAY_* names)."""
+
+    url: str
+    ws_url: str
+    token: str | None = field(default=None, repr=False)
+    auth_scheme: str = "token"
+    validate_cert: bool = True
+    request_timeout: float = 42.0
+    kernels_endpoint: str = "/api/kernels"
+
+    @classmethod
+    def resolve(cls, url: str, token: str | None) -> GatewayConfig:
+        env = os.environ.get
+        url = url.rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"gateway={url!r} is not a gateway URL; use one like 'http://host:8888'")
+        ws_url = (env("JUPYTER_GATEWAY_WS_URL") or "ws" + url[4:]).rstrip("/")
+        return cls(
+            url=url,
+            ws_url=ws_url,
+            token=token or env("JUPYTER_GATEWAY_AUTH_TOKEN") or None,
+            auth_scheme=env("JUPYTER_GATEWAY_AUTH_SCHEME") or "token",
+            validate_cert=(env("JUPYTER_GATEWAY_VALIDATE_CERT") or "true").lower() not in ("0", "false", "no"),
+            request_timeout=float(env("JUPYTER_GATEWAY_REQUEST_TIMEOUT") or 42.0),
+            kernels_endpoint="/" + (env("JUPYTER_GATEWAY_KERNELS_ENDPOINT") or "api/kernels").strip("/"),
+        )
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"{self.auth_scheme} {self.token}"} if self.token else {}
+
+
+class GatewayBackend:
+    """One kernel on a gateway: REST for its life cycle, the channels websocket for its messages."""
+
+    inline = True
+    workdir: Path | None = None
+
+    def __init__(self, url: str, token: str | None) -> None:
+        self.config = GatewayConfig.resolve(url, token)
+        self.kernel_id: str | None = None
+        self._startup_timeout = 60.0
+        self._session = ""
+        self._ws: WebSocketClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._inbox: deque[dict[str, Any]] = deque()
+        self._arrived = asyncio.Event()
+        self._gone: str | None = None  # "restarting" / "dead" from the gateway, "closed" for a lost websocket
+
+    # -- life cycle (REST) ----------------------------------------------------------------------
+    async def start(self, root: Path, options: SandboxOptions) -> None:
+        self._startup_timeout = options.startup_timeout
+        env = {GATEWAY_CONFIG_ENV: json.dumps(options.launcher_settings(None))}
+        kernel = await self._rest("POST", "", {"name": KERNEL_NAME, "env": env}, options.startup_timeout)
+        if not isinstance(kernel, dict) or not isinstance(kernel.get("id"), str):
+            raise SandboxError(f"the gateway answered the kernel creation with something unexpected: {kernel!r:.200}")
+        self.kernel_id = kernel["id"]
+
+    async def interrupt(self) -> None:
+        await self._rest("POST", f"/{quote(self._id())}/interrupt", {})
+
+    async def restart(self) -> None:
+        await self._disconnect()
+        if self._gone != "restarting":  # else the gateway's own restarter has already replaced the kernel
+            await self._rest("POST", f"/{quote(self._id())}/restart", {}, self._startup_timeout)
+        self._gone = None
+
+    async def close(self) -> None:
+        await self._disconnect()
+        if self.kernel_id is None:
+            return
+        kernel_id, self.kernel_id = self.kernel_id, None
+        try:
+            await self._rest("DELETE", f"/{quote(kernel_id)}")
+        except SandboxError as exc:  # closing must not fail, but a kernel left running should be known
+            warnings.warn(f"the sandbox kernel {kernel_id} on the gateway may still be running: {exc}", stacklevel=2)
+
+    async def exit_status(self) -> int | None:
+        return None  # the gateway does not say
+
+    async def is_alive(self) -> bool:
+        return self._gone is None
+
+    # -- messages (websocket) -------------------------------------------------------------------
+    async def connect(self, timeout: float) -> None:
+        # A new session each time: reusing one makes the gateway replay the old connection's channels.
+        self._session = uuid.uuid4().hex
+        endpoint = f"{self.config.ws_url}{self.config.kernels_endpoint}/{quote(self._id())}/channels"
+        url = f"{endpoint}?session_id={self._session}"
+        request = HTTPRequest(url, headers=self.config.headers(), validate_cert=self.config.validate_cert,
+                              connect_timeout=self.config.request_timeout, request_timeout=self.config.request_timeout)
+        try:
+            self._ws = await websocket_connect(request, max_message_size=_MAX_MESSAGE)
+            self._ws.protocol.set_nodelay(True)  # small requests go out at once, not after a delayed ACK
+        except (OSError, HTTPClientError) as exc:
+            raise SandboxError(f"could not open the kernel's channels on the gateway ({endpoint}): {exc}") from exc
+        self._inbox.clear()
+        self._gone = None
+        self._reader = asyncio.ensure_future(self._read(self._ws))
+        deadline = time.perf_counter() + timeout
+        # Until a request is answered on shell *and* iopub: the gateway may drop requests sent before
+        # the kernel is up, and after its own restart of a kernel it skips its check that iopub flows.
+        while time.perf_counter() < deadline:
+            msg_id = await self._send("shell", "kernel_info_request", {})
+            if await self._answered(msg_id, min(1.0, deadline - time.perf_counter())):
+                return
+            if self._gone == "closed":
+                break
+        raise SandboxError(f"the sandbox kernel on the gateway did not answer within {timeout:g} s")
+
+    async def _answered(self, msg_id: str, timeout: float) -> bool:
+        deadline = time.perf_counter() + timeout
+        heard: set[str] = set()
+        while True:
+            heard.update(channel for channel, _, _ in self.drain(msg_id))
+            if {"shell", "iopub"} <= heard:
+                return True
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0 or not await self.wait(remaining):
+                return False
+
+    async def execute(self, code: str, silent: bool, user_expressions: dict[str, str]) -> str:
+        return await self._send("shell", "execute_request", {
+            "code": code, "silent": silent, "store_history": False, "user_expressions": user_expressions,
+            "allow_stdin": True, "stop_on_error": False,
+        })
+
+    async def input(self, text: str) -> None:
+        await self._send("stdin", "input_reply", {"value": text})
+
+    def drain(self, msg_id: str) -> list[Message]:
+        found = []
+        while self._inbox:
+            msg = self._inbox.popleft()
+            channel, msg_type, content = msg["channel"], msg["header"]["msg_type"], msg["content"]
+            if channel == "iopub" and msg_type == "status" and content.get("execution_state") in _GONE:
+                self._gone = content["execution_state"]
+            elif channel == "stdin" or msg["parent_header"].get("msg_id") == msg_id:
+                found.append((channel, msg_type, content))
+        return found
+
+    async def wait(self, timeout: float) -> bool:
+        if self._inbox:
+            return True
+        if self._ws is None or self._gone == "closed":
+            return False
+        self._arrived.clear()
+        try:
+            await asyncio.wait_for(self._arrived.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return bool(self._inbox)
+
+    async def _read(self, ws: WebSocketClientConnection) -> None:
+        while (raw := await ws.read_message()) is not None:
+            msg = _parse(raw)
+            if msg is not None:
+                self._inbox.append(msg)
+                self._arrived.set()
+        if ws is self._ws:  # not a connection this backend closed itself
+            self._gone = "closed"
+            self._arrived.set()
+
+    async def _send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
+        if self._ws is None:
+            raise SandboxError("the sandbox kernel's channels on the gateway are not open")
+        msg_id = uuid.uuid4().hex
+        header = {"msg_id": msg_id, "msg_type": msg_type, "username": "agent_kernel", "session": self._session,
+                  "date": datetime.now(timezone.utc).isoformat(), "version": "5.3"}
+        message = {"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": channel,
+                   "buffers": []}
+        try:
+            await self._ws.write_message(json.dumps(message))
+        except WebSocketClosedError:
+            self._gone = "closed"
+            raise SandboxError("the connection to the sandbox kernel on the gateway was lost") from None
+        return msg_id
+
+    async def _disconnect(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            self._reader = None
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _id(self) -> str:
+        if self.kernel_id is None:
+            raise SandboxError("the sandbox kernel on the gateway is not started")
+        return self.kernel_id
+
+    async def _rest(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
+        """One REST call; a failure becomes a SandboxError that says what to check."""
+        url = f"{self.config.url}{self.config.kernels_endpoint}{path}"
+        request = HTTPRequest(
+            url, method=method, headers={**self.config.headers(), "Content-Type": "application/json"},
+            body=None if body is None else json.dumps(body), validate_cert=self.config.validate_cert,
+            connect_timeout=self.config.request_timeout, request_timeout=timeout or self.config.request_timeout,
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        except OSError as exc:
+            raise SandboxError(f"cannot reach the gateway at {self.config.url} ({exc}); is it running, "
+                               "and is gateway= (or $JUPYTER_GATEWAY_URL) right?") from None
+        if response.code == 599:
+            raise SandboxError(f"{method} {url} failed: {response.error}")
+        if response.code == 401:
+            raise SandboxError(f"the gateway refused {method} {path or '/'} (401): pass its token as "
+                               "token=... or set $JUPYTER_GATEWAY_AUTH_TOKEN")
+        if response.code >= 400:
+            missing_spec = method == "POST" and not path and response.code in (404, 500)
+            raise SandboxError(f"the gateway answered {response.code} to {method} {url}: {_reason(response.body)}"
+                               + _HINT_NO_KERNELSPEC * missing_spec)
+        return json.loads(response.body) if response.body else None
+
+
+_HINT_NO_KERNELSPEC = (
+    f". Is the {KERNEL_NAME!r} kernelspec installed where the gateway runs? "
+    "(`python -m agent_kernel install-kernelspec --prefix <gateway's environment>`, see docs/gateway.md)"
+)
+
+
+def _reason(body: bytes | None) -> str:
+    try:
+        doc = json.loads(body or b"")
+        return str(doc.get("message") or doc.get("reason") or doc)[:500]
+    except (ValueError, AttributeError):
+        return (body or b"").decode("utf-8", "replace")[:500]
+
+
+def _parse(raw: str | bytes) -> dict[str, Any] | None:
+    """A message from the websocket, if it has the shape of one; binary frames (messages with
+    buffers) carry the JSON message first, after a table of offsets, and the buffers are ignored."""
+    try:
+        if isinstance(raw, bytes):
+            count = struct.unpack_from("!I", raw)[0]
+            offsets = struct.unpack_from(f"!{count}I", raw, 4)
+            raw = raw[offsets[0] : offsets[1] if count > 1 else None]
+        msg = json.loads(raw)
+    except (ValueError, struct.error, IndexError, RecursionError):
+        return None
+    if (not isinstance(msg, dict) or not isinstance(msg.get("channel"), str)
+            or not isinstance(msg.get("header"), dict) or not isinstance(msg["header"].get("msg_type"), str)
+            or not isinstance(msg.get("parent_header"), dict) or not isinstance(msg.get("content"), dict)):
+        return None
+    return msg

@@ -1,0 +1,190 @@
+"""Many runs at once: 32 CodeAgent tasks at concurrency 8 against the ideal of 32 / 8 x one task alone.
+
+    .venv/bin/python bench/bench_many.py [--tasks 32] [--concurrency 8] [--delay 0.2] [--backend local gateway]
+
+The model is the scripted OpenAI-compatible server (tests/scripted_server.py) reached through
+litellm's real HTTP client; every reply comes after `--delay` seconds. A task is two steps: code
+that computes and prints, then code that calls final_answer; so one task is two model calls, two
+executions and one fresh sandbox (every task gets its own kernel from the pool, as in real use).
+
+A third row runs the same batch with a ToolCallingAgent (a tool call, then final_answer: two model
+calls, no sandbox), which measures the scheduling of concurrent runs and model calls alone.
+
+"One task alone" is `run_many` over a single task (its kernel start included, as each task in the
+batch also has one), the median of three. The ideal for the batch is tasks / concurrency x that.
+The gateway backend runs against a real jupyter-kernel-gateway on 127.0.0.1 (tests/gateway_server.py).
+While the batch runs, the sandbox kernels' memory is sampled: RSS, and USS (memory no other process
+shares, what one more kernel really costs). On a 2-core machine kernel starts (~0.35 s of CPU each)
+compete with everything else; the load average is printed.
+
+Target (issue acceptance): batch <= 1.3x ideal, local and gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from gateway_server import GatewayServer  # noqa: E402
+from scripted_server import ScriptedServer, text, tool_calls  # noqa: E402
+
+from agent_kernel.agents import CodeAgent, ToolCallingAgent  # noqa: E402
+from agent_kernel.agents._many import run_many  # noqa: E402
+from agent_kernel.sandbox import Sandbox  # noqa: E402
+
+_LAUNCHER = "agent_kernel.sandbox._launcher"
+_ANSWER = sum(i * i for i in range(10_000))
+
+
+def square(n: int) -> int:
+    """n squared.
+
+    Args:
+        n: the number.
+    """
+    return n * n
+
+
+def _responder(delay: float) -> Callable[[dict[str, Any]], Any]:
+    """Step 1 computes, step 2 answers; which step it is shows in the number of messages."""
+
+    def reply(request: dict[str, Any]) -> Any:
+        first = len(request["messages"]) <= 2
+        if "tools" in request:  # the ToolCallingAgent
+            call = ("square", {"n": 100}) if first else ("final_answer", {"answer": _ANSWER})
+            return tool_calls([call], delay=delay)
+        if first:
+            return text("```python\ntotal = sum(i * i for i in range(10_000))\nprint(total)\n```", delay=delay)
+        return text("```python\nfinal_answer(total)\n```", delay=delay)
+
+    return reply
+
+
+class _KernelMemory:
+    """Samples the memory of the sandbox kernels under `parent` (a process id) in a thread."""
+
+    def __init__(self, parent: int, every: float = 0.5) -> None:
+        self._parent = psutil.Process(parent)
+        self._every = every
+        self._stop = threading.Event()
+        self.rss: list[int] = []
+        self.uss: list[int] = []
+        self.most = 0
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._every):
+            kernels = [p for p in self._parent.children(recursive=True) if _is_kernel(p)]
+            self.most = max(self.most, len(kernels))
+            for kernel in kernels:
+                try:
+                    info = kernel.memory_full_info()
+                except psutil.Error:  # it ended between the listing and the reading
+                    continue
+                self.rss.append(info.rss)
+                self.uss.append(info.uss)
+
+    @contextmanager
+    def running(self) -> Iterator[_KernelMemory]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+    def summary(self) -> str:
+        if not self.rss:
+            return "no kernel sampled"
+        mib = 2**20
+        return (f"{statistics.median(self.rss) / mib:.0f} MiB RSS, {statistics.median(self.uss) / mib:.0f} MiB USS "
+                f"per kernel (median of {len(self.rss)} samples); up to {self.most} kernels alive at once")
+
+
+def _is_kernel(process: psutil.Process) -> bool:
+    try:
+        return _LAUNCHER in process.cmdline()
+    except psutil.Error:
+        return False
+
+
+def _children_cpu(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.children_user + times.children_system
+
+
+def _measure(make_agent: Callable[[], Any], memory_of: int, tasks: int, concurrency: int) -> dict[str, Any]:
+    single = []
+    for _ in range(3):
+        started = time.perf_counter()
+        [run] = run_many(make_agent(), ["one task"], concurrency=1, progress=False)
+        assert run.state == "success", run.error
+        single.append(time.perf_counter() - started)
+    one = statistics.median(single)
+    memory = _KernelMemory(memory_of)
+    with memory.running():
+        cpu = _children_cpu(memory_of)
+        started = time.perf_counter()
+        runs = run_many(make_agent(), [f"task {i}" for i in range(tasks)], concurrency=concurrency, progress=False)
+        batch = time.perf_counter() - started
+        cpu = _children_cpu(memory_of) - cpu
+    failed = [r.error for r in runs if r.state != "success"]
+    assert not failed, failed[:3]
+    assert [r.output for r in runs] == [_ANSWER] * tasks
+    ideal = tasks / concurrency * one
+    kernels = f"; kernel CPU {cpu / tasks:.2f} s per task" if memory.rss else ""
+    return {"one": one, "batch": batch, "ideal": ideal, "memory": memory.summary() + kernels}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--delay", type=float, default=0.2, help="seconds before each model reply")
+    parser.add_argument("--backend", nargs="+", default=["local", "gateway", "tools"],
+                        choices=["local", "gateway", "tools"])
+    args = parser.parse_args()
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"machine: {os.cpu_count()} cores; load average {load}; {args.tasks} tasks, concurrency "
+          f"{args.concurrency}, model replies after {args.delay * 1000:.0f} ms, 2 steps per task")
+    results = {}
+    with ScriptedServer() as server:
+        server.script(_responder(args.delay))
+        model = server.model()
+        if "tools" in args.backend:
+            results["tools"] = _measure(lambda: ToolCallingAgent(model, tools=[square]), os.getpid(), args.tasks,
+                                        args.concurrency)
+        if "local" in args.backend:
+            results["local"] = _measure(lambda: CodeAgent(model), os.getpid(), args.tasks, args.concurrency)
+        if "gateway" in args.backend:
+            with GatewayServer() as gateway:
+                template = Sandbox(gateway=gateway.url, token=gateway.token)  # run_many starts more like it
+                try:
+                    results["gateway"] = _measure(lambda: CodeAgent(model, sandbox=template),
+                                                  gateway.pid, args.tasks, args.concurrency)
+                finally:
+                    template.close()
+    for backend, r in results.items():
+        verdict = "ok" if r["batch"] <= 1.3 * r["ideal"] else "OVER TARGET"
+        print(f"{backend:8} one task alone {r['one']:.2f} s; {args.tasks} tasks {r['batch']:.2f} s vs ideal "
+              f"{r['ideal']:.2f} s = {r['batch'] / r['ideal']:.2f}x (target <= 1.3x: {verdict})")
+        if backend != "tools":
+            print(f"{'':8} pool: {r['memory']}")
+    print(f"load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
