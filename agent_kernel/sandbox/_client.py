@@ -31,7 +31,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from .. import _aio
 from . import _codec
-from ._kernel_side import CALL_MARKER, CUT_MARK, HANDLE, HeadTail
+from ._kernel_side import CALL_MARKER, CUT_MARK, FINAL_ANSWER_PAYLOAD, HANDLE, HeadTail
 from ._records import Execution, ExecutionError, Isolation
 from ._spec import CONFIG_ENV, KERNEL_NAME, kernel_spec
 from ._transfer import Transfer
@@ -208,6 +208,9 @@ class _LocalBackend:
             ip=str(runtime_dir / "k"),
             connection_file=str(runtime_dir / "kernel.json"),
         )
+        # The kernel's own packer on this side too, and orjson to parse: the host reads every message.
+        km.session.packer = "agent_kernel.sandbox._launcher._pack"
+        km.session.unpacker = "orjson.loads"
         env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
         env[CONFIG_ENV] = json.dumps(options.launcher_settings(root))
         await km.start_kernel(env=env, cwd=str(self.workdir))
@@ -382,20 +385,11 @@ class AsyncSandbox:
     # -- running code ---------------------------------------------------------------------------
     async def execute(self, code: str, timeout: float | None = None) -> Execution:
         """Run `code`; outputs, errors and a final answer come back in the Execution."""
-        report = f"{HANDLE}.report()"
-        execution, reply = await self._run(code, {"report": report}, timeout=timeout)
-        if reply.get("status") != "ok" and not execution.restarted:
-            # an error after final_answer(x): x still counts, so ask for it separately
-            follow_up, reply = await self._run("", {"report": report}, timeout=None, silent=True)
-            execution.restarted = follow_up.restarted
-            execution.error = follow_up.error if follow_up.restarted else execution.error
-        try:
-            answer = _expression_value(reply, "report")
-        except SandboxError:  # no reply (a restart), or the sandbox code clobbered its own bridge
-            answer = {}
-        if isinstance(answer, dict) and "final" in answer:
-            execution.has_final_answer = True
-            execution.final_answer = self._decode(answer["final"])
+        execution, reply = await self._run(code, {}, timeout=timeout)
+        for payload in reply.get("payload") or ():
+            if isinstance(payload, dict) and payload.get("source") == FINAL_ANSWER_PAYLOAD:
+                execution.has_final_answer = True
+                execution.final_answer = self._decode(payload.get("final"))
         return execution
 
     async def _run(

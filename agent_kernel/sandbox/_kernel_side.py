@@ -21,6 +21,7 @@ from ._records import Isolation
 from ._transfer import Transfer
 
 CALL_MARKER = "\x00agent_kernel:call\x00"  # prefix of an input_request that is a host-function call
+FINAL_ANSWER_PAYLOAD = "agent_kernel.final_answer"  # the execute_reply payload carrying final_answer(x)
 CUT_MARK = "characters of output cut ...]"  # ends the note that replaces cut output
 HANDLE = "__ak__"  # the hidden object the host calls; each of its host-facing methods returns JSON text
 
@@ -94,12 +95,14 @@ class Bridge:
         self._final = answer
         return answer
 
-    def report(self) -> str:
-        """Evaluated by the host after every execution (as a user expression): the final answer, if any."""
+    def report(self, _result: Any = None) -> None:
+        """After each cell (even a failing one): a pending final answer rides on the execute_reply."""
         if self._final is _NO_ANSWER:
-            return "{}"
+            return
         answer, self._final = self._final, _NO_ANSWER
-        return json.dumps({"final": self._transfer.encode(answer, "final_answer")})
+        self._shell.payload_manager.write_payload(
+            {"source": FINAL_ANSWER_PAYLOAD, "final": self._transfer.encode(answer, "final_answer")}
+        )
 
     # -- values in and out ----------------------------------------------------------------------
     def load(self, descriptors: str) -> str:
@@ -170,6 +173,7 @@ def install(
         _install_import_policy(DEFAULT_IMPORTS | set(imports))
     _cap_output(shell, max_output)
     shell.events.register("post_run_cell", lambda result: _forget_last_error(shell, result))
+    shell.events.register("post_run_cell", bridge.report)
     return bridge
 
 
