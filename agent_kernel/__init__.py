@@ -26,6 +26,7 @@ _PUBLIC = {
     "VisitWebpageTool": "agent_kernel.base_tools",
     "PythonInterpreterTool": "agent_kernel.base_tools",
     "mcp_tools": "agent_kernel.mcp",
+    "Decision": "agent_kernel.review",
     "Run": "agent_kernel.memory",
     "Usage": "agent_kernel.memory",
 }

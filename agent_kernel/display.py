@@ -20,12 +20,14 @@ from typing import Any, TextIO
 import nh3
 
 from .memory import (
+    STOPPED_STATES,
     ActionStep,
     Event,
     FinalAnswerStep,
     PlanningStep,
     Run,
     RunCompleted,
+    RunStarted,
     Step,
     StepCompleted,
     StepStarted,
@@ -170,11 +172,53 @@ def format_footer(usage: Usage, steps: int, duration: float, state: str = "") ->
     return " · ".join(parts + ([state] if state else []))
 
 
+def provenance(run: Run, step: Step | None = None) -> dict[str, Any]:
+    """Display metadata saying what produced an output: the model, the run and the step (its index
+    for an action; task, plan, final, or run for the rest), so a reader can tell model work apart."""
+    label: int | str = "run" if step is None else step.index if isinstance(step, ActionStep) else step.kind
+    return stamp(run.model, run.id, "plan" if label == "planning" else label)
+
+
+def stamp(model: str, run_id: str, step: int | str) -> dict[str, Any]:
+    """The provenance metadata itself, for outputs that are not a step of a Run (`%agent explain`)."""
+    return {"agent_kernel": {"model": model, "run_id": run_id, "step": step}}
+
+
+def render_diff(diff: str) -> dict[str, str]:
+    """A unified diff as a mime bundle: coloured, sanitised HTML and the plain diff."""
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import DiffLexer
+
+    spans = highlight(clean_text(diff), DiffLexer(), HtmlFormatter(noclasses=True, nowrap=True))
+    return {"text/plain": clean_text(diff), "text/html": _boxed(_backstop(f'<pre style="{_CODE_PRE}">{spans}</pre>'))}
+
+
+def render_prose(title: str, text: str) -> dict[str, str]:
+    """Model-written prose (an explanation) as escaped HTML and plain text."""
+    body = _backstop(f"<div><b>{_esc(title)}</b></div>{_prose(text)}")
+    return {"text/plain": clean_text(f"{title}\n{text}"), "text/html": _boxed(body)}
+
+
 def _step_header(step: ActionStep) -> str:
     detail = [f"{step.duration:.1f} s"] if step.duration else []
     if step.usage.total_tokens:
         detail.append(f"{step.usage.total_tokens:,} tokens")
-    return f"Step {step.index}" + (f" ({', '.join(detail)})" if detail else "")
+    return f"Step {step.index}" + (f" ({', '.join(detail)})" if detail else "") + review_label(step)
+
+
+def review_label(step: ActionStep) -> str:
+    """How the reviewer's decision reads after the step header ("" when nobody reviewed it)."""
+    review = step.review
+    if review is None:
+        return ""
+    reason = f": {review.reason}" if review.reason else ""
+    return {"run": " · reviewed", "edit": " · edited by the reviewer before it ran",
+            "skip": f" · declined by the reviewer{reason}", "stop": f" · stopped by the reviewer{reason}"}[review.decision]
+
+
+def _closing_label(run: Run) -> str:
+    return "Stopped" if run.state in STOPPED_STATES else "Error"
 
 
 def _value_text(value: Any) -> str:
@@ -208,7 +252,7 @@ def _run_text(run: Run) -> str:
 
 def _closing_text(run: Run) -> str:
     """What ends a run's text: its error, the answer unless a step showed it, the footer."""
-    parts = [f"Error: {run.error}"] if run.error else []
+    parts = [f"{_closing_label(run)}: {run.error}"] if run.error else []
     if run.output is not None and not any(isinstance(s, FinalAnswerStep) for s in run.steps):
         parts.append(_step_text(FinalAnswerStep(run.output)))
     footer = format_footer(run.usage, len(run.action_steps), run.duration, run.state)
@@ -227,6 +271,8 @@ def _step_text(step: Step, with_model_text: bool = True) -> str:
         lines.append(step.thought.strip())
     if with_model_text and step.code:
         lines.append(_indent(step.code.rstrip()))
+        if step.review is not None and step.review.original is not None:
+            lines.append("The model had proposed:\n" + _indent(step.review.original.rstrip()))
     for call in step.tool_calls:
         lines.append(f"→ {format_call(call)}")
         outcome = f"error: {call.error}" if call.error else _value_text(call.result)
@@ -307,7 +353,7 @@ def _closing_html(run: Run, live_tail: str = "") -> str:
     """The HTML twin of _closing_text, after an optional live tail (the step being written)."""
     parts = [live_tail]
     if run.error:
-        parts.append(f'<div style="{_ERROR}"><b>Error</b> {_pre(run.error)}</div>')
+        parts.append(f'<div style="{_ERROR}"><b>{_closing_label(run)}</b> {_pre(run.error)}</div>')
     if run.output is not None and not any(isinstance(s, FinalAnswerStep) for s in run.steps):
         parts.append(_step_html(FinalAnswerStep(run.output)))
     footer = format_footer(run.usage, len(run.action_steps), run.duration, run.state)
@@ -335,6 +381,8 @@ def _step_html(step: Step) -> str:
         parts.append(_prose(step.thought))
     if step.code:
         parts.append(_code(step.code))
+        if step.review is not None and step.review.original is not None:
+            parts.append(f"<details><summary>The model had proposed</summary>{_code(step.review.original)}</details>")
     for call in step.tool_calls:
         parts.append(_code(format_call(call)))
         if call.error:
@@ -490,10 +538,12 @@ class LiveRun:
         self._out = stream
         self._handle: Any = None  # the display of the step in progress
         self._shown: dict[int, Step] = {}  # steps already displayed, by id (holding them keeps ids unique)
+        self._task_step = TaskStep(task)
+        self._task_handle: Any = None
         if self.rich:
-            self._show(mime_bundle(TaskStep(task)))
+            self._task_handle = self._show(mime_bundle(self._task_step), self._task_step)
         else:
-            self._print(render_text(TaskStep(task)) + "\n")
+            self._print(render_text(self._task_step) + "\n")
 
     def __enter__(self) -> LiveRun:
         return self
@@ -503,10 +553,15 @@ class LiveRun:
 
     def update(self, event: Event) -> None:
         """Take one event from `agent.run(..., stream=True)` or a step callback."""
-        if isinstance(event, StepStarted):
+        if isinstance(event, RunStarted):  # now the run has an id: the task's display names it
+            self.run.id, self.run.model = event.run.id, event.run.model
+            if self._task_handle is not None:
+                self._task_handle.update(mime_bundle(self._task_step), raw=True,
+                                         metadata=provenance(self.run, self._task_step))
+        elif isinstance(event, StepStarted):
             self._current, self._streamed = event.index, ""
             if self.rich:
-                self._handle = self._show(self._live_bundle())
+                self._handle = self._show(self._live_bundle(), ActionStep(event.index))
             else:
                 self._print(f"── Step {event.index}\n")
         elif isinstance(event, TextDelta):
@@ -515,7 +570,7 @@ class LiveRun:
             if not self.rich:
                 self._print(event.text)
             elif self._handle is None:
-                self._handle = self._show(self._live_bundle())
+                self._handle = self._show(self._live_bundle(), ActionStep(event.index))
             else:
                 self._refresh(force=False)
         elif isinstance(event, StepCompleted):
@@ -536,11 +591,11 @@ class LiveRun:
                 self._place(step)  # e.g. the step an interrupt stopped
         closing = {"text/plain": clean_text(_closing_text(run)), "text/html": _boxed(_closing_html(run))}
         if self._handle is not None:
-            self._handle.update(closing, raw=True)
+            self._handle.update(closing, raw=True, metadata=provenance(run))
             self.updates += 1
             self._handle = None
         else:
-            self._show(closing)
+            self._show(closing, None)
         self._dirty = False
 
     def close(self) -> None:
@@ -571,11 +626,11 @@ class LiveRun:
             return  # shown when the view opened
         bundle = mime_bundle(step)
         if self._handle is not None:
-            self._handle.update(bundle, raw=True)
+            self._handle.update(bundle, raw=True, metadata=provenance(self.run, step))
             self.updates += 1
             self._handle = None
         else:
-            self._show(bundle)
+            self._show(bundle, step)
         self._dirty = False
 
     def _refresh(self, force: bool) -> None:
@@ -583,14 +638,15 @@ class LiveRun:
         if not force and now - self._last_update < self._interval:
             self._dirty = True
             return
-        self._handle.update(self._live_bundle(), raw=True)
+        step = ActionStep(self._current) if self._current is not None else None
+        self._handle.update(self._live_bundle(), raw=True, metadata=provenance(self.run, step))
         self._last_update, self._dirty = now, False
         self.updates += 1
 
-    def _show(self, bundle: dict[str, str]) -> Any:
+    def _show(self, bundle: dict[str, str], step: Step | None) -> Any:
         from IPython.display import display
 
-        return display(bundle, raw=True, display_id=True)
+        return display(bundle, raw=True, display_id=True, metadata=provenance(self.run, step))
 
     def _live_bundle(self) -> dict[str, str]:
         """The step being written (its latest tokens) and the footer so far."""

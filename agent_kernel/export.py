@@ -23,7 +23,14 @@ import nbformat
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from .display import clean_text, format_call, format_footer, safe_bundle
+from .display import (
+    clean_text,
+    format_call,
+    format_footer,
+    provenance,
+    review_label,
+    safe_bundle,
+)
 from .memory import ActionStep, FinalAnswerStep, PlanningStep, Run, TaskStep, ToolCall
 
 _WARNING = (
@@ -59,7 +66,7 @@ def run_to_notebook(
     if inputs and path is None:
         raise ValueError("inputs are saved beside the notebook: pass path='name.ipynb' as well")
     target = Path(path) if path is not None else None
-    cells = [new_markdown_cell(_title(run))]
+    cells = [_stamped(new_markdown_cell(_title(run)), run, None)]
     setup = []
     if inputs:
         assert target is not None
@@ -68,11 +75,11 @@ def run_to_notebook(
         setup.append(_FINAL_ANSWER_DEF)
         setup.extend(_replay_stubs(run))
     if setup:
-        cells.append(new_code_cell("\n\n\n".join(setup)))
+        cells.append(_stamped(new_code_cell("\n\n\n".join(setup)), run, None))
     counter = _Counter()
     for step in run.steps:
-        cells.extend(_step_cells(step, run, counter))
-    cells.extend(_answer_cells(run, counter))
+        cells.extend(_stamped(cell, run, step) for cell in _step_cells(step, run, counter))
+    cells.extend(_stamped(cell, run, FinalAnswerStep(run.output)) for cell in _answer_cells(run, counter))
 
     nb = new_notebook(cells=cells, metadata=_metadata(run))
     nbformat.validate(nb)
@@ -80,6 +87,20 @@ def run_to_notebook(
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, str(target))
     return nb
+
+
+def _stamped(cell: NotebookNode, run: Run, step: Any) -> NotebookNode:
+    """Provenance on every cell: the model, the run and the step it came from (and the review)."""
+    stamp = provenance(run, step)["agent_kernel"]
+    review = getattr(step, "review", None)
+    if review is not None:
+        stamp["review"] = review.decision
+        if review.original is not None:
+            stamp["proposed"] = review.original
+        if review.reason:
+            stamp["reason"] = review.reason
+    cell.metadata["agent_kernel"] = stamp
+    return cell
 
 
 @dataclasses.dataclass
@@ -147,7 +168,11 @@ def _step_cells(step: Any, run: Run, counter: _Counter) -> list[NotebookNode]:
         return [new_markdown_cell("### Plan\n\n" + safe_markdown(step.plan))]
     if isinstance(step, FinalAnswerStep):
         return []  # the answer cells at the end show it
-    cells = [new_markdown_cell(f"### Step {step.index}\n\n{safe_markdown(step.thought)}".rstrip())]
+    header = f"### Step {step.index}{safe_markdown(review_label(step))}\n\n{safe_markdown(step.thought)}".rstrip()
+    if step.review is not None and step.review.original is not None:
+        header += "\n\nThe reviewer edited the action before it ran; the model had proposed:\n\n" + _fenced(
+            step.review.original, "python" if step.code is not None else "json")
+    cells = [new_markdown_cell(header)]
     if step.code is not None:
         cells.append(_action_cell(step, counter))
     if run.agent == "tools":
@@ -265,7 +290,7 @@ def _replay_stubs(run: Run) -> list[str]:
 
 def _answer_cells(run: Run, counter: _Counter) -> list[NotebookNode]:
     if run.state != "success":
-        detail = f"\n\n{_fenced(run.error)}" if run.error else ""
+        detail = f"\n\n{_fenced(run.error)}" if run.error else ""  # for budget_exceeded and stuck: what was spent, why
         return [new_markdown_cell(f"## No final answer\n\nThe run ended as **{run.state}**.{detail}")]
     count = counter.next()
     if run.agent == "code":
@@ -337,6 +362,7 @@ def _metadata(run: Run) -> dict[str, Any]:
         "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
         "language_info": {"name": "python"},
         "agent_kernel": {
+            "run_id": run.id,
             "task": run.task,
             "agent": run.agent,
             "model": run.model,
@@ -346,7 +372,8 @@ def _metadata(run: Run) -> dict[str, Any]:
             "duration": run.duration,
             "usage": dataclasses.asdict(run.usage),
             "steps": [
-                {"index": s.index, "duration": s.duration, "usage": dataclasses.asdict(s.usage), "error": s.error}
+                {"index": s.index, "duration": s.duration, "usage": dataclasses.asdict(s.usage), "error": s.error,
+                 "review": s.review.decision if s.review else None}
                 for s in run.action_steps
             ],
         },

@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # the sandbox package imports jupyter_client: keep records cheap to import
     from .sandbox._records import Execution
 
-RunState = Literal["running", "success", "max_steps", "error", "interrupted"]
+RunState = Literal["running", "success", "max_steps", "error", "interrupted", "budget_exceeded", "stuck"]
+STOPPED_STATES = ("budget_exceeded", "stuck")  # ended on purpose by a guard: `Run.error` says why, not a failure
 
 
 @dataclass
@@ -44,6 +46,15 @@ class ToolCall:
 
 
 @dataclass
+class Review:
+    """What the reviewer decided about an action before it ran (`review=True` / `approve=`)."""
+
+    decision: Literal["run", "edit", "skip", "stop"]
+    original: str | None = None  # the model's proposal, when the reviewer edited it
+    reason: str = ""  # why it was skipped or stopped, as the model is told
+
+
+@dataclass
 class TaskStep:
     task: str
     variables: dict[str, str] = field(default_factory=dict)  # name -> short preview shown to the model
@@ -71,6 +82,8 @@ class ActionStep:
     usage: Usage = field(default_factory=Usage)
     duration: float = 0.0
     is_final: bool = False
+    review: Review | None = None  # set when a reviewer saw the action before it ran
+    images: list[str] = field(default_factory=list)  # base64 PNGs sent to a model that can see (scaled down)
     kind: Literal["action"] = "action"
 
 
@@ -96,7 +109,8 @@ class Run:
     usage: Usage = field(default_factory=Usage)
     started_at: float = field(default_factory=time.time)
     duration: float = 0.0
-    error: str | None = None
+    error: str | None = None  # why it failed, or (budget_exceeded, stuck) why it was stopped
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # provenance: outputs and exports name it
 
     @property
     def action_steps(self) -> list[ActionStep]:
@@ -114,11 +128,11 @@ class Run:
 
         print(render_text(self))
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> tuple[dict[str, str], dict[str, Any]]:
         """`run` as a cell's last line shows it as the live view did (sanitised HTML, or text)."""
-        from .display import mime_bundle
+        from .display import mime_bundle, provenance
 
-        return mime_bundle(self)
+        return mime_bundle(self), provenance(self)
 
     def to_notebook(self, path: str | None = None, **kwargs: Any):
         """Export as an nbformat v4 notebook; written to `path` when given."""
@@ -138,6 +152,13 @@ def _jsonable(value: Any) -> Any:
 
 
 # Events a run streams while it works (`agent.run(..., stream=True)`, step callbacks, live display).
+
+
+@dataclass
+class RunStarted:
+    """The first event: the run's id and model, before any step."""
+
+    run: Run
 
 
 @dataclass
@@ -163,4 +184,4 @@ class RunCompleted:
     run: Run
 
 
-Event = StepStarted | TextDelta | StepCompleted | RunCompleted
+Event = RunStarted | StepStarted | TextDelta | StepCompleted | RunCompleted

@@ -277,9 +277,9 @@ def test_streaming_events_arrive_in_order_and_usage_is_summed(scripted_server):
                              step_callbacks=[lambda step, run: callbacks.append(step.kind)])
     events = list(agent.run("add 20 and 22", stream=True))
     kinds = [type(e).__name__ for e in events]
-    # Task, then per step: started, text deltas, completed; then the final answer and the run
-    assert kinds[:2] == ["StepCompleted", "StepStarted"]
-    assert isinstance(events[0].step, TaskStep)
+    # The run (its id), the task, then per step: started, text deltas, completed; then the final answer and the run
+    assert kinds[:3] == ["RunStarted", "StepCompleted", "StepStarted"]
+    assert isinstance(events[1].step, TaskStep) and events[0].run is events[-1].run
     first_done = next(i for i, e in enumerate(events) if isinstance(e, StepCompleted) and isinstance(e.step, ActionStep))
     deltas = [e for e in events[:first_done] if isinstance(e, TextDelta)]
     assert len(deltas) > 1 and all(d.index == 1 for d in deltas)
@@ -464,7 +464,8 @@ def test_code_agent_recovers_from_errors_and_sees_displays(scripted_server):
     assert no_code.code is None and "no code block" in no_code.observation
     assert failed.error.startswith("NameError") and "valuez" in failed.observation
     assert "total 6" in fixed.observation
-    width, height = map(int, re.search(r"\[displayed image/png (\d+)x(\d+)\]", fixed.observation).groups())
+    shown = re.search(r"\[displayed image/png (\d+)x(\d+) Figure \(axes 1: 1 series\)\]", fixed.observation)
+    width, height = map(int, shown.groups())  # the figure's size, and what it shows (for a text-only model)
     assert 300 < width <= 400 and 200 < height <= 300  # a 4x3 inch figure at 100 dpi, trimmed to its ink
     assert "characters cut" in fixed.observation and len(fixed.observation) < 800
     assert final.is_final and final.execution.has_final_answer
@@ -473,7 +474,7 @@ def test_code_agent_recovers_from_errors_and_sees_displays(scripted_server):
     assert "values: list len=3: [1, 2, 3]" in requests[0]["messages"][1]["content"]
     assert "no code block" in _last_content(requests[1])
     assert "NameError" in _last_content(requests[2]) and "valuez" in _last_content(requests[2])
-    assert f"[displayed image/png {width}x{height}]" in _last_content(requests[3])
+    assert shown.group(0) in _last_content(requests[3])
     assert requests[0]["stop"] == ["\n```\n"]
 
 

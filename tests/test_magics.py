@@ -103,6 +103,10 @@ def test_code_and_tools_cells_bind_values_show_steps_and_export(tmp_path: Path) 
         ("%agent model a b", "usage: %agent model [NAME]"),
         ("%agent show 3", "no runs yet"),
         ("%agent frobnicate", "unknown command 'frobnicate'"),
+        ("%%agent code --max-cost lots\nx", "expected a positive number of US dollars"),
+        ("%agent fix", "no failing cell to work on"),
+        ("%agent explain --apply", "%agent explain only takes -m MODEL"),
+        ("%agent config session_max_cost=free", "expected a positive number of US dollars"),
     ],
 )
 def test_bad_input_gets_a_usage_message_not_a_traceback(tmp_path: Path, cell: str, message: str) -> None:

@@ -119,3 +119,11 @@ def test_run_many_on_a_gateway(scripted_server):
         finally:
             sandbox.close()
         assert gateway.kernels() == []  # every task's kernel was deleted
+
+
+def test_run_many_is_a_method_of_every_agent(scripted_server):
+    for i in range(2):
+        scripted_server.script([tool_calls([("final_answer", {"answer": f"done {i}"})])], key=f"JOB{i} ")
+    agent = ToolCallingAgent(scripted_server.model())
+    runs = agent.run_many([f"JOB{i} go" for i in range(2)], concurrency=2, progress=False)
+    assert [r.output for r in runs] == ["done 0", "done 1"]

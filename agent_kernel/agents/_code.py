@@ -8,10 +8,11 @@ import binascii
 import inspect
 import re
 import struct
+import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
-from .. import _aio
+from ..display import image_base64
 from ..memory import ActionStep, ToolCall
 from ..sandbox._records import Execution
 from ..tools import Tool
@@ -23,6 +24,31 @@ _CODE_TAG = re.compile(r"<code>\s*(?P<code>.*?)\s*(?:</code>|\Z)", re.S)
 _PYTHON_LANGS = {"", "python", "py", "python3", "ipython", "pycon"}
 _STOP = ["\n```\n"]  # the closing fence: the model would go on to invent the output
 _TRACEBACK_LINES = 30
+MAX_IMAGES = 3  # figures of one step sent to a model that can see: the last few
+IMAGE_MAX_SIDE = 768  # pixels; larger figures are scaled down (cheaper, and enough to read a plot)
+_MAX_DECODE_PIXELS = 40_000_000  # a PNG claiming more is not decoded at all (decompression bombs)
+
+# Run once in each sandbox kernel: a matplotlib figure's text/plain describes it (title, axis labels,
+# series per axes), which is all a text-only model learns of a plot. No import is needed: IPython
+# resolves the type by name when a figure is displayed.
+_FIGURE_DESCRIBER = """\
+def _agent_kernel_setup():
+    def describe(fig):
+        parts = []
+        suptitle = getattr(fig, "_suptitle", None)
+        if suptitle is not None and suptitle.get_text():
+            parts.append(f"title {suptitle.get_text()!r}")
+        for n, ax in enumerate(fig.axes, 1):
+            bits = [f"{label} {text!r}" for label, text in
+                    (("title", ax.get_title()), ("x", ax.get_xlabel()), ("y", ax.get_ylabel())) if text]
+            bits.append(f"{len(ax.lines) + len(ax.collections) + len(ax.containers)} series")
+            parts.append(f"axes {n}: " + ", ".join(bits))
+        return {"text/plain": "Figure (" + "; ".join(parts or ["empty"]) + ")"}
+    # The mime-bundle formatter: configuring the inline backend drops the per-type ones for Figure.
+    get_ipython().display_formatter.mimebundle_formatter.for_type_by_name("matplotlib.figure", "Figure", describe)
+_agent_kernel_setup()
+del _agent_kernel_setup
+"""
 
 
 def extract_code(text: str) -> tuple[str | None, str]:
@@ -84,6 +110,12 @@ class CodeAgent(MultiStepAgent):
         name: str | None = None,
         description: str | None = None,
         add_base_tools: bool = False,
+        review: bool = False,
+        approve: Callable[..., Any] | None = None,
+        max_cost: float | None = None,
+        max_tokens: int | None = None,
+        max_time: float | None = None,
+        vision: bool | None = None,
         **sandbox_options: Any,
     ) -> None:
         _check_executor(executor_type)
@@ -95,7 +127,8 @@ class CodeAgent(MultiStepAgent):
             model, tools, max_steps=max_steps, planning_interval=planning_interval, instructions=instructions,
             final_answer_checks=final_answer_checks, step_callbacks=step_callbacks,
             max_observation_chars=max_observation_chars, keep_steps=keep_steps, name=name, description=description,
-            add_base_tools=add_base_tools,
+            add_base_tools=add_base_tools, review=review, approve=approve, max_cost=max_cost, max_tokens=max_tokens,
+            max_time=max_time,
         )
         from ..sandbox import AsyncSandbox, Sandbox
 
@@ -111,6 +144,15 @@ class CodeAgent(MultiStepAgent):
         self._owns_sandbox = sandbox is None
         self._registered: set[str] = set()
         self._calls: list[ToolCall] = []  # where tool calls from the running action are recorded
+        self._vision = vision  # None: ask litellm whether the model takes images
+        self._described: Any = None  # the sandbox whose figures describe themselves
+
+    @property
+    def vision(self) -> bool:
+        """Whether figures are sent to the model as images (else as text notes)."""
+        if self._vision is None:
+            self._vision = _supports_vision(self.model)
+        return self._vision
 
     @property
     def sandbox(self) -> Any:
@@ -127,7 +169,8 @@ class CodeAgent(MultiStepAgent):
         stubs = [_prompts.FINAL_ANSWER_SIGNATURE, *(t.python_signature() for t in self.tools.values())]
         signatures = "\n\n".join(stubs)
         network = "" if self._sandbox_options.get("network") else _prompts.NO_NETWORK
-        return _prompts.CODE_SYSTEM.format(imports=imports, network=network, signatures=signatures)
+        vision = "; you also see the last figures of a step as images" if self.vision else "; you cannot see the pixels"
+        return _prompts.CODE_SYSTEM.format(imports=imports, network=network, signatures=signatures, vision=vision)
 
     async def _prepare(self, variables: dict[str, Any], reset: bool) -> dict[str, str]:
         if reset and self._owns_sandbox and self._sandbox is not None:
@@ -139,6 +182,8 @@ class CodeAgent(MultiStepAgent):
 
             self._sandbox = AsyncSandbox(imports=self.imports, **self._sandbox_options)
         await self._sandbox.start()
+        if self._described is not self._sandbox:
+            await self._describe_figures()
         for name, t in self.tools.items():
             if name not in self._registered:
                 await self._sandbox.register_function(name, self._recorded(t), doc=t.description)
@@ -157,13 +202,34 @@ class CodeAgent(MultiStepAgent):
             step.error = "no code in the reply"
             step.observation = _prompts.CODE_FORMAT_REMINDER
             return NO_ANSWER
+        if not await self._review(step):
+            return NO_ANSWER
         self._calls = step.tool_calls
         execution = await self._sandbox.execute(step.code)
         step.execution = execution
+        if execution.restarted:  # a fresh kernel: its figures need the describer again
+            await self._describe_figures()
         if execution.error is not None:
             step.error = f"{execution.error.name}: {execution.error.value}"
-        step.observation = truncate(render_observation(execution), self.max_observation_chars)
+        observation = render_observation(execution)
+        if step.review is not None and step.review.decision == "edit":
+            observation = _prompts.REVIEW_EDITED_CODE.format(code=step.code) + "\n" + observation
+        step.observation = truncate(observation, self.max_observation_chars)
+        if self.vision:
+            step.images = figures_for_model(execution)
         return execution.final_answer if execution.has_final_answer else NO_ANSWER
+
+    async def _describe_figures(self) -> None:
+        described = await self._sandbox.execute(_FIGURE_DESCRIBER)
+        if described.error is not None:  # not fatal: plots are then noted by size only
+            warnings.warn(f"could not set up figure descriptions in the sandbox: {described.error}", stacklevel=2)
+        self._described = self._sandbox
+
+    def _apply_edit(self, step: ActionStep, text: str) -> None:
+        step.code = text
+
+    def _decline(self, step: ActionStep, reason: str) -> None:
+        step.observation = _prompts.REVIEW_DECLINED.format(reason=reason or _prompts.NO_REASON)
 
     def _recorded(self, t: Tool) -> Callable[..., Awaitable[Any]]:
         """The host side of a tool called from sandbox code. Each call is noted in the running step,
@@ -187,7 +253,8 @@ class CodeAgent(MultiStepAgent):
         if step.code is None:
             said = step.model_output
         else:  # the stop sequence may have eaten the closing fence; show the format we ask for
-            said = f"```python\n{step.code}\n```"
+            proposed = step.review.original if step.review is not None and step.review.original is not None else step.code
+            said = f"```python\n{proposed}\n```"
             if step.thought:
                 said = f"Thought: {step.thought}\n{said}"
         return [{"role": "assistant", "content": said or "(empty reply)"},
@@ -257,14 +324,15 @@ def render_observation(execution: Execution) -> str:
 
 
 def _display_note(data: dict[str, Any]) -> str:
+    text = data.get("text/plain", "")
+    if isinstance(text, list):
+        text = "".join(text)
     images = [m for m in data if m.startswith("image/")]
     if images:
         mime = images[0]
         size = _png_size(data[mime]) if mime == "image/png" else None
-        return f"[displayed {mime}{f' {size[0]}x{size[1]}' if size else ''}]"
-    text = data.get("text/plain", "")
-    if isinstance(text, list):
-        text = "".join(text)
+        described = f" {text.strip()}" if text.startswith("Figure (") else ""  # see _FIGURE_DESCRIBER
+        return f"[displayed {mime}{f' {size[0]}x{size[1]}' if size else ''}{described}]"
     if text:
         return text.rstrip("\n")
     return f"[displayed {', '.join(data) or 'nothing'}]"
@@ -279,6 +347,49 @@ def _png_size(encoded: Any) -> tuple[int, int] | None:
     if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
         return None
     return struct.unpack(">II", head[16:24])
+
+
+def figures_for_model(execution: Execution) -> list[str]:
+    """The execution's last few PNGs, checked and scaled down to IMAGE_MAX_SIDE, as base64."""
+    pngs = [o["data"]["image/png"] for o in execution.outputs
+            if o["output_type"] in ("display_data", "execute_result") and "image/png" in o.get("data", {})]
+    scaled = (_scaled_png(png) for png in pngs[-MAX_IMAGES:])
+    return [png for png in scaled if png is not None]
+
+
+def _scaled_png(encoded: Any) -> str | None:
+    """A sandbox PNG made safe and small: it must really be a PNG of sane size; big ones shrink."""
+    valid = image_base64("image/png", encoded)
+    size = _png_size(valid) if valid else None
+    if valid is None or size is None or size[0] * size[1] > _MAX_DECODE_PIXELS:
+        return None
+    if max(size) <= IMAGE_MAX_SIDE:
+        return valid
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(valid))) as image:
+            image.thumbnail((IMAGE_MAX_SIDE, IMAGE_MAX_SIDE))
+            out = io.BytesIO()
+            image.save(out, format="PNG")
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+        return None
+    return base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def _supports_vision(model: Any) -> bool:
+    """Whether the model takes image inputs: the model says (`supports_vision`), else litellm's table."""
+    said = getattr(model, "supports_vision", None)
+    if isinstance(said, bool):
+        return said
+    from ..models import _litellm
+
+    try:
+        return bool(_litellm().supports_vision(model=str(getattr(model, "model_id", ""))))
+    except Exception:  # litellm raises a bare Exception for models it does not know
+        return False
 
 
 def _short_repr(value: Any, limit: int = 300) -> str:

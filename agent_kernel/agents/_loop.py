@@ -7,25 +7,32 @@ call, a sandbox action, tool calls) and still hand back the run with the steps d
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
+import json
 import queue
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, ClassVar, Literal, overload
 
 from .. import _aio
+from .. import review as _review
 from ..memory import (
     ActionStep,
     Event,
     FinalAnswerStep,
     PlanningStep,
+    Review,
     Run,
     RunCompleted,
+    RunStarted,
     Step,
     StepCompleted,
     StepStarted,
     TaskStep,
     TextDelta,
+    Usage,
 )
 from ..tools import Tool, as_tool
 from . import _prompts
@@ -46,6 +53,42 @@ class _NoAnswer:
 NO_ANSWER: Any = _NoAnswer()
 _DONE = object()
 _SUMMARY_LINES = 20  # steps beyond the window and these lines are not shown at all
+REPEAT_NOTE_AT = 3  # the same error or action this many times in a row: the model is told
+STUCK_AT = 4  # ... and this many times ends the run as "stuck"
+_unpriced_said: set[str] = set()  # models whose missing price was already pointed out
+
+
+class UnpricedModelWarning(UserWarning):
+    """litellm has no price for the model: its cost counts as $0, so only token budgets apply."""
+
+
+class _RunEnded(Exception):
+    """A guard ended the run on purpose (budget, repetition, the reviewer): the steps so far are kept."""
+
+    def __init__(self, state: Literal["budget_exceeded", "stuck", "interrupted"], reason: str) -> None:
+        super().__init__(reason)
+        self.state = state
+        self.reason = reason
+
+
+class _CallerJob:
+    """An approver call handed to the thread that called the sync API (it is waiting on the event
+    queue anyway), so `input()` and widgets run where the user is, not on the background loop."""
+
+    def __init__(self, approve: Callable[[ActionStep], Any], step: ActionStep) -> None:
+        self.approve, self.step = approve, step
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run_here(self, agent: MultiStepAgent) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            self.future.set_result(self.approve(self.step))
+        except KeyboardInterrupt:  # Ctrl-C at the prompt interrupts the run
+            agent.interrupt()
+            self.future.set_exception(asyncio.CancelledError())
+        except Exception as exc:
+            self.future.set_exception(exc)
 
 
 class MultiStepAgent:
@@ -70,6 +113,11 @@ class MultiStepAgent:
         name: str | None = None,
         description: str | None = None,
         add_base_tools: bool = False,
+        review: bool = False,
+        approve: _review.Approver | None = None,
+        max_cost: float | None = None,
+        max_tokens: int | None = None,
+        max_time: float | None = None,
     ) -> None:
         if max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {max_steps}")
@@ -77,6 +125,11 @@ class MultiStepAgent:
             raise ValueError(f"planning_interval must be a positive number of steps or None, got {planning_interval}")
         if keep_steps < 1:
             raise ValueError(f"keep_steps must be at least 1, got {keep_steps}")
+        for label, limit in (("max_cost", max_cost), ("max_tokens", max_tokens), ("max_time", max_time)):
+            if limit is not None and not limit > 0:
+                raise ValueError(f"{label} must be a positive number or None (no limit), got {limit!r}")
+        if approve is not None and not callable(approve):
+            raise TypeError(f"approve must be callable(step) -> Decision, got {approve!r}")
         self.model = _as_model(model)
         self.tools: dict[str, Tool] = {}
         for t in tools:
@@ -99,6 +152,9 @@ class MultiStepAgent:
         self.step_callbacks = list(step_callbacks)
         self.max_observation_chars = max_observation_chars
         self.keep_steps = keep_steps
+        # review=True asks through input(); approve= is the reviewer from a script (or a notebook widget)
+        self.approve: _review.Approver | None = approve or (_review.ask if review else None)
+        self.max_cost, self.max_tokens, self.max_time = max_cost, max_tokens, max_time
         self.name = name or f"{self.kind}_agent"
         self.description = description or self.default_description
         self.memory: list[Step] = []  # every step since the last reset, across runs
@@ -106,6 +162,8 @@ class MultiStepAgent:
         self._task_loop: asyncio.AbstractEventLoop | None = None
         self._interrupting = False
         self._system_text = ""
+        self._caller: Callable[[_CallerJob], None] | None = None  # runs approvers in the sync caller's thread
+        self._clock_start = 0.0
 
     # -- what subclasses provide -----------------------------------------------------------------
 
@@ -126,6 +184,14 @@ class MultiStepAgent:
 
     def _step_summary(self, step: ActionStep) -> str:
         """One compact line for a step that fell out of the recent window."""
+        raise NotImplementedError
+
+    def _apply_edit(self, step: ActionStep, text: str) -> None:
+        """The reviewer changed the action: make `text` the action that runs (and is recorded)."""
+        raise NotImplementedError
+
+    def _decline(self, step: ActionStep, reason: str) -> None:
+        """The reviewer skipped the action: record it as not run and tell the model why."""
         raise NotImplementedError
 
     async def _prepare(self, variables: dict[str, Any], reset: bool) -> dict[str, str]:
@@ -151,12 +217,12 @@ class MultiStepAgent:
         """
         if stream:
             return self._stream_sync(task, variables, reset)
-        future = _aio.submit(self._start(task, variables, reset, None))
-        try:
-            return future.result()
-        except KeyboardInterrupt:
-            self.interrupt()
-            return future.result()
+        finished: Run | None = None
+        for event in self._stream_sync(task, variables, reset):  # the queue also carries approver calls
+            if isinstance(event, RunCompleted):
+                finished = event.run
+        assert finished is not None
+        return finished
 
     async def arun(self, task: str, *, variables: dict[str, Any] | None = None, reset: bool = True) -> Run:
         return await self._start(task, variables, reset, None)
@@ -179,7 +245,7 @@ class MultiStepAgent:
         """Events from the background loop. Ctrl-C while waiting interrupts the run and the stream
         goes on, so the stopped step and RunCompleted still arrive; a second Ctrl-C stops waiting."""
         events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        future = _aio.submit(self._start(task, variables, reset, events.put))
+        future = _aio.submit(self._start(task, variables, reset, events.put, events.put))
         future.add_done_callback(lambda _: events.put(_DONE))
         wait = True
         try:
@@ -196,11 +262,15 @@ class MultiStepAgent:
                     future.exception()  # so the agent can run again as soon as this returns
 
     def _next_event(self, events: queue.SimpleQueue[Any]) -> Any:
-        try:
-            return events.get()
-        except KeyboardInterrupt:
-            self.interrupt()
-            return events.get()
+        while True:
+            try:
+                item = events.get()
+            except KeyboardInterrupt:
+                self.interrupt()
+                item = events.get()
+            if not isinstance(item, _CallerJob):
+                return item
+            item.run_here(self)
 
     async def aclose(self) -> None:
         """Stop what the agent started: the python_interpreter tool's sandbox (add_base_tools)."""
@@ -223,6 +293,19 @@ class MultiStepAgent:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    def run_many(self, tasks: Iterable[Any], *, concurrency: int = 4, variables: dict[str, Any] | None = None,
+                 progress: bool = True) -> list[Run]:
+        """Run every task, `concurrency` at a time, each on its own copy of this agent; runs in input order."""
+        from ._many import run_many
+
+        return run_many(self, tasks, concurrency=concurrency, variables=variables, progress=progress)
+
+    async def arun_many(self, tasks: Iterable[Any], *, concurrency: int = 4,
+                        variables: dict[str, Any] | None = None, progress: bool = True) -> list[Run]:
+        from ._many import arun_many
+
+        return await arun_many(self, tasks, concurrency=concurrency, variables=variables, progress=progress)
+
     def interrupt(self) -> None:
         """Stop the run in progress (from any thread); it ends with state "interrupted"."""
         task, loop = self._task, self._task_loop
@@ -231,12 +314,14 @@ class MultiStepAgent:
         self._interrupting = True
         loop.call_soon_threadsafe(task.cancel)
 
-    async def _start(self, task: str, variables: dict[str, Any] | None, reset: bool, sink: Sink | None) -> Run:
+    async def _start(self, task: str, variables: dict[str, Any] | None, reset: bool, sink: Sink | None,
+                     caller: Callable[[_CallerJob], None] | None = None) -> Run:
         if not isinstance(task, str) or not task.strip():
             raise ValueError("the task must be a non-empty string saying what to do")
         if self._task is not None and not self._task.done():
             raise RuntimeError(f"agent {self.name!r} is already running; wait for it or call interrupt()")
         self._interrupting = False
+        self._caller = caller
         self._task_loop = asyncio.get_running_loop()
         self._task = asyncio.ensure_future(self._execute(task, dict(variables or {}), reset, sink))
         return await self._task
@@ -246,8 +331,10 @@ class MultiStepAgent:
         # while it is built (asking litellm about the model can take seconds) is not lost.
         self._system_text = self._full_system_prompt()
         run = Run(task=task, agent=self.kind, model=_model_name(self.model))
-        started = time.perf_counter()
+        started = self._clock_start = time.perf_counter()
         current: list[ActionStep] = []  # the step in progress, kept if the run is interrupted
+        if sink is not None:
+            sink(RunStarted(run))
         try:
             if reset:
                 self.memory.clear()
@@ -260,6 +347,9 @@ class MultiStepAgent:
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             run.state = "interrupted"
             self._abandon(run, current, "interrupted", sink)
+        except _RunEnded as ended:
+            run.state, run.error = ended.state, ended.reason
+            self._abandon(run, current, ended.reason, sink)
         except Exception as exc:  # the run records why it stopped; the caller decides what to do
             run.state, run.error = "error", f"{type(exc).__name__}: {exc}"
             self._abandon(run, current, run.error, sink)
@@ -288,6 +378,7 @@ class MultiStepAgent:
         self._finish(run, sink, None if answer is NO_ANSWER else answer, "max_steps")
 
     async def _step(self, run: Run, sink: Sink | None, current: list[ActionStep], index: int, final: bool) -> Any:
+        self._check_budget(run)
         step = ActionStep(index=index)
         current[:] = [step]
         if sink is not None:
@@ -299,7 +390,7 @@ class MultiStepAgent:
         reply = await self._request(messages, _delta_sink(sink, index), final)
         step.model_output = reply.content or ""
         step.usage = reply.usage
-        run.usage += reply.usage
+        self._spend(run, reply.usage)
         answer = await self._act(step, reply, final)
         if answer is NO_ANSWER and final and not step.tool_calls and step.code is None:
             answer = step.model_output.strip() or NO_ANSWER  # a plain-text last word is the best answer left
@@ -309,17 +400,81 @@ class MultiStepAgent:
                 self._reject_answer(step, _prompts.CHECK_FAILED.format(reason=rejection))
                 answer = NO_ANSWER
         step.is_final = answer is not NO_ANSWER
+        repeats = 0 if step.is_final else _repeats(run.action_steps, step)
+        if repeats == REPEAT_NOTE_AT:
+            step.observation = _join(step.observation, _prompts.REPEATING.format(times=repeats))
         step.duration = time.perf_counter() - started
         current.clear()
         self._record(run, step, sink)
+        if repeats >= STUCK_AT:
+            what = f"the error {step.error}" if step.error else "the same action"
+            raise _RunEnded("stuck", f"stuck: {what} {repeats} times in a row; the run was stopped")
         return answer
 
     async def _plan(self, run: Run, sink: Sink | None, index: int) -> None:
+        self._check_budget(run)
         messages = self._messages(as_text=True) + [{"role": "user", "content": _prompts.PLANNING}]
         reply = await self.model.agenerate(messages, on_delta=_delta_sink(sink, index))
-        run.usage += reply.usage
+        self._spend(run, reply.usage)
         self._record(run, PlanningStep(plan=(reply.content or "").strip(), usage=reply.usage,
                                        duration=reply.duration), sink)
+
+    def _spend(self, run: Run, usage: Usage) -> None:
+        run.usage += usage
+        name = _model_name(self.model)
+        if self.max_cost is not None and usage.total_tokens and not usage.cost and name not in _unpriced_said:
+            _unpriced_said.add(name)
+            warnings.warn(f"litellm has no price for {name}: its cost counts as $0, so max_cost cannot stop this "
+                          "run; set max_tokens to cap it", UnpricedModelWarning, stacklevel=2)
+
+    def _check_budget(self, run: Run) -> None:
+        """Before each model call: stop when a budget is used up (the steps so far are kept)."""
+        spent, elapsed = run.usage, time.perf_counter() - self._clock_start
+        over = [
+            f"{label} {shown(used)} of {shown(limit)}"
+            for label, used, limit, shown in (
+                ("max_cost", spent.cost, self.max_cost, lambda v: f"${v:.4f}"),
+                ("max_tokens", spent.total_tokens, self.max_tokens, lambda v: f"{v:,}"),
+                ("max_time", elapsed, self.max_time, lambda v: f"{v:.1f} s"),
+            )
+            if limit is not None and used >= limit
+        ]
+        if over:
+            raise _RunEnded("budget_exceeded", f"budget used up before the next model call ({'; '.join(over)}): "
+                            f"spent ${spent.cost:.4f}, {spent.total_tokens:,} tokens, {elapsed:.1f} s")
+
+    async def _review(self, step: ActionStep) -> bool:
+        """Show the action to the reviewer, if there is one: True to run it (maybe edited), False if
+        skipped. A stop ends the run, keeping this step as not run."""
+        if self.approve is None:
+            return True
+        original = _review.proposal(step)
+        decision = await self._decide(step)
+        if decision.action == "stop":
+            step.review = Review("stop", reason=decision.reason)
+            raise _RunEnded("interrupted", "stopped by the reviewer" + (f": {decision.reason}" if decision.reason else ""))
+        if decision.action == "skip":
+            step.review = Review("skip", reason=decision.reason)
+            self._decline(step, decision.reason)
+            return False
+        if decision.action == "edit" and (decision.code or "").strip() != original.strip():
+            step.review = Review("edit", original=original)
+            self._apply_edit(step, decision.code or "")
+        else:
+            step.review = Review("run")
+        return True
+
+    async def _decide(self, step: ActionStep) -> _review.Decision:
+        approve = self.approve
+        assert approve is not None
+        if inspect.iscoroutinefunction(approve):
+            return _review.checked(await approve(step))
+        if self._caller is not None:  # the sync API: the caller's thread is waiting on the event queue
+            job = _CallerJob(approve, step)
+            self._caller(job)
+            return _review.checked(await asyncio.wrap_future(job.future))
+        decision = await asyncio.to_thread(approve, step)
+        return _review.checked(await decision if inspect.isawaitable(decision) else decision)
 
     async def _check_answer(self, answer: Any, run: Run) -> str | None:
         """None when every check passes, else the reason to show the model."""
@@ -379,6 +534,8 @@ class MultiStepAgent:
                 messages.append({"role": "user", "content": _prompts.PLAN_FOLLOW})
             elif isinstance(step, ActionStep):
                 messages.extend(self._step_messages(step, as_text))
+                if step.images and not as_text and step is actions[-1]:  # figures go with the next observation
+                    messages[-1] = {**messages[-1], "content": _with_images(messages[-1]["content"], step.images)}
         return _merge_consecutive(messages)
 
     def _full_system_prompt(self) -> str:
@@ -422,10 +579,54 @@ def _merge_consecutive(messages: list[Message]) -> list[Message]:
         previous = merged[-1] if merged else None
         if (previous is not None and previous["role"] == message["role"] and set(previous) == set(message)
                 == {"role", "content"} and message["role"] in ("user", "assistant")):
-            merged[-1] = {"role": message["role"], "content": f"{previous['content']}\n\n{message['content']}"}
+            merged[-1] = {"role": message["role"], "content": _concat(previous["content"], message["content"])}
         else:
             merged.append(message)
     return merged
+
+
+def _concat(first: Any, second: Any) -> Any:
+    """Two turns' content as one: text joined, or content parts (text and images) in order."""
+    if isinstance(first, str) and isinstance(second, str):
+        return f"{first}\n\n{second}"
+    return _parts(first) + _parts(second)
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    return content if isinstance(content, list) else [{"type": "text", "text": str(content)}]
+
+
+def _with_images(content: Any, images: list[str]) -> list[dict[str, Any]]:
+    """OpenAI-style content parts, which litellm translates for each provider."""
+    return _parts(content) + [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}}
+                              for png in images]
+
+
+def _repeats(previous: list[ActionStep], step: ActionStep) -> int:
+    """How many times in a row, ending with `step`, the same error or the same action came up."""
+
+    def run_length(key: Callable[[ActionStep], str | None]) -> int:
+        mine = key(step)
+        if mine is None:
+            return 0
+        count = 1
+        for earlier in reversed(previous):
+            if key(earlier) != mine:
+                break
+            count += 1
+        return count
+
+    return max(run_length(lambda s: s.error), run_length(_action_key))
+
+
+def _action_key(step: ActionStep) -> str | None:
+    if step.review is not None and step.review.original is not None:
+        return step.review.original.strip()  # what the model proposed, even if the reviewer changed it
+    if step.code is not None:
+        return step.code.strip()
+    if step.tool_calls:
+        return json.dumps([[c.name, c.arguments] for c in step.tool_calls], sort_keys=True, default=repr)
+    return None
 
 
 def _delta_sink(sink: Sink | None, index: int) -> Callable[[str], None] | None:

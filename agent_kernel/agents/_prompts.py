@@ -16,7 +16,7 @@ Rules:
 - Variables, imports and functions persist between steps. Reuse them; don't recompute.
 - Print what you need to see; the value of a last bare expression is shown too. Long output is cut, \
 so print summaries (shapes, heads, counts), not whole datasets.
-- Figures and tables you display are reported to you as notes; you cannot see the pixels.
+- Figures and tables you display are reported to you as notes{vision}.
 - Importable modules: {imports}.
 - Call tools as Python functions, with keyword arguments; they return Python values.
 - After an error, read it and fix the cause; don't repeat the same code.
@@ -94,3 +94,21 @@ answer, using what you have already found."""
 EARLIER_STEPS = "Earlier steps, summarised (their outputs are no longer shown):\n{summary}"
 
 OBSERVATION = "Observation:\n{observation}"
+
+REPEATING = """\
+[Note: this is the {times}th time in a row with the same error or the same action. You are repeating \
+yourself: step back, try a different approach, or give your best final answer. One more repeat ends the run.]"""
+
+REVIEW_EDITED_CODE = """\
+[The user reviewed your code and edited it before it ran. This is what ran:
+```python
+{code}
+```]"""
+
+REVIEW_EDITED_CALLS = "[The user reviewed your tool calls and edited them before they ran; the calls above are what ran.]"
+
+REVIEW_DECLINED = "The user reviewed this action and declined to run it; nothing ran. Reason: {reason}"
+
+NO_REASON = "(no reason given)"
+
+FIGURE_NOTE = "[figure: {description}]"

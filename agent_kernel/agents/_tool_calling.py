@@ -85,14 +85,16 @@ class ToolCallingAgent(MultiStepAgent):
             step.error = "no tool call in the reply"
             step.observation = _prompts.TOOLS_FORMAT_REMINDER
             return NO_ANSWER
-        for n, call in enumerate(calls):
-            call.id = call.id or f"call_{step.index}_{n}_{uuid.uuid4().hex[:6]}"
-        step.tool_calls = calls
-        await asyncio.gather(*(self._call(call, final) for call in calls))
+        _number(step, calls)
+        if all(c.name == FINAL for c in calls) or await self._review(step):  # an answer alone needs no review
+            await asyncio.gather(*(self._call(call, final) for call in step.tool_calls))
+        calls = step.tool_calls
         failed = [c for c in calls if c.error is not None]
-        if failed:
+        if failed and not _reviewed(step, "skip"):
             step.error = "; ".join(f"{c.name}: {c.error.splitlines()[0]}" for c in failed)
         step.observation = "\n".join(f"[{c.name}] {self._result_text(c)}" for c in calls)
+        if _reviewed(step, "edit"):
+            step.observation = f"{_prompts.REVIEW_EDITED_CALLS}\n{step.observation}"
         answers = [c for c in calls if c.name == FINAL and c.error is None]
         return answers[0].result if answers else NO_ANSWER
 
@@ -116,6 +118,17 @@ class ToolCallingAgent(MultiStepAgent):
             call.error = str(exc)
         except Exception as exc:  # the tool's failure is the model's to handle
             call.error = f"{type(exc).__name__}: {exc}"
+
+    def _apply_edit(self, step: ActionStep, text: str) -> None:
+        calls, problem = parse_json_calls(text)
+        if problem or not calls:
+            raise ValueError(f"the edited tool calls are not valid: {problem or 'no call in them'}; write them as "
+                             '[{"name": "<tool>", "arguments": {...}}]')
+        _number(step, calls)
+
+    def _decline(self, step: ActionStep, reason: str) -> None:
+        for call in step.tool_calls:  # each call's result tells the model it was declined
+            call.error = _prompts.REVIEW_DECLINED.format(reason=reason or _prompts.NO_REASON)
 
     def _reject_answer(self, step: ActionStep, feedback: str) -> None:
         super()._reject_answer(step, feedback)
@@ -142,8 +155,10 @@ class ToolCallingAgent(MultiStepAgent):
         calls = [{"id": c.id, "type": "function",
                   "function": {"name": c.name, "arguments": json.dumps(c.arguments, default=repr)}}
                  for c in step.tool_calls]
+        edited = [{"role": "user", "content": _prompts.REVIEW_EDITED_CALLS}] if _reviewed(step, "edit") else []
         return [{"role": "assistant", "content": step.model_output or None, "tool_calls": calls},
-                *({"role": "tool", "tool_call_id": c.id, "content": self._result_text(c)} for c in step.tool_calls)]
+                *({"role": "tool", "tool_call_id": c.id, "content": self._result_text(c)} for c in step.tool_calls),
+                *edited]
 
     def _step_summary(self, step: ActionStep) -> str:
         if not step.tool_calls:
@@ -151,6 +166,17 @@ class ToolCallingAgent(MultiStepAgent):
         calls = ", ".join(f"{c.name}({_compact(c.arguments)}) -> {'error' if c.error else 'ok'}"
                           for c in step.tool_calls)
         return f"- step {step.index}: {calls}"
+
+
+def _reviewed(step: ActionStep, decision: str) -> bool:
+    return step.review is not None and step.review.decision == decision
+
+
+def _number(step: ActionStep, calls: list[ToolCall]) -> None:
+    """Give each call an id (the tool messages answer them by id) and make them the step's calls."""
+    for n, call in enumerate(calls):
+        call.id = call.id or f"call_{step.index}_{n}_{uuid.uuid4().hex[:6]}"
+    step.tool_calls = calls
 
 
 def _compact(arguments: Any, limit: int = 100) -> str:

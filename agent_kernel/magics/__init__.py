@@ -27,14 +27,17 @@ from ._options import (
     CELL_USAGE,
     LINE_USAGE,
     CellOptions,
+    FixOptions,
     coerce,
     describe_task,
     parse_assignments,
     parse_cell_line,
+    parse_fix_args,
     task_references,
 )
 
-_CONFIGURABLE = ("model", "api_base", "max_steps", "timeout", "imports", "network", "quiet")
+_CONFIGURABLE = ("model", "api_base", "max_steps", "timeout", "imports", "network", "quiet", "session_max_cost",
+                 "approver")
 
 
 @dataclass
@@ -59,6 +62,13 @@ class AgentMagics(Magics):
         None, allow_none=True, help="OpenAI-compatible endpoint, e.g. a local server; $AGENT_KERNEL_API_BASE if set"
     ).tag(config=True)
     aliases = Dict(Unicode(), help="short model names: {'fast': 'openai/gpt-4o-mini'}").tag(config=True)
+    session_max_cost = Float(
+        None, allow_none=True, help="US dollars all runs of this session may spend together (None: no cap)"
+    ).tag(config=True)
+    approver = Unicode(
+        "", help="name of a notebook function f(step) -> Decision that reviews actions for --review; "
+        "empty: ask with input()"
+    ).tag(config=True)
 
     # The environment picks the model where a notebook must not name one (shared examples, CI).
     @default("model")
@@ -76,6 +86,9 @@ class AgentMagics(Magics):
         self.runs: list[_Record] = []
         self._agents: dict[str, Any] = {}  # kind -> the last agent of that kind, for --continue and --keep
         self._mcp: Any = None  # agent_kernel.mcp.MCPServers, made at the first `%agent mcp`
+        self.spent = 0.0  # US dollars spent by every run, fix and explanation of this session
+        self._failure: tuple[str, BaseException] | None = None  # the last cell that raised, and what
+        self._fix: Any = None  # the last agent_kernel.fix.Fix, for `%agent fix --apply` without a rerun
 
     # -- %%agent ---------------------------------------------------------------------------------
 
@@ -89,7 +102,9 @@ class AgentMagics(Magics):
             raise UsageError(f"the cell body is the task: say what the agent should do\n\n{CELL_USAGE}")
         inputs = self._inputs(options, cell)
         agent, follow_up = self._agent_for(options)
+        self._controls(agent, options)
         run = self._run(agent, options, describe_task(cell.strip()), inputs, follow_up)
+        self.spent += run.usage.cost
         self.runs.append(_Record(run, inputs))
         self.shell.user_ns["_agent_run"] = run
         self._bind(run, options)
@@ -154,6 +169,34 @@ class AgentMagics(Magics):
         self._close_agents(options.kind)
         self._agents[options.kind] = agent
         return agent, False
+
+    def _controls(self, agent: Any, options: CellOptions) -> None:
+        """This cell's review and budgets (set on the agent each time: --continue reuses it)."""
+        agent.approve = self._approver() if options.review else None
+        agent.max_cost = self._budget(options.max_cost)
+        agent.max_tokens, agent.max_time = options.max_tokens, options.max_time
+
+    def _approver(self) -> Any:
+        """The reviewer for --review: a notebook function named by config, else input() prompts."""
+        if not self.approver:
+            from ..review import ask
+
+            return ask
+        approve = self.shell.user_ns.get(self.approver)
+        if not callable(approve):
+            raise UsageError(f"AgentMagics.approver = {self.approver!r} is not a function defined in the notebook; "
+                             "define it (f(step) -> Decision) or set it to '' to be asked with input()")
+        return approve
+
+    def _budget(self, max_cost: float | None) -> float | None:
+        """The cell's cost cap within what the session cap leaves; refuses to start when nothing is left."""
+        if self.session_max_cost is None:
+            return max_cost
+        left = self.session_max_cost - self.spent
+        if left <= 0:
+            raise UsageError(f"the session's cost cap is used up: spent ${self.spent:.4f} of "
+                             f"AgentMagics.session_max_cost = ${self.session_max_cost:g}; raise it to go on")
+        return left if max_cost is None else min(max_cost, left)
 
     def _run(self, agent: Any, options: CellOptions, task: str, inputs: dict[str, Any], follow_up: bool) -> Run:
         """Stream the run into the live display. Kernel > Interrupt stops the agent, and the stream
@@ -225,7 +268,7 @@ class AgentMagics(Magics):
         for key, value in parse_assignments(args).items():
             if key not in _CONFIGURABLE:
                 raise UsageError(f"unknown setting {key!r}; settings: {', '.join(_CONFIGURABLE)}")
-            setattr(self, key, coerce(value, getattr(self, key)))
+            setattr(self, key, coerce(value, getattr(self, key), key))
         print("\n".join(f"{key} = {getattr(self, key)!r}" for key in _CONFIGURABLE))
 
     def _cmd_alias(self, args: list[str]) -> None:
@@ -251,12 +294,12 @@ class AgentMagics(Magics):
         if not self.runs:
             print("no runs yet")
             return
-        rows = [f"{'#':>3}  {'agent':5}  {'state':11}  {'steps':>5}  {'tokens':>8}  {'cost':>8}  {'time':>7}  task"]
+        rows = [f"{'#':>3}  {'agent':5}  {'state':15}  {'steps':>5}  {'tokens':>8}  {'cost':>8}  {'time':>7}  task"]
         for i, record in enumerate(self.runs, 1):
             r = record.run
             task = " ".join(r.task.split())[:60]
             rows.append(
-                f"{i:>3}  {r.agent:5}  {r.state:11}  {len(r.action_steps):>5}  {r.usage.total_tokens:>8,}  "
+                f"{i:>3}  {r.agent:5}  {r.state:15}  {len(r.action_steps):>5}  {r.usage.total_tokens:>8,}  "
                 f"{'$' + format(r.usage.cost, '.4f'):>8}  {r.duration:>6.1f}s  {task}"
             )
         from ..display import clean_text
@@ -266,10 +309,76 @@ class AgentMagics(Magics):
     def _cmd_show(self, args: list[str]) -> None:
         from IPython.display import display
 
-        from ..display import mime_bundle
+        from ..display import mime_bundle, provenance
 
         run = self._record(args[0] if args else None).run
-        display(mime_bundle(run), raw=True)
+        display(mime_bundle(run), raw=True, metadata=provenance(run))
+
+    def _cmd_fix(self, args: list[str]) -> None:
+        """Fix the last failing cell in a sandbox and show the diff; --apply puts it in the next cell."""
+        from IPython.display import display
+
+        from .. import fix
+        from ..display import mime_bundle, provenance, render_diff
+
+        options = parse_fix_args(args, "fix")
+        cell = self._failed_cell()
+        reuse = options.apply and self._fix is not None and self._fix.cell.source == cell.source and self._fix.verified
+        if not reuse:
+            model, max_cost = self._fix_model(options), self._budget(None)
+            print("reproducing and fixing the error in a sandbox, on copies of the variables…")
+            self._fix = fix.fix(cell, model, max_steps=options.max_steps, max_cost=max_cost)
+            self.spent += self._fix.run.usage.cost
+            self.runs.append(_Record(self._fix.run, {}))
+        found = self._fix
+        self.shell.user_ns["_agent_fix"] = found
+        if not found.verified:
+            display(mime_bundle(found.run), raw=True, metadata=provenance(found.run))
+            print(f"no verified fix: the run ended as {found.run.state}; see the steps above, or %agent explain")
+            return
+        display(render_diff(found.diff), raw=True, metadata=provenance(found.run))
+        if options.apply:
+            self.shell.set_next_input(found.fixed, replace=False)
+            print("the fixed cell is in the next cell: read it, then run it")
+        else:
+            print("verified in a sandbox on copies of the variables; `%agent fix --apply` puts it in the next cell")
+
+    def _cmd_explain(self, args: list[str]) -> None:
+        from uuid import uuid4
+
+        from IPython.display import display
+
+        from .. import fix
+        from ..display import render_prose, stamp
+
+        model = self._fix_model(parse_fix_args(args, "explain"))
+        self._budget(None)  # refuses when the session cap is used up
+        text, usage = fix.explain(self._failed_cell(), model)
+        self.spent += usage.cost
+        display(render_prose("Why the last cell failed", text), raw=True,
+                metadata=stamp(model.model_id, uuid4().hex[:12], "explain"))
+
+    def _fix_model(self, options: FixOptions) -> Model:
+        try:
+            return self._model(options.model)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _failed_cell(self) -> Any:
+        from .. import fix
+
+        if self._failure is None:
+            raise UsageError("no failing cell to work on: %agent fix / explain look at the last cell that raised "
+                             "since the extension was loaded")
+        source, error = self._failure
+        return fix.failed_cell(source, error, self.shell.user_ns, self.shell.transform_cell)
+
+    def note_failure(self, result: Any) -> None:
+        """post_run_cell hook: remember the last cell that raised (not the agent's own cells)."""
+        error = result.error_in_exec or result.error_before_exec
+        source = getattr(result.info, "raw_cell", "") or ""
+        if error is not None and not source.lstrip().startswith(("%agent", "%%agent")):
+            self._failure = (source, error)
 
     def _cmd_export(self, args: list[str]) -> None:
         if len(args) not in (1, 2) or not args[-1].endswith(".ipynb"):
@@ -320,12 +429,14 @@ class AgentMagics(Magics):
 def load_ipython_extension(ipython: Any) -> None:
     magics = AgentMagics(shell=ipython, config=ipython.config)
     ipython.register_magics(magics)
+    ipython.events.register("post_run_cell", magics.note_failure)
     if magics not in ipython.configurables:  # `%config AgentMagics.model = ...` looks there; IPython 8 adds it
         ipython.configurables.append(magics)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     for magics in [c for c in ipython.configurables if isinstance(c, AgentMagics)]:
+        ipython.events.unregister("post_run_cell", magics.note_failure)
         magics._close_agents()
         if magics._mcp is not None:
             magics._mcp.close()

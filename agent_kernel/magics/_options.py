@@ -27,7 +27,14 @@ CELL_USAGE = """\
   --network             let the sandbox use the network (code only)
   --read PATH           let the sandbox read PATH (repeatable; code only)
   --continue            follow up on the last run: same sandbox and memory
-  --quiet               no live display"""
+  --quiet               no live display
+  --review              show each action before it runs: run, edit, skip (the agent is told why) or stop
+                        (asks with input(); %config AgentMagics.approver = "f" uses a notebook
+                        function f(step) -> Decision instead)
+  --max-cost USD        stop before the next model call once the run has cost this much
+  --max-tokens N        ... once it has used this many tokens
+  --max-time SECONDS    ... once it has run this long
+                        (a cap for the whole session: %config AgentMagics.session_max_cost = USD)"""
 
 LINE_USAGE = """\
 %agent config [key=value ...]      show or set defaults (also %config AgentMagics.model = "...")
@@ -39,6 +46,9 @@ m = %agent model [NAME]            that model as a Model, to build agents in Pyt
 %agent export [N] PATH.ipynb       save run N as a notebook that re-runs
 %agent sandbox                     isolation layers and variables of the last code sandbox
 %agent reset                       stop sandboxes, forget runs' memory
+%agent fix [--apply] [-m MODEL]    fix the last failing cell in a sandbox (never in this kernel) and show
+                                   the diff; --apply puts the verified fix in the next cell
+%agent explain [-m MODEL]          explain the last error, without fixing it
 %agent mcp add NAME -- CMD ARGS    connect an MCP server (stdio; or NAME URL for HTTP): %agent mcp help"""
 
 _NAME = re.compile(r"[A-Za-z_]\w*\Z")
@@ -63,6 +73,19 @@ class CellOptions:
     read: list[str] = field(default_factory=list)
     follow_up: bool = False
     quiet: bool = False
+    review: bool = False
+    max_cost: float | None = None
+    max_tokens: int | None = None
+    max_time: float | None = None
+
+
+@dataclass
+class FixOptions:
+    """What `%agent fix` / `%agent explain` asked for."""
+
+    apply: bool = False
+    model: str | None = None
+    max_steps: int | None = None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,14 +132,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
+def _positive_number(what: str) -> Any:
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = 0.0
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a positive number {what}, got {text!r}")
+        return value
+
+    return convert
+
+
+_positive_float = _positive_number("of seconds")
+_positive_usd = _positive_number("of US dollars, like 0.50")
 
 
 def _build_parser() -> _Parser:
@@ -135,10 +165,38 @@ def _build_parser() -> _Parser:
     p.add_argument("--read", action="append", default=[])
     p.add_argument("--continue", dest="follow_up", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--review", action="store_true")
+    p.add_argument("--max-cost", type=_positive_usd)
+    p.add_argument("--max-tokens", type=_positive_int)
+    p.add_argument("--max-time", type=_positive_float)
     return p
 
 
 _PARSER = _build_parser()
+
+
+class _LineParser(_Parser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}\n\n{LINE_USAGE}")
+
+
+def _build_fix_parser() -> _Parser:
+    p = _LineParser(prog="%agent fix", add_help=False, usage=LINE_USAGE)
+    p.add_argument("--apply", action="store_true")
+    p.add_argument("-m", "--model")
+    p.add_argument("--max-steps", type=_positive_int)
+    return p
+
+
+_FIX_PARSER = _build_fix_parser()
+
+
+def parse_fix_args(args: list[str], command: str) -> FixOptions:
+    """The options after `%agent fix` (or `explain`, which takes only -m)."""
+    options = FixOptions(**vars(_FIX_PARSER.parse_args(args)))
+    if command == "explain" and (options.apply or options.max_steps):
+        raise UsageError(f"%agent explain only takes -m MODEL\n\n{LINE_USAGE}")
+    return options
 
 
 def parse_cell_line(line: str) -> CellOptions:
@@ -179,8 +237,10 @@ def describe_task(task: str) -> str:
     return re.sub(r"\{([A-Za-z_]\w*)\}", r"`\1`", task)
 
 
-def coerce(value: str, current: Any) -> Any:
+def coerce(value: str, current: Any, key: str = "") -> Any:
     """A `%agent config` value as the type of the current default."""
+    if key == "session_max_cost":  # an optional cap: a dollar amount, or none to lift it
+        return None if value.lower() == "none" else _checked(_positive_usd, value)
     if isinstance(current, bool):
         if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise UsageError(f"expected true or false, got {value!r}")

@@ -1,0 +1,101 @@
+"""Review before running: the analyst sees each action before it touches their data, and decides.
+
+    agent = CodeAgent(model, approve=lambda step: Decision.run())    # from a script
+    agent = CodeAgent(model, review=True)                           # asks in the terminal / notebook
+
+An approver is `callable(step) -> Decision` (or an async one). It is given the ActionStep about to
+run: `step.code` for a CodeAgent, `step.tool_calls` for a ToolCallingAgent; `proposal(step)` is
+that action as editable text (the code, or the calls as JSON). A sync approver called through the
+sync API (`agent.run`, the magics) runs in the caller's thread, so `input()` and the notebook's own
+output work as usual.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .memory import ActionStep
+
+Approver = Callable[["ActionStep"], "Decision | Awaitable[Decision]"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """run it, run an edited version (`code`: the new code, or the calls as JSON), skip it (the model
+    is told, with `reason`), or stop the run."""
+
+    action: Literal["run", "edit", "skip", "stop"]
+    code: str | None = None
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.action not in ("run", "edit", "skip", "stop"):
+            raise ValueError(f"a Decision is run, edit, skip or stop, not {self.action!r}")
+        if self.action == "edit" and not isinstance(self.code, str):
+            raise ValueError("Decision.edit(code) needs the edited code (for tool calls: the calls as JSON)")
+
+    @classmethod
+    def run(cls) -> Decision:
+        return cls("run")
+
+    @classmethod
+    def edit(cls, code: str) -> Decision:
+        return cls("edit", code=code)
+
+    @classmethod
+    def skip(cls, reason: str = "") -> Decision:
+        return cls("skip", reason=reason)
+
+    @classmethod
+    def stop(cls, reason: str = "") -> Decision:
+        return cls("stop", reason=reason)
+
+
+def checked(decision: Any) -> Decision:
+    """An approver's answer, or a clear error when it returned something else."""
+    if isinstance(decision, Decision):
+        return decision
+    raise TypeError(f"an approver must return a Decision (Decision.run(), .edit(code), .skip(reason), .stop()), "
+                    f"got {decision!r}")
+
+
+def proposal(step: ActionStep) -> str:
+    """The action as text the reviewer can edit: the code, or the tool calls as a JSON list."""
+    if step.code is not None:
+        return step.code
+    calls = [{"name": c.name, "arguments": c.arguments} for c in step.tool_calls]
+    return json.dumps(calls, indent=2, ensure_ascii=False, default=repr)
+
+
+# -- the interactive approver (review=True) ----------------------------------------------------------
+
+_CHOICES = {"r": "run", "run": "run", "": "run", "e": "edit", "edit": "edit", "s": "skip", "skip": "skip",
+            "t": "stop", "stop": "stop"}
+_END_OF_EDIT = "."
+
+
+def ask(step: ActionStep, read: Callable[[str], str] = input, write: Callable[[str], Any] = print) -> Decision:
+    """Show the action and ask what to do, through `input()` (a notebook shows an input box)."""
+    from .display import clean_text
+
+    what = "code" if step.code is not None else "tool calls"
+    write(f"── Step {step.index}: the agent wants to run this {what}\n{clean_text(proposal(step))}")
+    while True:
+        choice = _CHOICES.get(read("[r]un, [e]dit, [s]kip or s[t]op? ").strip().lower())
+        if choice == "run":
+            return Decision.run()
+        if choice == "stop":
+            return Decision.stop(read("Why stop? (optional) ").strip())
+        if choice == "skip":
+            return Decision.skip(read("Why skip? (the agent is told) ").strip())
+        if choice == "edit":
+            write(f"Type the {what} to run instead; end with a line holding only '{_END_OF_EDIT}'.")
+            lines: list[str] = []
+            while (line := read("")) != _END_OF_EDIT:
+                lines.append(line)
+            return Decision.edit("\n".join(lines))
+        write("Answer r, e, s or t.")
