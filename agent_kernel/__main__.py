@@ -26,8 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     spec = commands.add_parser("install-kernelspec", help="install the agent-sandbox kernelspec")
     spec.add_argument("--user", action="store_true", help="install for this user only")
     spec.add_argument("--prefix", help="install under this prefix (e.g. sys.prefix of a venv)")
+    commands.add_parser("models", help="local models: list | fetch [NAME] | info NAME|PATH", add_help=False)
     demo = commands.add_parser("demo", help="run a real CodeAgent on a small data task")
     demo.add_argument("--model", help="a litellm model name; default: the embedded/scripted demo model")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["models"]:
+        from .model_fetch import main_models
+
+        return main_models(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "install-kernelspec":
         print(f"installed the agent-sandbox kernelspec in {install_kernelspec(args.user, args.prefix)}")

@@ -166,6 +166,10 @@ class Model:
     def _provider(self) -> tuple[str, str]:
         """(model name, provider) as litellm resolves them."""
         litellm = _litellm()
+        if self.model_id.startswith("local/"):  # the embedded provider registers itself on first use
+            from .local_model import register
+
+            register()
         try:
             name, provider, _, _ = litellm.get_llm_provider(self.model_id, api_base=self.api_base)
         except litellm.BadRequestError:

@@ -20,8 +20,9 @@ so print summaries (shapes, heads, counts), not whole datasets.
 - Importable modules: {imports}.
 - Call tools as Python functions, with keyword arguments; they return Python values.
 - After an error, read it and fix the cause; don't repeat the same code.
-{network}- When you have the answer, call `final_answer(answer)` in a code block; the run ends there. \
-The answer can be any value: a number, a string, a DataFrame, a figure.
+{network}- Every reply must contain a ```python code block. When you have the answer, call \
+`final_answer(answer)` in a code block; the run ends there. The answer can be any value: a number, \
+a string, a DataFrame, a figure.
 
 Functions already defined:
 ```python
