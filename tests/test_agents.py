@@ -218,17 +218,21 @@ def test_json_in_text_fallback_for_models_without_tools(scripted_server):
     scripted_server.script([
         text('Adding first.\n{"name": "add", "arguments": {"a": 2, "b": 2}}'),
         text("I think I am done."),  # no call: reminded of the format
-        text('[{"name": "add", "arguments": {"a": 4, "b": 1}}, {"name": "final_answer", "arguments": {"answer": 5}}]'),
+        # an answer given beside another call, before seeing its result, is refused ...
+        text('[{"name": "add", "arguments": {"a": 4, "b": 1}}, {"name": "final_answer", "arguments": {"answer": 7}}]'),
+        text('{"name": "final_answer", "arguments": {"answer": 5}}'),  # ... and given alone once it is seen
     ])
     agent = ToolCallingAgent(model, tools=[add])
     run = agent.run("add things")
     assert run.state == "success" and run.output == 5
+    assert "call final_answer alone" in _last_content(scripted_server.requests[3])
     assert all("tools" not in r for r in scripted_server.requests)
     system = scripted_server.requests[0]["messages"][0]["content"]
     assert '"name": "<tool name>"' in system and "- add: Add two integers." in system
     assert "[add] 4" in _last_content(scripted_server.requests[1])
     assert "called no tool" in _last_content(scripted_server.requests[2])
-    assert [c.result for c in run.action_steps[2].tool_calls] == [5, 5]
+    assert [c.result for c in run.action_steps[2].tool_calls] == [5, None]
+    assert run.action_steps[2].tool_calls[1].error.startswith("not accepted")
 
 
 def test_max_steps_asks_for_a_final_answer(scripted_server):

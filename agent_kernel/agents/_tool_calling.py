@@ -87,7 +87,8 @@ class ToolCallingAgent(MultiStepAgent):
             return NO_ANSWER
         _number(step, calls)
         if all(c.name == FINAL for c in calls) or await self._review(step):  # an answer alone needs no review
-            await asyncio.gather(*(self._call(call, final) for call in step.tool_calls))
+            others = any(c.name != FINAL for c in step.tool_calls)
+            await asyncio.gather(*(self._call(call, final, others) for call in step.tool_calls))
         calls = step.tool_calls
         failed = [c for c in calls if c.error is not None]
         if failed and not _reviewed(step, "skip"):
@@ -98,14 +99,21 @@ class ToolCallingAgent(MultiStepAgent):
         answers = [c for c in calls if c.name == FINAL and c.error is None]
         return answers[0].result if answers else NO_ANSWER
 
-    async def _call(self, call: ToolCall, final: bool) -> None:
-        """Validate and run one call; the outcome lands on the ToolCall (result or error)."""
+    async def _call(self, call: ToolCall, final: bool, with_others: bool) -> None:
+        """Validate and run one call; the outcome lands on the ToolCall (result or error).
+
+        `with_others`: other tools were called in the same reply. A final answer given beside them
+        was decided before their results were seen, so it is refused (small models do this often).
+        """
         known = self._all_tools()
         if call.name not in known:
             call.error = f"there is no tool {call.name!r}; the tools are: {', '.join(known)}"
             return
         if final and call.name != FINAL:
             call.error = "not run: the steps are used up; call final_answer"
+            return
+        if call.name == FINAL and with_others and not final:
+            call.error = _prompts.FINAL_ANSWER_NOT_ALONE
             return
         tool = known[call.name]
         arguments = call.arguments
