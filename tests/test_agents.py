@@ -351,6 +351,10 @@ def test_context_stays_bounded_on_long_runs(scripted_server):
     summary = next(m["content"] for m in last if "Earlier steps, summarised" in str(m.get("content")))
     assert '- step 1: add({"a": 1, "b": 1000}) -> ok' in summary
     assert "1001" not in summary  # observations are elided
+    # Steps fold four at a time: requests 7 to 10 (steps 1-4 folded) start with the same messages,
+    # so a prompt cache keeps serving that prefix.
+    prefixes = [json.dumps(r["messages"][:3]) for r in scripted_server.requests[7:11]]
+    assert len(set(prefixes)) == 1 and "Earlier steps, summarised" in prefixes[0]
 
 
 def test_interrupt_cancels_the_model_call_and_keeps_the_steps(scripted_server):

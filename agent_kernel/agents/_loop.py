@@ -53,6 +53,7 @@ class _NoAnswer:
 NO_ANSWER: Any = _NoAnswer()
 _DONE = object()
 _SUMMARY_LINES = 20  # steps beyond the window and these lines are not shown at all
+_FOLD_BLOCK = 4  # action steps leave the recent window this many at a time
 REPEAT_NOTE_AT = 3  # the same error or action this many times in a row: the model is told
 STUCK_AT = 4  # ... and this many times ends the run as "stuck"
 _unpriced_said: set[str] = set()  # models whose missing price was already pointed out
@@ -510,10 +511,15 @@ class MultiStepAgent:
 
     def _messages(self, as_text: bool = False) -> list[Message]:
         """System prompt, then memory. Action steps older than `keep_steps` shrink to one line each
-        in a single summary message (the oldest drop out), so a long run's prompt stops growing."""
+        in a single summary message (the oldest drop out), so a long run's prompt stops growing.
+
+        Steps fold in blocks of _FOLD_BLOCK, so the prompt's prefix stays the same for several
+        steps in a row and a model server's prompt cache (llama.cpp's KV cache, providers' prompt
+        caching) keeps serving it."""
         actions = [s for s in self.memory if isinstance(s, ActionStep)]
-        recent = {id(s) for s in actions[-self.keep_steps :]}
-        summarised = {id(s) for s in actions[: -self.keep_steps][-_SUMMARY_LINES:]}
+        folded = max(0, len(actions) - self.keep_steps) // _FOLD_BLOCK * _FOLD_BLOCK
+        recent = {id(s) for s in actions[folded:]}
+        summarised = {id(s) for s in actions[:folded][-_SUMMARY_LINES:]}
         plans = [s for s in self.memory if isinstance(s, PlanningStep)]
         messages: list[Message] = [{"role": "system", "content": self._system_text}]
         summary: list[str] = []
