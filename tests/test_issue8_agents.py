@@ -90,12 +90,15 @@ def test_additional_authorized_imports_with_network_fetches_a_page(scripted_serv
     assert run.output == PAGES["/article"][0]
 
 
-def test_executor_type_and_alias_errors() -> None:
+def test_executor_type_and_alias_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JUPYTER_GATEWAY_URL", raising=False)
     assert CodeAgent("openai/unused", executor_type="local").imports == ()
     with pytest.raises(ValueError, match="unknown executor_type 'e2b'.*'local'.*'gateway'.*container platform"):
         CodeAgent("openai/unused", executor_type="e2b")
-    with pytest.raises(ValueError, match="executor_type='gateway' needs the gateway sandbox backend"):
+    with pytest.raises(ValueError, match="executor_type='gateway' needs the gateway's URL"):
         CodeAgent("openai/unused", executor_type="gateway")
+    gateway = CodeAgent("openai/unused", executor_type="gateway", gateway="http://127.0.0.1:9", token="t")
+    assert gateway._sandbox_options == {"gateway": "http://127.0.0.1:9", "token": "t"}
     with pytest.raises(TypeError, match="not both"):
         CodeAgent("openai/unused", imports=["os"], additional_authorized_imports=["sys"])
 

@@ -6,6 +6,7 @@ import ast
 import base64
 import binascii
 import inspect
+import os
 import re
 import struct
 import warnings
@@ -118,7 +119,7 @@ class CodeAgent(MultiStepAgent):
         vision: bool | None = None,
         **sandbox_options: Any,
     ) -> None:
-        _check_executor(executor_type)
+        _check_executor(executor_type, sandbox_options)
         if additional_authorized_imports is not None:  # the name other agent libraries use
             if imports:
                 raise TypeError("pass imports=[...] or its alias additional_authorized_imports=[...], not both")
@@ -285,13 +286,17 @@ _EXECUTORS = {
 }
 
 
-def _check_executor(name: str) -> None:
+def _check_executor(name: str, sandbox_options: dict[str, Any]) -> None:
     """`executor_type=` as other agent libraries spell it; ours are the local sandbox and the gateway."""
     if name == "local":
+        if sandbox_options.get("gateway"):
+            raise ValueError("gateway=... runs the sandbox on a gateway: drop executor_type='local' or use 'gateway'")
         return
     if name == "gateway":
-        raise ValueError("executor_type='gateway' needs the gateway sandbox backend, which this version does not "
-                         "have yet; use executor_type='local' (the default)")
+        if not (sandbox_options.get("gateway") or os.environ.get("JUPYTER_GATEWAY_URL")):
+            raise ValueError("executor_type='gateway' needs the gateway's URL: pass gateway='http://host:8888' "
+                             "(and token=...) or set JUPYTER_GATEWAY_URL (and JUPYTER_GATEWAY_AUTH_TOKEN)")
+        return
     listed = "; ".join(f"{k!r}: {v}" for k, v in _EXECUTORS.items())
     raise ValueError(f"unknown executor_type {name!r}. The executors are {listed}. To run the sandbox on a "
                      "container platform (Docker, Kubernetes, a cloud sandbox service), run a Jupyter gateway "
