@@ -82,6 +82,27 @@ SCRIPTS: dict[str, list[Any]] = {
         _code('import subprocess\nprint(subprocess.run(["cat", secret_file], capture_output=True, text=True).stdout)'),
         _code('final_answer("Starting programs is not allowed.")'),
     ],
+    # code_vs_tools.ipynb asks each task twice, CodeAgent first: one conversation serves both runs, in order.
+    "week-over-week change": [
+        "Thought: fetch both weeks of each metric with the tool, in a loop, and compare.\n" + _code(
+            "changes = {}\n"
+            'for name in ["signups", "revenue", "churn_rate"]:\n'
+            "    before, after = get_metric(name=name, week=22), get_metric(name=name, week=23)\n"
+            "    pct = (after - before) / before * 100\n"
+            '    changes[name] = {"change_pct": round(pct, 1), "flag": abs(pct) > 10}\n'
+            "print(changes)\nfinal_answer(changes)"
+        ),
+        {"tool_calls": [{"name": "get_metric", "arguments": {"name": name, "week": week}}
+                        for name in ("signups", "revenue", "churn_rate") for week in (22, 23)]},
+        _call("final_answer", answer={"signups": {"change_pct": 12.2, "flag": True},
+                                      "revenue": {"change_pct": 3.0, "flag": False},
+                                      "churn_rate": {"change_pct": -13.3, "flag": True}}),
+    ],
+    "118th Fibonacci number": [
+        _code("a, b = 0, 1\nfor _ in range(118):\n    a, b = b, a + b\nfinal_answer(a)"),
+        _call("python_interpreter", code="a, b = 0, 1\nfor _ in range(118):\n    a, b = b, a + b\nprint(a)"),
+        _call("final_answer", answer=2046711111473984623691759),
+    ],
 }
 
 RUNS = """\
@@ -143,7 +164,8 @@ def _sales() -> pd.DataFrame:
 
 
 def test_every_example_is_stored_clean_and_tested() -> None:
-    tested = {"quickstart.ipynb", "support_router.ipynb", "agents_together.ipynb", "sandbox_limits.ipynb"}
+    tested = {"quickstart.ipynb", "support_router.ipynb", "agents_together.ipynb", "sandbox_limits.ipynb",
+              "code_vs_tools.ipynb"}
     assert {p.name for p in EXAMPLES.glob("*.ipynb")} == tested
     for path in EXAMPLES.glob("*.ipynb"):
         nb = nbformat.read(path, as_version=4)
@@ -226,3 +248,44 @@ def test_sandbox_limits(workdir: Path) -> None:
     layers = _stdout(_cells(nb, "%agent sandbox")[0])
     for layer in ("landlock", "seccomp", "network", "environment"):
         assert f"on   {layer}" in layers, layers
+
+
+def _fibonacci(n: int) -> int:
+    """F(n) by fast doubling: a different method from the scripted model's loop."""
+    def pair(k: int) -> tuple[int, int]:  # (F(k), F(k+1))
+        if k == 0:
+            return 0, 1
+        a, b = pair(k // 2)
+        c, d = a * (2 * b - a), a * a + b * b
+        return (d, c + d) if k % 2 else (c, d)
+    return pair(n)[0]
+
+
+def test_code_vs_tools(workdir: Path) -> None:
+    nb = _execute(workdir, "code_vs_tools.ipynb", [
+        RUNS + "print(_json.dumps({'answers': [metrics_code, metrics_tools, fib_code, fib_tools],"
+               " 'metrics': {k: {str(w): v for w, v in d.items()} for k, d in METRICS.items()},"
+               " 'runs': [(r.agent, r.state, len(r.action_steps),"
+               " [(c.name, c.arguments, c.result) for s in r.action_steps for c in s.tool_calls]) for r in _runs],"
+               " 'comparison': comparison.reset_index().to_dict('records')}))",
+    ])
+    state = _printed_json(nb.cells[-1])
+    metrics_code, metrics_tools, fib_code, fib_tools = state["answers"]
+    changes = {name: (weeks["23"] - weeks["22"]) / weeks["22"] * 100 for name, weeks in state["metrics"].items()}
+    expected = {name: {"change_pct": round(pct, 1), "flag": abs(pct) > 10} for name, pct in changes.items()}
+    assert metrics_code == metrics_tools == expected
+    assert fib_code == fib_tools == _fibonacci(118) and isinstance(fib_code, int)
+    runs = state["runs"]
+    assert [(agent, run_state) for agent, run_state, _, _ in runs] == [("code", "success"), ("tools", "success")] * 2
+    # Both metrics runs really fetched the six values through get_metric: from sandbox code, or as JSON calls.
+    for _, _, _, calls in runs[:2]:
+        fetched = {(c[1]["name"], c[1]["week"]): c[2] for c in calls if c[0] == "get_metric"}
+        assert fetched == {(n, int(w)): v for n, weeks in state["metrics"].items() for w, v in weeks.items()}
+    assert str(_fibonacci(118)) in runs[3][3][0][2]  # the tools agent's python_interpreter computed it
+    # The closing table lists each task's two agents with the steps their runs took.
+    table = [(r["task"], r["agent"], r["state"], r["steps"]) for r in state["comparison"]]
+    tasks = ["metrics", "metrics", "fibonacci", "fibonacci"]
+    assert table == [(task, agent, "success", steps) for task, (agent, _, steps, _) in zip(tasks, runs)]
+    assert [steps for _, _, steps, _ in runs] == [1, 2, 1, 2]
+    shown = _cells(nb, "comparison = ")[0].outputs[0].data["text/plain"]
+    assert "code" in shown and "tools" in shown and "steps" in shown
