@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import atexit
+
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -432,14 +434,20 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.events.register("post_run_cell", magics.note_failure)
     if magics not in ipython.configurables:  # `%config AgentMagics.model = ...` looks there; IPython 8 adds it
         ipython.configurables.append(magics)
+    atexit.register(_shut_down, magics)  # sandbox kernels and MCP servers end with the notebook's kernel
+
+
+def _shut_down(magics: AgentMagics) -> None:
+    magics._close_agents()
+    if magics._mcp is not None:
+        magics._mcp.close()
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     for magics in [c for c in ipython.configurables if isinstance(c, AgentMagics)]:
         ipython.events.unregister("post_run_cell", magics.note_failure)
-        magics._close_agents()
-        if magics._mcp is not None:
-            magics._mcp.close()
+        atexit.unregister(_shut_down)
+        _shut_down(magics)
         ipython.configurables.remove(magics)
 
 
