@@ -90,10 +90,9 @@ class Bridge:
         self._transfer = Transfer(self.transfer_dir, inline)  # inline: the host is behind a gateway
 
     # -- final answer ---------------------------------------------------------------------------
-    def final_answer(self, answer: Any) -> Any:
+    def final_answer(self, answer: Any) -> None:
         """Give `answer` as the task's final answer."""
-        self._final = answer
-        return answer
+        self._final = answer  # returns None: as a cell's last line it would otherwise show the answer twice
 
     def report(self, _result: Any = None) -> None:
         """After each cell (even a failing one): a pending final answer rides on the execute_reply."""
