@@ -22,28 +22,6 @@ from .memory import Run, Usage
 _TRACEBACK_FRAMES = 12
 _MAX_STEPS = 6
 
-FIX_TASK = """\
-A cell in the user's notebook failed. Reproduce the error, find its cause, and fix the cell.
-{variables}
-The cell:
-```python
-{source}
-```
-
-The error:
-```
-{error}
-```
-
-Work step by step: run the cell's code to reproduce the error, inspect the data to find the cause, \
-run your fixed version of the whole cell to check it works, then call final_answer with the complete \
-fixed cell source as one string. Change only what the fix needs; keep the user's style and names."""
-
-EXPLAIN_SYSTEM = """\
-You explain errors from a data analyst's notebook. Say what went wrong, why (use the variable \
-descriptions), and how to fix it, in a few sentences and at most one short code snippet. Do not \
-rewrite the whole cell."""
-
 EXPLAIN_TASK = """\
 {variables}
 The cell:
@@ -54,7 +32,20 @@ The cell:
 The error:
 ```
 {error}
-```"""
+```"""  # the failing cell as the model reads it; FIX_TASK wraps the same text
+
+FIX_TASK = (
+    "A cell in the user's notebook failed. Reproduce the error, find its cause, and fix the cell.\n"
+    + EXPLAIN_TASK
+    + "\n\nWork step by step: run the cell's code to reproduce the error, inspect the data to find the cause, "
+    "run your fixed version of the whole cell to check it works, then call final_answer with the complete "
+    "fixed cell source as one string. Change only what the fix needs; keep the user's style and names."
+)
+
+EXPLAIN_SYSTEM = """\
+You explain errors from a data analyst's notebook. Say what went wrong, why (use the variable \
+descriptions), and how to fix it, in a few sentences and at most one short code snippet. Do not \
+rewrite the whole cell."""
 
 
 @dataclass
