@@ -41,6 +41,8 @@ _UNSAFE_MIME = ("application/javascript", "text/javascript", "application/x-java
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _OWN_FRAMES = ("File " + str(Path(__file__).parent),)  # the sandbox's own frames, noise in a traceback
 _INTERRUPT_GRACE = 1.5  # seconds a timed-out execution gets to stop after SIGINT before a restart
+# zmq's option and flag numbers as plain ints: its IntEnum arithmetic costs microseconds per use.
+_EVENTS, _FD, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.FD), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
 
 class SandboxError(RuntimeError):
@@ -193,8 +195,8 @@ class _LocalBackend:
         self.km: AsyncKernelManager | None = None
         self.workdir: Path | None = None
         self._kc: Any = None
-        self._poller: zmq.asyncio.Poller | None = None
         self._sockets: tuple[zmq.Socket, ...] = ()
+        self._waiter: asyncio.Future[bool] | None = None
 
     async def start(self, root: Path, options: SandboxOptions) -> None:
         runtime_dir = root / "run"
@@ -225,20 +227,36 @@ class _LocalBackend:
         except RuntimeError as exc:
             raise SandboxError(f"{exc}. Kernel output: see the log above") from exc
         channels = (self._kc.iopub_channel.socket, self._kc.shell_channel.socket, self._kc.stdin_channel.socket)
-        self._poller = zmq.asyncio.Poller()
-        for sock in channels:
-            self._poller.register(sock, zmq.POLLIN)
-        # Reads go through plain shadows of the asyncio sockets, which make a future per read.
+        # From here on the channels are used through plain (blocking) shadows of the asyncio sockets,
+        # and the event loop watches their file descriptors directly: an asyncio socket makes a
+        # future and a poller registration per read, half of the host's cost of a round trip.
         self._sockets = tuple(zmq.Socket.shadow(sock.underlying) for sock in channels)
+        loop = asyncio.get_running_loop()
+        for sock in self._sockets:
+            loop.add_reader(sock.get(_FD), self._on_readable, sock)
+
+    def _on_readable(self, sock: zmq.Socket) -> None:
+        # zmq's descriptor is edge-triggered: reading EVENTS re-arms it, and says whether a message waits.
+        if sock.get(_EVENTS) & _POLLIN and self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(True)
+
+    def _unwatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self._sockets:
+            if not sock.closed:
+                loop.remove_reader(sock.get(_FD))
+        self._sockets = ()
 
     async def execute(self, code: str, silent: bool, user_expressions: dict[str, str]) -> str:
-        return self._kc.execute(
-            code, silent=silent, store_history=False, user_expressions=user_expressions, allow_stdin=True,
-            stop_on_error=False,  # one failed execution must not abort the next one queued behind it
-        )
+        content = {
+            "code": code, "silent": silent, "store_history": False, "user_expressions": user_expressions,
+            "allow_stdin": True,
+            "stop_on_error": False,  # one failed execution must not abort the next one queued behind it
+        }
+        return self._kc.session.send(self._sockets[1], "execute_request", content)["header"]["msg_id"]
 
     async def input(self, text: str) -> None:
-        self._kc.input(text)
+        self._kc.session.send(self._sockets[2], "input_reply", {"value": text})
 
     def drain(self, msg_id: str) -> list[Message]:
         iopub, shell, stdin = self._sockets
@@ -253,8 +271,8 @@ class _LocalBackend:
         """
         session = self._kc.session
         found = []
-        while sock.get(zmq.EVENTS) & zmq.POLLIN:  # cheaper than a zmq.Again per empty socket
-            _, (signature, *parts) = session.feed_identities(sock.recv_multipart(zmq.NOBLOCK))
+        while sock.get(_EVENTS) & _POLLIN:  # cheaper than a zmq.Again per empty socket
+            _, (signature, *parts) = session.feed_identities(sock.recv_multipart(_NOBLOCK))
             header, parent, _, content = parts[:4]
             if session.auth is not None and not hmac.compare_digest(signature, session.sign(parts[:4])):
                 raise SandboxError("a message on the sandbox kernel's channels had a bad signature")
@@ -263,8 +281,16 @@ class _LocalBackend:
         return found
 
     async def wait(self, timeout: float) -> bool:
-        assert self._poller is not None
-        return bool(await self._poller.poll(timeout * 1000))
+        if any(sock.get(_EVENTS) & _POLLIN for sock in self._sockets):
+            return True
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, lambda: waiter.done() or waiter.set_result(False))
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
     async def is_alive(self) -> bool:
         return self.km is not None and await self.km.is_alive()
@@ -278,11 +304,13 @@ class _LocalBackend:
 
     async def restart(self) -> None:
         assert self.km is not None
+        self._unwatch()
         self._kc.stop_channels()
         await self.km.restart_kernel(now=True)
 
     async def close(self) -> None:
         if self._kc is not None:
+            self._unwatch()
             self._kc.stop_channels()
             self._kc = None
         if self.km is not None:
