@@ -92,7 +92,7 @@ class DuckDuckGoEngine(SearchEngine):
     """DuckDuckGo's HTML results through the `ddgs` package: no key needed, but rate-limited.
 
     It drives ddgs's DuckDuckGo engine directly (not the `DDGS` aggregator), so that the address it
-    asks (`base_url`) can be set: for a mirror, or a local backend in tests.
+    asks (`base_url`, or AGENT_KERNEL_DUCKDUCKGO_URL) can be set: for a mirror, or a local backend in tests.
     """
 
     label = "DuckDuckGo"
@@ -104,7 +104,8 @@ class DuckDuckGoEngine(SearchEngine):
         self.safesearch = safesearch
         self.timeout = timeout
         self.proxy = proxy
-        self.base_url = base_url  # None: DuckDuckGo itself; set for a mirror or a test backend
+        # None: DuckDuckGo itself; set for a mirror or a test backend
+        self.base_url = base_url or os.environ.get("AGENT_KERNEL_DUCKDUCKGO_URL") or None
 
     def search(self, query: str, max_results: int) -> list[SearchResult]:
         from ddgs.engines.duckduckgo import Duckduckgo

@@ -165,7 +165,7 @@ def _sales() -> pd.DataFrame:
 
 def test_every_example_is_stored_clean_and_tested() -> None:
     tested = {"quickstart.ipynb", "support_router.ipynb", "agents_together.ipynb", "sandbox_limits.ipynb",
-              "code_vs_tools.ipynb"}
+              "code_vs_tools.ipynb", "web_tools.ipynb"}
     assert {p.name for p in EXAMPLES.glob("*.ipynb")} == tested
     for path in EXAMPLES.glob("*.ipynb"):
         nb = nbformat.read(path, as_version=4)
