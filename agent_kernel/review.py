@@ -1,13 +1,14 @@
 """Review before running: the analyst sees each action before it touches their data, and decides.
 
     agent = CodeAgent(model, approve=lambda step: Decision.run())    # from a script
-    agent = CodeAgent(model, review=True)                           # asks in the terminal / notebook
+    agent = CodeAgent(model, review=True)                           # asks in the notebook / terminal
 
 An approver is `callable(step) -> Decision` (or an async one). It is given the ActionStep about to
 run: `step.code` for a CodeAgent, `step.tool_calls` for a ToolCallingAgent; `proposal(step)` is
 that action as editable text (the code, or the calls as JSON). A sync approver called through the
 sync API (`agent.run`, the magics) runs in the caller's thread, so `input()` and the notebook's own
-output work as usual.
+output work as usual. `review=True` asks with a widget prompt in a notebook that can show
+ipywidgets (see agent_kernel.magics._widgets), and with `input()` elsewhere.
 """
 
 from __future__ import annotations
@@ -71,7 +72,15 @@ def proposal(step: ActionStep) -> str:
     return json.dumps(calls, indent=2, ensure_ascii=False, default=repr)
 
 
-# -- the interactive approver (review=True) ----------------------------------------------------------
+# -- the interactive approvers (review=True) ---------------------------------------------------------
+
+
+def interactive(step: ActionStep) -> Decision:
+    """review=True: the widget prompt where a notebook can show it, else `input()`."""
+    from .magics import _widgets
+
+    return _widgets.review_prompt(step) if _widgets.usable() else ask(step)
+
 
 _CHOICES = {"r": "run", "run": "run", "": "run", "e": "edit", "edit": "edit", "s": "skip", "skip": "skip",
             "t": "stop", "stop": "stop"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from agent_kernel.agents._loop import UnpricedModelWarning
 from agent_kernel.export import run_to_notebook
 from agent_kernel.memory import ActionStep, Review, Run
 from agent_kernel.review import Decision, ask
+from agent_kernel.sandbox import Sandbox
 from agent_kernel.tools import tool
 
 PRICED = "gpt-4o-mini"  # litellm prices it: $0.15 per million input tokens
@@ -169,7 +171,6 @@ def test_an_approver_that_does_not_decide_fails_the_run_clearly(scripted_server:
     [
         ({"max_tokens": 2500}, [1000, 10], 0.0, 3, "max_tokens 3,030 of 2,500"),
         ({"max_cost": 0.04}, [100_000, 5], 0.0, 3, "max_cost $0.0450 of $0.0400"),
-        ({"max_time": 1.2}, [10, 10], 0.8, 2, "max_time"),
     ],
 )
 def test_each_budget_stops_before_the_next_model_call(
@@ -184,6 +185,42 @@ def test_each_budget_stops_before_the_next_model_call(
     nb = run_to_notebook(run, tmp_path / "budget.ipynb")
     assert "budget_exceeded" in nb.cells[-1].source and said in nb.cells[-1].source
     assert len([c for c in nb.cells if c.cell_type == "code"]) == steps
+
+
+def test_max_time_stops_a_long_action_and_keeps_the_sandbox_usable(scripted_server: Any, tmp_path: Path) -> None:
+    scripted_server.script([_code("x = 41"), _code("print('started', flush=True)\nimport time\ntime.sleep(60)\nx = 0")])
+    with Sandbox(timeout=120) as sandbox:  # started first: its start-up would count as the agent's time
+        run = CodeAgent(scripted_server.model(), sandbox=sandbox, max_time=3).run("work slowly")
+        after = sandbox.execute("print(x + 1)")
+    assert run.state == "budget_exceeded" and run.duration < 10  # not the 60 s sleep, nor the 120 s timeout
+    assert "during step 2, whose action was stopped (max_time 3 s)" in run.error and "spent $" in run.error
+    first, stopped = run.action_steps
+    assert first.execution.error is None and stopped.code.endswith("x = 0") and stopped.error == run.error
+    assert len(scripted_server.requests) == 2  # no model call after the budget ran out
+    assert after.stdout == "42\n"  # the sleep was interrupted, the kernel and its variables kept
+    nb = run_to_notebook(run, tmp_path / "slow.ipynb")
+    assert "budget_exceeded" in nb.cells[-1].source and "max_time 3 s" in nb.cells[-1].source
+
+
+def test_an_action_is_not_started_once_a_slow_model_call_used_up_the_time(scripted_server: Any) -> None:
+    scripted_server.script(lambda request: tool_calls([("lookup", {"city": "Lyon"})], delay=0.8))
+    run = ToolCallingAgent(scripted_server.model(), tools=[lookup], max_time=1.2).run("loop forever")
+    assert run.state == "budget_exceeded" and "during step 2" in run.error and "spent $" in run.error
+    assert len(scripted_server.requests) == 2
+    done, stopped = run.action_steps
+    assert done.tool_calls[0].result == "Rhone" and stopped.tool_calls[0].result is None
+
+
+def test_time_waiting_for_the_reviewer_does_not_count(scripted_server: Any) -> None:
+    scripted_server.script([tool_calls([("lookup", {"city": "Lyon"})]), tool_calls([("final_answer", {"answer": 1})])])
+
+    def slow_reviewer(step: ActionStep) -> Decision:
+        time.sleep(1.5)  # longer than the whole max_time
+        return Decision.run()
+
+    run = ToolCallingAgent(scripted_server.model(), tools=[lookup], approve=slow_reviewer, max_time=1.0).run("x")
+    assert run.state == "success" and run.duration > 1.5
+    assert run.action_steps[0].tool_calls[0].result == "Rhone"
 
 
 def test_an_unpriced_model_counts_tokens_and_says_so_once(scripted_server: Any) -> None:
@@ -372,7 +409,7 @@ def test_review_asks_through_input_in_a_real_kernel(tmp_path: Path) -> None:
             kc.input(next(answers))
 
         try:
-            kc.execute_interactive(_setup(server.url), timeout=60)
+            kc.execute_interactive(_setup(server.url) + "\n%agent config review_ui=input", timeout=60)
             kc.execute_interactive("%%agent code --review --quiet --out n\nAsk me first", allow_stdin=True,
                                    stdin_hook=answer, timeout=120)
             printed: list[dict[str, Any]] = []
@@ -400,7 +437,7 @@ def test_fix_and_explain_the_last_error_without_touching_the_notebook(tmp_path: 
         server.script(["The column is called `Amount`, with a capital A: use df['Amount']."])  # explain
         nb, replies = _notebook([
             _setup(server.url) + "\ndf = pd.DataFrame({'Amount': [10, 20, 12], 'city': ['Lyon', 'Nice', 'Lyon']})"
-            "\nsnapshot = df.copy()",
+            "\nsnapshot = df.copy()\n%agent config review_ui=input",  # no buttons: nbclient cannot click
             'total = df["amount"].sum()\nprint(total)',
             "%agent explain",
             "%agent fix",

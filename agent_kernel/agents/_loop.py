@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import inspect
 import json
 import queue
@@ -70,6 +71,58 @@ class _RunEnded(Exception):
         super().__init__(reason)
         self.state = state
         self.reason = reason
+
+
+class _WorkClock:
+    """The run's working time, for max_time. Time spent waiting for the reviewer does not count.
+    Inside `bounding()` (an action running) the clock cancels the task once the time is used up,
+    so a long action is stopped (the sandbox interrupts its code) instead of overrunning the budget."""
+
+    def __init__(self, limit: float | None) -> None:
+        self.limit = limit
+        self.started = time.perf_counter()
+        self.waited = 0.0
+        self.expired = False
+        self._task: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started - self.waited
+
+    @contextlib.contextmanager
+    def bounding(self) -> Iterator[None]:
+        self._task = asyncio.current_task()
+        self._arm()
+        try:
+            yield
+        finally:
+            self._disarm()
+            self._task = None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        self._disarm()
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.waited += time.perf_counter() - began
+            self._arm()
+
+    def _arm(self) -> None:
+        if self.limit is not None and self._task is not None:
+            left = max(0.0, self.limit - self.elapsed())
+            self._timer = asyncio.get_running_loop().call_later(left, self._expire)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self.expired = True
+        if self._task is not None:
+            self._task.cancel()
 
 
 class _CallerJob:
@@ -153,8 +206,8 @@ class MultiStepAgent:
         self.step_callbacks = list(step_callbacks)
         self.max_observation_chars = max_observation_chars
         self.keep_steps = keep_steps
-        # review=True asks through input(); approve= is the reviewer from a script (or a notebook widget)
-        self.approve: _review.Approver | None = approve or (_review.ask if review else None)
+        # review=True asks the analyst (a widget prompt in a notebook, else input()); approve= is a script's reviewer
+        self.approve: _review.Approver | None = approve or (_review.interactive if review else None)
         self.max_cost, self.max_tokens, self.max_time = max_cost, max_tokens, max_time
         self.name = name or f"{self.kind}_agent"
         self.description = description or self.default_description
@@ -164,7 +217,7 @@ class MultiStepAgent:
         self._interrupting = False
         self._system_text = ""
         self._caller: Callable[[_CallerJob], None] | None = None  # runs approvers in the sync caller's thread
-        self._clock_start = 0.0
+        self._clock = _WorkClock(None)
 
     # -- what subclasses provide -----------------------------------------------------------------
 
@@ -332,7 +385,8 @@ class MultiStepAgent:
         # while it is built (asking litellm about the model can take seconds) is not lost.
         self._system_text = self._full_system_prompt()
         run = Run(task=task, agent=self.kind, model=_model_name(self.model))
-        started = self._clock_start = time.perf_counter()
+        started = time.perf_counter()
+        self._clock = _WorkClock(self.max_time)
         current: list[ActionStep] = []  # the step in progress, kept if the run is interrupted
         if sink is not None:
             sink(RunStarted(run))
@@ -392,7 +446,7 @@ class MultiStepAgent:
         step.model_output = reply.content or ""
         step.usage = reply.usage
         self._spend(run, reply.usage)
-        answer = await self._act(step, reply, final)
+        answer = await self._act_in_time(run, step, reply, final)
         if answer is NO_ANSWER and final and not step.tool_calls and step.code is None:
             answer = step.model_output.strip() or NO_ANSWER  # a plain-text last word is the best answer left
         if answer is not NO_ANSWER and not final:
@@ -410,6 +464,21 @@ class MultiStepAgent:
         if repeats >= STUCK_AT:
             what = f"the error {step.error}" if step.error else "the same action"
             raise _RunEnded("stuck", f"stuck: {what} {repeats} times in a row; the run was stopped")
+        return answer
+
+    async def _act_in_time(self, run: Run, step: ActionStep, reply: Any, final: bool) -> Any:
+        """`_act`, stopped when max_time runs out while it runs: the run ends budget_exceeded."""
+        answer = NO_ANSWER
+        try:
+            with self._clock.bounding():
+                answer = await self._act(step, reply, final)
+        except asyncio.CancelledError:
+            if self._interrupting or not self._clock.expired:
+                raise
+        if self._clock.expired and not self._interrupting:  # (an action that swallowed the cancel also ends here)
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            raise _RunEnded("budget_exceeded", f"budget used up during step {step.index}, whose action was "
+                            f"stopped (max_time {self._clock.limit:g} s): {self._spent(run)}")
         return answer
 
     async def _plan(self, run: Run, sink: Sink | None, index: int) -> None:
@@ -430,7 +499,7 @@ class MultiStepAgent:
 
     def _check_budget(self, run: Run) -> None:
         """Before each model call: stop when a budget is used up (the steps so far are kept)."""
-        spent, elapsed = run.usage, time.perf_counter() - self._clock_start
+        spent, elapsed = run.usage, self._clock.elapsed()
         over = [
             f"{label} {shown(used)} of {shown(limit)}"
             for label, used, limit, shown in (
@@ -441,8 +510,12 @@ class MultiStepAgent:
             if limit is not None and used >= limit
         ]
         if over:
-            raise _RunEnded("budget_exceeded", f"budget used up before the next model call ({'; '.join(over)}): "
-                            f"spent ${spent.cost:.4f}, {spent.total_tokens:,} tokens, {elapsed:.1f} s")
+            raise _RunEnded("budget_exceeded",
+                            f"budget used up before the next model call ({'; '.join(over)}): {self._spent(run)}")
+
+    def _spent(self, run: Run) -> str:
+        return (f"spent ${run.usage.cost:.4f}, {run.usage.total_tokens:,} tokens, "
+                f"{self._clock.elapsed():.1f} s of work")
 
     async def _review(self, step: ActionStep) -> bool:
         """Show the action to the reviewer, if there is one: True to run it (maybe edited), False if
@@ -468,14 +541,15 @@ class MultiStepAgent:
     async def _decide(self, step: ActionStep) -> _review.Decision:
         approve = self.approve
         assert approve is not None
-        if inspect.iscoroutinefunction(approve):
-            return _review.checked(await approve(step))
-        if self._caller is not None:  # the sync API: the caller's thread is waiting on the event queue
-            job = _CallerJob(approve, step)
-            self._caller(job)
-            return _review.checked(await asyncio.wrap_future(job.future))
-        decision = await asyncio.to_thread(approve, step)
-        return _review.checked(await decision if inspect.isawaitable(decision) else decision)
+        with self._clock.paused():  # the reviewer's thinking time is not the agent's working time
+            if inspect.iscoroutinefunction(approve):
+                return _review.checked(await approve(step))
+            if self._caller is not None:  # the sync API: the caller's thread is waiting on the event queue
+                job = _CallerJob(approve, step)
+                self._caller(job)
+                return _review.checked(await asyncio.wrap_future(job.future))
+            decision = await asyncio.to_thread(approve, step)
+            return _review.checked(await decision if inspect.isawaitable(decision) else decision)
 
     async def _check_answer(self, answer: Any, run: Run) -> str | None:
         """None when every check passes, else the reason to show the model."""

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import atexit
-
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -18,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from traitlets import Bool, Dict, Float, Int, List, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default
 
 if TYPE_CHECKING:
     from ..memory import Event, Run
     from ..models import Model
 
 from .. import _aio
+from . import _widgets
 from ._options import (
     CELL_USAGE,
     LINE_USAGE,
@@ -39,7 +39,7 @@ from ._options import (
 )
 
 _CONFIGURABLE = ("model", "api_base", "max_steps", "timeout", "imports", "network", "quiet", "session_max_cost",
-                 "approver")
+                 "approver", "review_ui")
 
 
 @dataclass
@@ -69,7 +69,12 @@ class AgentMagics(Magics):
     ).tag(config=True)
     approver = Unicode(
         "", help="name of a notebook function f(step) -> Decision that reviews actions for --review; "
-        "empty: ask with input()"
+        "empty: ask the analyst (see review_ui)"
+    ).tag(config=True)
+    review_ui = Enum(
+        ("auto", "widgets", "input"), "auto",
+        help="how --review asks and %agent fix offers its fix: widgets (a prompt with buttons; the cell waits "
+        "for the click), input (text prompts; %agent fix --apply), auto: widgets where ipywidgets can show",
     ).tag(config=True)
 
     # The environment picks the model where a notebook must not name one (shared examples, CI).
@@ -179,16 +184,25 @@ class AgentMagics(Magics):
         agent.max_tokens, agent.max_time = options.max_tokens, options.max_time
 
     def _approver(self) -> Any:
-        """The reviewer for --review: a notebook function named by config, else input() prompts."""
+        """The reviewer for --review: a notebook function named by config, else the analyst."""
         if not self.approver:
             from ..review import ask
 
-            return ask
+            return _widgets.review_prompt if self._widgets() else ask
         approve = self.shell.user_ns.get(self.approver)
         if not callable(approve):
             raise UsageError(f"AgentMagics.approver = {self.approver!r} is not a function defined in the notebook; "
                              "define it (f(step) -> Decision) or set it to '' to be asked with input()")
         return approve
+
+    def _widgets(self) -> bool:
+        """Whether to ask through widgets (review_ui), refusing `widgets` where they cannot show."""
+        if self.review_ui == "input":
+            return False
+        if self.review_ui == "widgets" and not _widgets.usable():
+            raise UsageError("review_ui = 'widgets' needs ipywidgets (pip install 'agent_kernel[widgets]') and a "
+                             "Jupyter kernel; or `%agent config review_ui=input` for text prompts")
+        return _widgets.usable()
 
     def _budget(self, max_cost: float | None) -> float | None:
         """The cell's cost cap within what the session cap leaves; refuses to start when nothing is left."""
@@ -270,7 +284,11 @@ class AgentMagics(Magics):
         for key, value in parse_assignments(args).items():
             if key not in _CONFIGURABLE:
                 raise UsageError(f"unknown setting {key!r}; settings: {', '.join(_CONFIGURABLE)}")
-            setattr(self, key, coerce(value, getattr(self, key), key))
+            try:
+                setattr(self, key, coerce(value, getattr(self, key), key))
+            except TraitError:  # a choice outside the allowed ones (review_ui)
+                allowed = ", ".join(self.traits()[key].values)  # type: ignore[attr-defined]
+                raise UsageError(f"{key} is one of {allowed}, not {value!r}") from None
         print("\n".join(f"{key} = {getattr(self, key)!r}" for key in _CONFIGURABLE))
 
     def _cmd_alias(self, args: list[str]) -> None:
@@ -325,6 +343,7 @@ class AgentMagics(Magics):
 
         options = parse_fix_args(args, "fix")
         cell = self._failed_cell()
+        buttons = not options.apply and self._widgets()  # decided (and refused) before any model call
         reuse = options.apply and self._fix is not None and self._fix.cell.source == cell.source and self._fix.verified
         if not reuse:
             model, max_cost = self._fix_model(options), self._budget(None)
@@ -339,7 +358,7 @@ class AgentMagics(Magics):
             print(f"no verified fix: the run ended as {found.run.state}; see the steps above, or %agent explain")
             return
         display(render_diff(found.diff), raw=True, metadata=provenance(found.run))
-        if options.apply:
+        if options.apply or (buttons and _widgets.offer_fix()):  # the payload needs this cell still running
             self.shell.set_next_input(found.fixed, replace=False)
             print("the fixed cell is in the next cell: read it, then run it")
         else:

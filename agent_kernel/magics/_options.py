@@ -29,11 +29,13 @@ CELL_USAGE = """\
   --continue            follow up on the last run: same sandbox and memory
   --quiet               no live display
   --review              show each action before it runs: run, edit, skip (the agent is told why) or stop
-                        (asks with input(); %config AgentMagics.approver = "f" uses a notebook
+                        (a prompt with buttons where ipywidgets can show, else input(): %agent config
+                        review_ui=input; %config AgentMagics.approver = "f" uses a notebook
                         function f(step) -> Decision instead)
   --max-cost USD        stop before the next model call once the run has cost this much
   --max-tokens N        ... once it has used this many tokens
-  --max-time SECONDS    ... once it has run this long
+  --max-time SECONDS    ... once it has worked this long (an action still running then is stopped;
+                        time waiting for your review does not count)
                         (a cap for the whole session: %config AgentMagics.session_max_cost = USD)"""
 
 LINE_USAGE = """\
@@ -47,7 +49,8 @@ m = %agent model [NAME]            that model as a Model, to build agents in Pyt
 %agent sandbox                     isolation layers and variables of the last code sandbox
 %agent reset                       stop sandboxes, forget runs' memory
 %agent fix [--apply] [-m MODEL]    fix the last failing cell in a sandbox (never in this kernel) and show
-                                   the diff; --apply puts the verified fix in the next cell
+                                   the diff with a "Put in next cell" button (the cell waits for it);
+                                   --apply puts the verified fix in the next cell
 %agent explain [-m MODEL]          explain the last error, without fixing it
 %agent mcp add NAME -- CMD ARGS    connect an MCP server (stdio; or NAME URL for HTTP): %agent mcp help"""
 
