@@ -20,7 +20,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _aio
-from .tools import Tool, _check_definition, _schema_type_text, _schema_types
+from .tools import Tool, check_definition, schema_type_text, schema_types
 
 if TYPE_CHECKING:
     import mcp_types
@@ -62,15 +62,15 @@ class MCPTool(Tool):
         self.name = _identifier(spec.name)
         self.description = (spec.description or spec.title or spec.name).strip()
         self.parameters = {"type": "object", "properties": {}, **(spec.input_schema or {})}
-        self._signature_types = _schema_types(self.parameters)
+        self._signature_types = schema_types(self.parameters)
         output = spec.output_schema or {}
         # MCP servers wrap a non-object return value as {"result": value}; callers want the value.
         self._unwraps = set(output.get("properties", {})) == {"result"}
         if self._unwraps:
-            self.output_type = _schema_type_text(output["properties"]["result"])
+            self.output_type = schema_type_text(output["properties"]["result"])
         else:
             self.output_type = "dict" if output else "str"
-        _check_definition(self.name, self.description, self.parameters,
+        check_definition(self.name, self.description, self.parameters,
                           where=f"MCP tool {spec.name!r} of {connection.label}")
 
     async def forward(self, *args: Any, **arguments: Any) -> Any:

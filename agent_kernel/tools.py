@@ -67,8 +67,8 @@ class Tool:
         if cls.parameters is None:
             cls.parameters = spec.parameters
         cls.output_type = cls.output_type or spec.output_type
-        cls._signature_types = {**_schema_types(cls.parameters), **spec.signature_types}
-        _check_definition(cls.name, cls.description, cls.parameters, where=cls.__qualname__)
+        cls._signature_types = {**schema_types(cls.parameters), **spec.signature_types}
+        check_definition(cls.name, cls.description, cls.parameters, where=cls.__qualname__)
 
     # -- calling ---------------------------------------------------------------------------------
 
@@ -165,7 +165,7 @@ class FunctionTool(Tool):
         self.output_type = spec.output_type
         self._signature_types = spec.signature_types
         self._enums = spec.enums
-        _check_definition(self.name, self.description, self.parameters, where=getattr(fn, "__qualname__", self.name))
+        check_definition(self.name, self.description, self.parameters, where=getattr(fn, "__qualname__", self.name))
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -203,7 +203,7 @@ class AgentTool(Tool):
         }
         self.output_type = "Any"
         self._signature_types = {"task": "str"}
-        _check_definition(self.name, self.description, self.parameters, where=repr(agent))
+        check_definition(self.name, self.description, self.parameters, where=repr(agent))
 
     async def forward(self, task: str) -> Any:
         run = await self.agent.arun(task)
@@ -235,7 +235,11 @@ def as_tool(obj: Any) -> Tool:
                     "a typed function or an agent")
 
 
-def _check_definition(name: str, description: str, parameters: Any, *, where: str) -> None:
+def check_definition(name: str, description: str, parameters: Any, *, where: str) -> None:
+    """Refuse a tool a model could not call: a bad name, no description, or an invalid schema.
+
+    Shared by every way a tool is made here (@tool, Tool subclasses, agents, MCP tools).
+    """
     import jsonschema
 
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name or ""):
@@ -403,23 +407,24 @@ _SCHEMA_TYPES = {"string": "str", "integer": "int", "number": "float", "boolean"
                  "object": "dict", "array": "list"}
 
 
-def _schema_types(parameters: Schema | None) -> dict[str, str]:
+def schema_types(parameters: Schema | None) -> dict[str, str]:
     """Python type text for a hand-written schema (a Tool subclass that sets `parameters` itself)."""
-    return {name: _schema_type_text(s) for name, s in (parameters or {}).get("properties", {}).items()}
+    return {name: schema_type_text(s) for name, s in (parameters or {}).get("properties", {}).items()}
 
 
-def _schema_type_text(schema: Schema) -> str:
+def schema_type_text(schema: Schema) -> str:
+    """A JSON schema as Python type text, for the signatures a CodeAgent's prompt shows."""
     if "enum" in schema:
         return f"Literal[{', '.join(repr(v) for v in schema['enum'])}]"
     if "anyOf" in schema:
-        return " | ".join(_schema_type_text(s) for s in schema["anyOf"])
+        return " | ".join(schema_type_text(s) for s in schema["anyOf"])
     kind = schema.get("type")
     if isinstance(kind, list):
-        return " | ".join(_schema_type_text({**schema, "type": k}) for k in kind)
+        return " | ".join(schema_type_text({**schema, "type": k}) for k in kind)
     if kind == "array" and isinstance(schema.get("items"), dict):
-        return f"list[{_schema_type_text(schema['items'])}]"
+        return f"list[{schema_type_text(schema['items'])}]"
     if kind == "object" and isinstance(schema.get("additionalProperties"), dict):
-        return f"dict[str, {_schema_type_text(schema['additionalProperties'])}]"
+        return f"dict[str, {schema_type_text(schema['additionalProperties'])}]"
     return _SCHEMA_TYPES.get(kind, "Any") if isinstance(kind, str) else "Any"
 
 
