@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     spec.add_argument("--user", action="store_true", help="install for this user only")
     spec.add_argument("--prefix", help="install under this prefix (e.g. sys.prefix of a venv)")
     commands.add_parser("models", help="local models: list | fetch [NAME] | info NAME|PATH", add_help=False)
-    demo = commands.add_parser("demo", help="run a real CodeAgent on a small data task")
-    demo.add_argument("--model", help="a litellm model name; default: the embedded/scripted demo model")
+    demo = commands.add_parser("demo", help="execute examples/quickstart.ipynb headless and check its answers")
+    demo.add_argument("--model", help="a litellm model name; default: $AGENT_KERNEL_MODEL, else the embedded local model")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["models"]:
         from .model_fetch import main_models

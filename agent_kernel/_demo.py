@@ -1,67 +1,79 @@
-"""`python -m agent_kernel demo`: a real CodeAgent run on a CSV analysis, by the embedded local
-model unless the user named another (`--model`, or AGENT_KERNEL_MODEL with its key).
+"""`python -m agent_kernel demo`: examples/quickstart.ipynb executed headless (nbclient, a real
+ipykernel), by the embedded local model unless the user named another (`--model`, or
+AGENT_KERNEL_MODEL with its key).
 
-The data is generated here (a fixed seed) so the answer can be checked: the demo says whether the
-agent got it right instead of trusting the model.
+The notebook runs in an output folder (a copy of it and its data), so the executed notebook and the
+run it exports end up side by side. Its answers are then checked against pandas: the demo says
+whether the model got them right instead of trusting it.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import random
+import shutil
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REGIONS = ("North", "South", "East", "West")
-PRODUCTS = {"Widget": 4.5, "Gadget": 12.0, "Gizmo": 27.5, "Doohickey": 8.25}
-DEMO_TASK = (
-    "`sales` holds one row per order. Which region had the highest total revenue "
-    "(revenue = units * unit_price), and what was that revenue? "
-    "Give the final answer as a dict {'region': <name>, 'revenue': <revenue rounded to 2 decimals>}."
-)
+QUICKSTART = Path(__file__).resolve().parent.parent / "examples" / "quickstart.ipynb"
+DATA = "data/sales.csv"  # the quickstart's CSV, relative to the notebook
+EXPORTED = "quickstart_run.ipynb"  # what the quickstart's last cell exports
+
+# Run after the notebook, in its kernel, and not saved with it: what the demo checks and reports.
+_PROBE = """\
+import json as _json
+from agent_kernel.magics import AgentMagics as _AgentMagics
+_magics = next(m for m in get_ipython().configurables if isinstance(m, _AgentMagics))
+print(_json.dumps({
+    "answer": globals().get("answer"), "best_month": globals().get("best_month"),
+    "runs": [{"state": r.run.state, "steps": len(r.run.action_steps), "seconds": r.run.duration}
+             for r in _magics.runs],
+}, default=str))
+"""
 
 
-# Small local models often answer in prose once they see the result, and repeat it when reminded;
-# this line (passed as the agent's `instructions`) makes Qwen2.5-Coder 1.5B end with final_answer.
-LOCAL_MODEL_HINT = ("Every reply must contain a ```python code block. Once you know the answer, "
-                    "your code block is just: final_answer(<the answer>)")
+@dataclass(frozen=True)
+class Expected:
+    """The quickstart's answers, computed by pandas from its CSV."""
+
+    region: str  # highest total revenue (units * unit_price)
+    revenue: float  # that region's total
+    best_month: str  # "YYYY-MM" of the highest total revenue over all regions
+
+    @classmethod
+    def from_csv(cls, csv: Path) -> Expected:
+        import pandas as pd
+
+        sales = pd.read_csv(csv, parse_dates=["date"])
+        revenue = sales["units"] * sales["unit_price"]
+        by_region = revenue.groupby(sales["region"]).sum()
+        by_month = revenue.groupby(sales["date"].dt.strftime("%Y-%m")).sum()
+        return cls(str(by_region.idxmax()), round(float(by_region.max()), 2), str(by_month.idxmax()))
+
+    def wrong(self, answer: Any, best_month: Any) -> list[str]:
+        """What is wrong with the notebook's `answer` and `best_month` (nothing: both right)."""
+        problems = []
+        if not _names_region(answer, self.region, self.revenue):
+            problems.append(f"answer should be region {self.region!r} with revenue {self.revenue:.2f}")
+        if self.best_month not in str(best_month):
+            problems.append(f"best_month should be {self.best_month!r}")
+        return problems
 
 
-def sales_table(rows: int = 240, seed: int = 7) -> Any:
-    """A small, fixed sales table: date, region, product, units, unit_price (a pandas DataFrame)."""
-    import pandas as pd
-
-    rng = random.Random(seed)
-    records = []
-    for i in range(rows):
-        product = rng.choice(list(PRODUCTS))
-        records.append({
-            "date": f"2024-{1 + i % 12:02d}-{1 + rng.randrange(28):02d}",
-            "region": rng.choice(REGIONS),
-            "product": product,
-            "units": rng.randint(1, 40),
-            "unit_price": round(PRODUCTS[product] * rng.uniform(0.9, 1.1), 2),
-        })
-    return pd.DataFrame.from_records(records)
-
-
-def expected_answer(sales: Any) -> tuple[str, float]:
-    revenue = (sales["units"] * sales["unit_price"]).groupby(sales["region"]).sum()
-    return str(revenue.idxmax()), round(float(revenue.max()), 2)
-
-
-def answer_is_correct(output: Any, region: str, revenue: float) -> bool:
-    """The agent's answer names the right region and revenue (to the cent), in a dict or in text."""
-    if isinstance(output, dict):
-        values = {str(k).lower(): v for k, v in output.items()}
+def _names_region(answer: Any, region: str, revenue: float) -> bool:
+    """The region and its revenue (to the cent), as the dict the task asks for or in text."""
+    if isinstance(answer, dict):
+        values = {str(k).lower(): v for k, v in answer.items()}
         try:
-            return str(values.get("region")) == region and abs(float(values.get("revenue")) - revenue) < 0.01
-        except (TypeError, ValueError):
+            return str(values.get("region")) == region and abs(float(values["revenue"]) - revenue) < 0.01
+        except (KeyError, TypeError, ValueError):
             return False
-    text = str(output)
-    return region in text and (f"{revenue:.2f}" in text or f"{revenue:,.2f}" in text)
+    text = str(answer)
+    return region in text and any(f in text for f in (f"{revenue:.2f}", f"{revenue:,.2f}", f"{revenue:g}"))
 
 
 def _choose_model(model: str | None) -> str:
@@ -75,7 +87,7 @@ def _choose_model(model: str | None) -> str:
 
 
 def _prepare_local(model: str) -> None:
-    from .local_model import register
+    """Fetch a catalog model that is not here yet; fail early (not in the notebook) when that fails."""
     from .model_fetch import CATALOG, ModelFetchError, fetch, model_path
 
     name = model.split("/", 1)[1]
@@ -85,102 +97,91 @@ def _prepare_local(model: str) -> None:
         if name not in CATALOG:
             raise
         fetch(name, progress=lambda m: print(f"[models] {m}", file=sys.stderr))
-    register()
+    try:
+        import llama_cpp  # noqa: F401 - only to say what is missing before the notebook starts
+    except ImportError:
+        raise ModelFetchError("local/ models need llama-cpp-python: pip install 'agent-kernel[local]' "
+                              "(scripts/demo.sh builds it; see docs/local-models.md)") from None
 
 
-QUICKSTART = Path(__file__).resolve().parent.parent / "examples" / "quickstart.ipynb"
-
-
-def run_demo(model: str | None, out_dir: str | Path | None = None, notebook: Path | None = QUICKSTART) -> int:
-    """Run the demo: the quickstart notebook when the checkout has one and the model is not the
-    embedded one, else a CodeAgent on a CSV task directly. Returns 0 when it worked (and the direct
-    run's answer is correct), 1 when not, 2 when it could not run."""
+def run_demo(model: str | None, out_dir: str | Path | None = None, notebook: Path = QUICKSTART) -> int:
+    """Execute the quickstart in `out_dir` and check its answers. Returns 0 when every cell ran and the
+    answers are right, 1 when not, 2 when it could not start."""
     from .model_fetch import ModelFetchError
 
+    if not notebook.is_file():
+        print(f"error: {notebook} is missing: the demo runs the quickstart notebook of a checkout of the "
+              "repository (git clone it, then run scripts/demo.sh there)", file=sys.stderr)
+        return 2
     chosen = _choose_model(model)
     out = Path(out_dir or os.environ.get("AGENT_KERNEL_DEMO_DIR") or "agent-kernel-demo").resolve()
-    out.mkdir(parents=True, exist_ok=True)
     try:
         if chosen.startswith("local/"):
             _prepare_local(chosen)
     except ModelFetchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if notebook is not None and notebook.is_file() and not chosen.startswith("local/"):
-        return _run_notebook(notebook, chosen, out)
-    if notebook is not None and notebook.is_file():
-        # Measured: the quickstart's pivot-and-plot task loops past max_steps on the 1.5B model
-        # (docs/local-models.md); the embedded model gets the task it solves.
-        print(f"(the embedded model runs the CSV task below; {notebook.name} needs a larger model)")
-    return _run_agent(chosen, out)
+    (out / DATA).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(notebook.parent / DATA, out / DATA)
+    (out / EXPORTED).unlink(missing_ok=True)  # an export left by an earlier demo is not this run's
+    print(f"model:    {chosen}\nnotebook: {notebook}\noutput:   {out}\n", flush=True)
+    started = time.monotonic()
+    failure, report = _execute(notebook, chosen, out)
+    print(f"\nexecuted notebook: {out / notebook.name}  ({time.monotonic() - started:.0f} s)")
+    if (out / EXPORTED).is_file():
+        print(f"exported run:      {out / EXPORTED}")
+    for number, run in enumerate(report.get("runs", []), start=1):
+        print(f"run {number}: {run['state']}, {run['steps']} steps, {float(run['seconds']):.0f} s")
+    if failure:
+        print(f"\na cell failed:\n{failure}", file=sys.stderr)
+        return 1
+    expected = Expected.from_csv(out / DATA)
+    print(f"\nanswer:     {report['answer']!r}\nbest_month: {report['best_month']!r}")
+    problems = expected.wrong(report["answer"], report["best_month"])
+    if problems:
+        print("WRONG (checked against pandas): " + "; ".join(problems))
+        return 1
+    print(f"CORRECT (checked against pandas: {expected.region}, {expected.revenue:.2f}; {expected.best_month})")
+    return 0
 
 
-def _run_notebook(notebook: Path, model: str, out: Path) -> int:
-    """Execute the notebook headless (nbclient) with `model` as the default model of its agents."""
+def _execute(notebook: Path, model: str, out: Path) -> tuple[str, dict[str, Any]]:
+    """Run the notebook in `out` with `model` as its agents' default; save it there executed, failed
+    cells included. Returns (the failure, or ""; what the probe read from the kernel)."""
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import (
+        CellExecutionError,
+        CellTimeoutError,
+        DeadKernelError,
+    )
+    from nbformat.v4 import new_code_cell
+    from traitlets.config import Config
 
-    print(f"model:    {model}\nnotebook: {notebook}\n", flush=True)
-    # The kernel's agents default to `model`; the notebook saves its exported run in `out`.
-    env = {**os.environ, "AGENT_KERNEL_MODEL": model, "AGENT_KERNEL_DEMO_DIR": str(out)}
     nb = nbformat.read(notebook, as_version=4)
-    client = NotebookClient(nb, timeout=1800, kernel_name="python3",
-                            resources={"metadata": {"path": str(notebook.parent)}})
-    executed = out / notebook.name
-    try:
-        client.execute(env=env)
-        status = 0
-    except CellExecutionError as e:
-        print(f"a cell failed:\n{e}", file=sys.stderr)
-        status = 1
-    nbformat.write(nb, executed)
-    code_cells = [c for c in nb.cells if c.cell_type == "code" and c.get("outputs")]
-    if code_cells:
-        print("last output:\n" + "\n".join(_output_text(o) for o in code_cells[-1].outputs))
-    print(f"\nexecuted notebook saved to {executed}")
-    return status
-
-
-def _output_text(output: Any) -> str:
-    if output.get("output_type") == "stream":
-        return str(output.get("text", ""))
-    data = output.get("data") or {}
-    return str(data.get("text/plain", "")) or str(output.get("evalue", ""))
-
-
-def _run_agent(chosen: str, out: Path) -> int:
-    """The demo task run by a CodeAgent from Python, streamed to the terminal and checked."""
-    import pandas as pd
-
-    from .agents import CodeAgent
-    from .display import render_text
-    from .memory import RunCompleted, StepStarted, TextDelta
-
-    csv = out / "sales.csv"
-    sales_table().to_csv(csv, index=False)
-    sales = pd.read_csv(csv)
-    region, revenue = expected_answer(sales)
-    print(f"model: {chosen}\ndata:  {csv} ({len(sales)} rows)\ntask:  {DEMO_TASK}\n")
-    started = time.monotonic()
-    run = None
-    hint = LOCAL_MODEL_HINT if chosen.startswith("local/") else None
-    with CodeAgent(chosen, imports=["pandas", "numpy"], max_steps=6, instructions=hint) as agent:
-        for event in agent.run(DEMO_TASK, variables={"sales": sales}, stream=True):
-            if isinstance(event, StepStarted):
-                print(f"\n── step {event.index} " + "─" * 40, flush=True)
-            elif isinstance(event, TextDelta):
-                print(event.text, end="", flush=True)
-            elif isinstance(event, RunCompleted):
-                run = event.run
-    assert run is not None
-    print("\n\n" + "═" * 60)
-    print(render_text(run))
-    notebook = out / "demo_run.ipynb"
-    run.to_notebook(str(notebook), inputs={"sales": sales})
-    (out / "demo_run.json").write_text(run.to_json(indent=1))
-    correct = answer_is_correct(run.output, region, revenue)
-    print(f"\nanswer:   {run.output!r}")
-    print(f"expected: region {region!r}, revenue {revenue:.2f} -> {'CORRECT' if correct else 'WRONG'}")
-    print(f"{len(run.action_steps)} steps in {time.monotonic() - started:.1f} s; run exported to {notebook}")
-    return 0 if correct else 1
+    failed = (CellExecutionError, CellTimeoutError, DeadKernelError)
+    failure, report = "", {}
+    # The notebook's kernel talks over unix sockets in a private folder, not over local TCP ports.
+    with tempfile.TemporaryDirectory(prefix="agent-kernel-demo-") as sockets:
+        ipc = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "kernel")}})
+        client = NotebookClient(nb, timeout=3600, kernel_name="python3", config=ipc,
+                                resources={"metadata": {"path": str(out)}})
+        with client.setup_kernel(env={**os.environ, "AGENT_KERNEL_MODEL": model}):
+            try:
+                for index, cell in enumerate(nb.cells):
+                    if cell.cell_type == "code":
+                        print(f"[{index + 1}/{len(nb.cells)}] {cell.source.splitlines()[0]}", flush=True)
+                    client.execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
+            except failed as e:
+                failure = str(e)
+            probe = new_code_cell(_PROBE)
+            nb.cells.append(probe)  # nbclient executes cells of its notebook only; removed before saving
+            try:
+                client.execute_cell(probe, len(nb.cells) - 1, store_history=False)
+                report = json.loads("".join(o.get("text", "") for o in probe.outputs if o.get("name") == "stdout"))
+            except (*failed, ValueError) as e:  # a dead kernel, or the probe's own failure
+                failure = failure or f"could not read the answers from the kernel: {e}"
+            finally:
+                nb.cells.pop()
+    nbformat.write(nb, out / notebook.name)
+    return failure, report

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import sys
 import time
@@ -30,11 +31,27 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # ---- the table and the tasks -------------------------------------------------------------------------
 
 
-def bench_table() -> Any:
-    """The demo's sales table with two derived columns, so each task is one aggregation away."""
-    from agent_kernel._demo import sales_table
+REGIONS = ("North", "South", "East", "West")
+PRODUCTS = {"Widget": 4.5, "Gadget": 12.0, "Gizmo": 27.5, "Doohickey": 8.25}
 
-    sales = sales_table()
+
+def bench_table(rows: int = 240, seed: int = 7) -> Any:
+    """A fixed sales table (one row per order) with the derived columns revenue and month, so each
+    task is one aggregation away."""
+    import pandas as pd
+
+    rng = random.Random(seed)
+    records = []
+    for i in range(rows):
+        product = rng.choice(list(PRODUCTS))
+        records.append({
+            "date": f"2024-{1 + i % 12:02d}-{1 + rng.randrange(28):02d}",
+            "region": rng.choice(REGIONS),
+            "product": product,
+            "units": rng.randint(1, 40),
+            "unit_price": round(PRODUCTS[product] * rng.uniform(0.9, 1.1), 2),
+        })
+    sales = pd.DataFrame.from_records(records)
     sales["revenue"] = (sales["units"] * sales["unit_price"]).round(2)
     sales["month"] = sales["date"].str.slice(5, 7).astype(int)
     return sales
@@ -240,6 +257,18 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, (int, float, str, type(None))) else repr(value)[:200]
 
 
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on: the CPU, the cores this process may use, the load then."""
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:  # not Linux
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cores": cores, "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
 def main(argv: list[str] | None = None) -> int:
     from agent_kernel.model_fetch import DEFAULT_LOCAL_MODEL
 
@@ -248,11 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=len(TASKS), help=f"how many tasks (at most {len(TASKS)})")
     parser.add_argument("--agents", default="code,tools", help="code, tools or both")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed measurements")
-    parser.add_argument("--instructions", help="instructions= for both agents (e.g. the demo's LOCAL_MODEL_HINT)")
+    parser.add_argument("--instructions", help="instructions= for both agents (default: none, as %%%%agent runs them)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
-    report: dict[str, Any] = {"model": args.model, "cores": os.cpu_count()}
+    report: dict[str, Any] = {"model": args.model, "machine": machine()}
+    print(f"machine: {report['machine']}")
     if not args.no_speed:
         report["speed"] = speed(args.model)
         for key, value in report["speed"].items():
@@ -271,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         report[f"{kind}_success"] = f"{right}/{len(mine)}"
         print(f"{kind:5} agent: {right}/{len(mine)} correct, mean {mean:.1f} s per task, "
               f"first action after {first:.1f} s on average")
+    report["load_average_after"] = machine()["load_average"]
+    print(f"load average after: {report['load_average_after']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1, default=str)

@@ -1,6 +1,7 @@
 """Many runs at once: 32 CodeAgent tasks at concurrency 8 against the ideal of 32 / 8 x one task alone.
 
     .venv/bin/python bench/bench_many.py [--tasks 32] [--concurrency 8] [--delay 0.2] [--backend local gateway]
+                                         [--exec]
 
 The model is the scripted OpenAI-compatible server (tests/scripted_server.py) reached through
 litellm's real HTTP client; every reply comes after `--delay` seconds. A task is two steps: code
@@ -13,9 +14,16 @@ calls, no sandbox), which measures the scheduling of concurrent runs and model c
 "One task alone" is `run_many` over a single task (its kernel start included, as each task in the
 batch also has one), the median of three. The ideal for the batch is tasks / concurrency x that.
 The gateway backend runs against a real jupyter-kernel-gateway on 127.0.0.1 (tests/gateway_server.py).
-While the batch runs, the sandbox kernels' memory is sampled: RSS, and USS (memory no other process
-shares, what one more kernel really costs). On a 2-core machine kernel starts (~0.35 s of CPU each)
-compete with everything else; the load average is printed.
+While the batch runs, the sandbox kernels' memory is sampled: RSS, USS (memory no other process
+shares, what one more kernel really costs) and PSS (shared pages divided among their sharers).
+Kernels are forked from a pre-imported zygote (sandbox/_zygote.py), sharing its pages, so USS is
+far below RSS; the zygote itself (counted once, not per kernel) is reported apart. `--exec` starts
+every kernel the way it was before the zygote (python -m ..._launcher), for comparison.
+
+The batch's CPU is printed per task (the kernels, with their starts; this process: agents, model
+client, sandbox host; the gateway) with the least time it needs on this machine's cores. On a
+2-core machine shared with other work, a batch that needs most of both cores measures the other
+work as much as ours: read the ratio next to the load average.
 
 Target (issue acceptance): batch <= 1.3x ideal, local and gateway.
 """
@@ -29,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +52,10 @@ from scripted_server import ScriptedServer, text, tool_calls  # noqa: E402
 from agent_kernel.agents import CodeAgent, ToolCallingAgent  # noqa: E402
 from agent_kernel.agents._many import run_many  # noqa: E402
 from agent_kernel.sandbox import Sandbox  # noqa: E402
+from agent_kernel.sandbox._zygote import SWITCH_ENV  # noqa: E402
 
 _LAUNCHER = "agent_kernel.sandbox._launcher"
+_ZYGOTE = "agent_kernel.sandbox._zygote"
 _ANSWER = sum(i * i for i in range(10_000))
 
 
@@ -82,12 +92,15 @@ class _KernelMemory:
         self._stop = threading.Event()
         self.rss: list[int] = []
         self.uss: list[int] = []
+        self.pss: list[int] = []
+        self.zygote_uss: list[int] = []
         self.most = 0
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.wait(self._every):
-            kernels = [p for p in self._parent.children(recursive=True) if _is_kernel(p)]
+            processes = self._parent.children(recursive=True)
+            kernels = [p for p in processes if _is_kernel(p)]
             self.most = max(self.most, len(kernels))
             for kernel in kernels:
                 try:
@@ -96,6 +109,10 @@ class _KernelMemory:
                     continue
                 self.rss.append(info.rss)
                 self.uss.append(info.uss)
+                self.pss.append(info.pss)
+            for zygote in (p for p in processes if _is_zygote(p) and not _is_zygote(p.parent())):
+                with suppress(psutil.Error):
+                    self.zygote_uss.append(zygote.memory_full_info().uss)
 
     @contextmanager
     def running(self) -> Iterator[_KernelMemory]:
@@ -110,20 +127,49 @@ class _KernelMemory:
         if not self.rss:
             return "no kernel sampled"
         mib = 2**20
-        return (f"{statistics.median(self.rss) / mib:.0f} MiB RSS, {statistics.median(self.uss) / mib:.0f} MiB USS "
-                f"per kernel (median of {len(self.rss)} samples); up to {self.most} kernels alive at once")
+        zygote = (f"; the zygote {statistics.median(self.zygote_uss) / mib:.0f} MiB USS, once"
+                  if self.zygote_uss else "; no zygote (kernels started by exec)")
+        return (f"{statistics.median(self.rss) / mib:.0f} MiB RSS, {statistics.median(self.uss) / mib:.0f} MiB USS, "
+                f"{statistics.median(self.pss) / mib:.0f} MiB PSS per kernel (median of {len(self.rss)} samples); "
+                f"up to {self.most} kernels alive at once{zygote}")
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
+def _is_zygote(process: psutil.Process | None) -> bool:
+    """The zygote's command line, which its forked kernels inherit."""
+    return process is not None and _cmdline(process)[1:4] == ["-P", "-m", _ZYGOTE]
 
 
 def _is_kernel(process: psutil.Process) -> bool:
+    """A kernel started by exec runs the launcher; a forked one is a child of the zygote."""
+    if _LAUNCHER in _cmdline(process):
+        return True
+    with suppress(psutil.Error):
+        return _is_zygote(process) and _is_zygote(process.parent())
+    return False
+
+
+def _kernels_cpu(pid: int) -> float:
+    """CPU of the ended kernels under `pid`: reaped by it (exec) or by its zygote (forked, the forks included)."""
+    process = psutil.Process(pid)
+    total = _cpu(process, children=True)
+    for zygote in (p for p in process.children(recursive=True) if _is_zygote(p) and not _is_zygote(p.parent())):
+        total += _cpu(zygote, children=True) + _cpu(zygote)
+    return total
+
+
+def _cpu(process: psutil.Process, children: bool = False) -> float:
     try:
-        return _LAUNCHER in process.cmdline()
+        times = process.cpu_times()
     except psutil.Error:
-        return False
-
-
-def _children_cpu(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return times.children_user + times.children_system
+        return 0.0
+    return times.children_user + times.children_system if children else times.user + times.system
 
 
 def _measure(make_agent: Callable[[], Any], memory_of: int, tasks: int, concurrency: int) -> dict[str, Any]:
@@ -135,18 +181,26 @@ def _measure(make_agent: Callable[[], Any], memory_of: int, tasks: int, concurre
         single.append(time.perf_counter() - started)
     one = statistics.median(single)
     memory = _KernelMemory(memory_of)
+    here, server = psutil.Process(), psutil.Process(memory_of)
+
+    def cpu() -> list[float]:  # kernels, this process (agents, model client), the gateway
+        return [_kernels_cpu(memory_of), _cpu(here), _cpu(server) if server.pid != here.pid else 0.0]
+
     with memory.running():
-        cpu = _children_cpu(memory_of)
+        before = cpu()
         started = time.perf_counter()
         runs = run_many(make_agent(), [f"task {i}" for i in range(tasks)], concurrency=concurrency, progress=False)
         batch = time.perf_counter() - started
-        cpu = _children_cpu(memory_of) - cpu
+        kernels, host, gateway = (b - a for a, b in zip(before, cpu(), strict=True))
     failed = [r.error for r in runs if r.state != "success"]
     assert not failed, failed[:3]
     assert [r.output for r in runs] == [_ANSWER] * tasks
     ideal = tasks / concurrency * one
-    kernels = f"; kernel CPU {cpu / tasks:.2f} s per task" if memory.rss else ""
-    return {"one": one, "batch": batch, "ideal": ideal, "memory": memory.summary() + kernels}
+    used = kernels + host + gateway
+    return {"one": one, "batch": batch, "ideal": ideal, "memory": memory.summary() if memory.rss else "",
+            "cpu": f"CPU per task: kernels {kernels / tasks:.3f} s, this process {host / tasks:.3f} s"
+                   + (f", gateway {gateway / tasks:.3f} s" if gateway else "")
+                   + f"; on {os.cpu_count()} cores the batch needs >= {used / (os.cpu_count() or 1):.2f} s of CPU time"}
 
 
 def main() -> None:
@@ -156,10 +210,14 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.2, help="seconds before each model reply")
     parser.add_argument("--backend", nargs="+", default=["local", "gateway", "tools"],
                         choices=["local", "gateway", "tools"])
+    parser.add_argument("--exec", action="store_true", help="start kernels by exec, without the zygote")
     args = parser.parse_args()
+    if args.exec:
+        os.environ[SWITCH_ENV] = "0"  # read at each kernel start, here and by the gateway it starts
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"machine: {os.cpu_count()} cores; load average {load}; {args.tasks} tasks, concurrency "
-          f"{args.concurrency}, model replies after {args.delay * 1000:.0f} ms, 2 steps per task")
+          f"{args.concurrency}, model replies after {args.delay * 1000:.0f} ms, 2 steps per task; kernels "
+          + ("started by exec (--exec)" if args.exec else "forked from the zygote"))
     results = {}
     with ScriptedServer() as server:
         server.script(_responder(args.delay))
@@ -181,8 +239,9 @@ def main() -> None:
         verdict = "ok" if r["batch"] <= 1.3 * r["ideal"] else "OVER TARGET"
         print(f"{backend:8} one task alone {r['one']:.2f} s; {args.tasks} tasks {r['batch']:.2f} s vs ideal "
               f"{r['ideal']:.2f} s = {r['batch'] / r['ideal']:.2f}x (target <= 1.3x: {verdict})")
-        if backend != "tools":
+        if r["memory"]:
             print(f"{'':8} pool: {r['memory']}")
+        print(f"{'':8} {r['cpu']}")
     print(f"load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine, offline after the first install: set up, build the embedded
-# model's runtime (llama-cpp-python, from source), fetch the default model, run a real agent on a
-# CSV analysis, save the executed notebook and the exported run, print the answer.
+# model's runtime (llama-cpp-python, from source), fetch the default model, execute
+# examples/quickstart.ipynb headless (nbclient) with its `%%agent code` cells on that model, save the
+# executed notebook and the exported run in ./agent-kernel-demo/, print the answers and check them
+# against pandas (exit status 0 only when they are right).
 #
 # With AGENT_KERNEL_MODEL set (e.g. openai/gpt-4o-mini and OPENAI_API_KEY), that model is used and
 # the local model is neither built nor fetched. Extra arguments go to `python -m agent_kernel demo`.
@@ -13,7 +15,7 @@ PY=.venv/bin/python
 
 if [ -z "${AGENT_KERNEL_MODEL:-}" ]; then
   if ! "$PY" -c "import llama_cpp" 2>/dev/null; then
-    echo "Building llama-cpp-python from source (once; about 30-60 minutes on 2 cores)..." >&2
+    echo "Building llama-cpp-python from source (once; 10-45 minutes on 2 cores)..." >&2
     # Portable x86-64 build (any CPU with AVX2/FMA, i.e. 2013 and later), tuned as far as that allows;
     # only the library the Python bindings load is built (no tools, no multimodal helper).
     if [ "$(uname -m)" = x86_64 ]; then

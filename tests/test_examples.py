@@ -37,18 +37,17 @@ def _call(name: str, **arguments: Any) -> dict[str, Any]:
 
 # What the scripted model answers, per conversation (the key is a phrase of the run's first task).
 SCRIPTS: dict[str, list[Any]] = {
-    "compute monthly revenue": [
-        "Thought: revenue is units times price; total it per month and region, plot it, compare.\n" + _code(
-            "import pandas as pd\nimport matplotlib.pyplot as plt\n"
+    "total the revenue per region": [
+        "Thought: add the revenue column, total it per region, print and plot the totals.\n" + _code(
             'sales["revenue"] = sales["units"] * sales["unit_price"]\n'
-            'month = sales["date"].dt.strftime("%Y-%m").rename("month")\n'
-            'monthly = sales.pivot_table(index=month, columns="region", values="revenue", aggfunc="sum")\n'
-            'monthly.plot(marker="o", title="Monthly revenue by region", ylabel="revenue")\nplt.show()\n'
-            "growth = (monthly.iloc[-1] / monthly.iloc[0] - 1).sort_values(ascending=False)\nprint(growth.round(3))"
+            'by_region = sales.groupby("region")["revenue"].sum().sort_values(ascending=False)\n'
+            "print(by_region)\n"
+            'by_region.plot(kind="bar", title="Revenue per region", ylabel="revenue")'
         ),
-        _code('final_answer(f"{growth.index[0]} grew the most: {growth.iloc[0]:+.0%} from '
-              '{monthly.index[0]} to {monthly.index[-1]}")'),
-        _code("final_answer(monthly.sum(axis=1).idxmax())"),  # the --continue follow-up
+        _code('final_answer({"region": by_region.index[0], "revenue": round(float(by_region.iloc[0]), 2)})'),
+        # the --continue follow-up
+        _code('by_month = sales.groupby(sales["date"].dt.strftime("%Y-%m"))["revenue"].sum()\nprint(by_month)'),
+        _code("final_answer(by_month.idxmax())"),
     ],
     "maria@example.com": [
         _call("check_order_status", order_id="A-1002"),
@@ -179,22 +178,21 @@ def test_every_example_is_stored_clean_and_tested() -> None:
 
 def test_quickstart(workdir: Path) -> None:
     sales = _sales()
-    sales["revenue"] = sales["units"] * sales["unit_price"]
-    month = sales["date"].dt.strftime("%Y-%m").rename("month")
-    expected = sales.pivot_table(index=month, columns="region", values="revenue", aggfunc="sum")
-    growth = expected.iloc[-1] / expected.iloc[0] - 1
+    revenue = sales["units"] * sales["unit_price"]
+    expected = revenue.groupby(sales["region"]).sum().sort_values(ascending=False)
+    best_month = revenue.groupby(sales["date"].dt.strftime("%Y-%m")).sum().idxmax()
     nb = _execute(workdir, "quickstart.ipynb", [
-        "print(monthly.to_csv())",
+        "print(by_region.to_json())",
         "import json\nprint(json.dumps([answer, best_month]))",
     ])
-    monthly = pd.read_csv(io.StringIO(nb.cells[-2].outputs[0].text), index_col="month")
-    pd.testing.assert_frame_equal(monthly, expected, check_names=False, check_index_type=False)
-    answer, best_month = _printed_json(nb.cells[-1])
-    assert answer.startswith(f"{growth.idxmax()} grew the most: {growth.max():+.0%}")
-    assert best_month == expected.sum(axis=1).idxmax()
-    # The live display showed the steps, the code and the plot the sandbox drew.
+    by_region = pd.read_json(io.StringIO(_stdout(nb.cells[-2])), typ="series")
+    pd.testing.assert_series_equal(by_region, expected, check_names=False, check_index_type=False)
+    answer, month = _printed_json(nb.cells[-1])
+    assert answer == {"region": expected.index[0], "revenue": round(float(expected.iloc[0]), 2)}
+    assert month == best_month
+    # The live display showed the steps, the code and the chart the sandbox drew.
     shown = "".join(o.data.get("text/html", "") for o in _agent_cells(nb)[0].outputs if o.output_type == "display_data")
-    assert "Step 1" in shown and "pivot_table" in shown and '<img src="data:image/png;base64,' in shown
+    assert "Step 2" in shown and "groupby" in shown and '<img src="data:image/png;base64,' in shown
     # The exported run re-runs in a plain kernel to the same answer.
     exported = _execute(workdir, "quickstart_run.ipynb")
     assert exported.cells[-1].outputs[0].data["text/plain"] == repr(answer)

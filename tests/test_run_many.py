@@ -127,3 +127,32 @@ def test_run_many_is_a_method_of_every_agent(scripted_server):
     agent = ToolCallingAgent(scripted_server.model())
     runs = agent.run_many([f"JOB{i} go" for i in range(2)], concurrency=2, progress=False)
     assert [r.output for r in runs] == ["done 0", "done 1"]
+
+
+def test_a_pool_starts_no_more_kernels_than_its_total(monkeypatch):
+    from agent_kernel.sandbox import SandboxPool
+    from agent_kernel.sandbox._client import SandboxError
+
+    started = []
+    real_start = AsyncSandbox.start
+
+    async def counting_start(self):
+        if self not in started:
+            started.append(self)
+        return await real_start(self)
+
+    monkeypatch.setattr(AsyncSandbox, "start", counting_start)
+    with pytest.raises(ValueError, match="total=-1"):
+        SandboxPool(2, total=-1)
+    with SandboxPool(2, total=3) as pool:
+        assert len(started) == 2  # the pool's size, ready
+        taken = [pool.acquire() for _ in range(3)]
+        try:
+            assert len(started) == 3  # never a fourth, though the pool keeps size 2 ready
+            assert taken[2].execute("1 + 1").result == {"text/plain": "2"}
+            with pytest.raises(SandboxError, match="all 3 sandboxes"):
+                pool.acquire()
+        finally:
+            for sandbox in taken:
+                sandbox.close()
+    assert all(s._starting is None for s in started)

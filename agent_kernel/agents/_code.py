@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import base64
 import binascii
+import dataclasses
 import inspect
 import os
 import re
@@ -270,6 +271,23 @@ class CodeAgent(MultiStepAgent):
         return f"- step {step.index}: `{code}` -> {outcome[:160]}"
 
     # -- lifecycle -------------------------------------------------------------------------------
+
+    def _fork(self, sandbox: Any = None) -> CodeAgent:
+        """As for any agent, and the actions run in `sandbox` (the batch's to close, not the copy's)."""
+        twin = super()._fork()
+        if sandbox is not None:
+            twin._sandbox, twin._owns_sandbox = sandbox, False
+            twin._registered = set()
+            twin._calls = []
+        return twin
+
+    def _pool_options(self) -> dict[str, Any]:
+        """Options for more sandboxes like this agent's: a given sandbox's own, else the agent's."""
+        given = self._sandbox
+        if given is not None and not self._owns_sandbox:
+            return {f.name: getattr(given.options, f.name) for f in dataclasses.fields(given.options)
+                    if f.name != "startup_timeout"}
+        return {"imports": self.imports, **self._sandbox_options}
 
     async def aclose(self) -> None:
         """Stop the sandbox kernel this agent started (one passed in is left to its owner)."""

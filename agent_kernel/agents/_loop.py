@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
 import inspect
 import json
 import queue
@@ -331,6 +332,14 @@ class MultiStepAgent:
         for owned in self._owned_tools:
             if hasattr(owned, "aclose"):
                 await owned.aclose()
+
+    def _fork(self, sandbox: Any = None) -> Any:
+        """A copy for one task of a batch: the same model, tools and settings; its own memory and run state."""
+        twin = copy.copy(self)
+        twin.memory = []
+        twin._task = twin._task_loop = None
+        twin._interrupting = False
+        return twin
 
     def close(self) -> None:
         _aio.run_sync(self.aclose())

@@ -9,8 +9,6 @@ fails yields a Run with state "error"; the others go on. Runs come back in input
 from __future__ import annotations
 
 import asyncio
-import copy
-import dataclasses
 import sys
 import time
 from collections.abc import Iterable
@@ -103,7 +101,7 @@ class _Batch:
                 sandbox = await pool.aacquire()
             if self._stopping:  # interrupted while its kernel was starting
                 return self._failed(task, "interrupted", None)
-            twin = _fork(self.agent, sandbox)
+            twin = self.agent._fork(sandbox)
             self._running.add(twin)
             try:
                 return await twin.arun(task, variables=variables)
@@ -131,43 +129,8 @@ def _pool_for(agent: MultiStepAgent, size: int, total: int) -> Any:
     """A pool of sandboxes like the agent's own (None for agents that run no code)."""
     if agent.kind != "code" or total == 0:
         return None
-    given = agent.sandbox
-    if given is not None and not agent._owns_sandbox:  # a sandbox passed in: more of the same kind
-        options = {f.name: getattr(given.options, f.name) for f in dataclasses.fields(given.options)
-                   if f.name != "startup_timeout"}
-    else:
-        options = {"imports": agent.imports, **agent._sandbox_options}
-    return _BatchPool(size, total, **options)
-
-
-class _BatchPool(SandboxPool):
-    """A SandboxPool that starts no more kernels than the batch has tasks (each is used once)."""
-
-    def __init__(self, size: int, total: int, **options: Any) -> None:
-        super().__init__(size, **options)
-        self._left = total
-
-    def _fill(self) -> None:
-        wanted = min(self.size, len(self._ready) + self._left)
-        self._left -= max(0, wanted - len(self._ready))
-        size, self.size = self.size, wanted
-        try:
-            super()._fill()
-        finally:
-            self.size = size
-
-
-def _fork(agent: MultiStepAgent, sandbox: Any) -> MultiStepAgent:
-    """A copy of `agent` for one task: shared model, tools and settings; its own memory and run state."""
-    twin = copy.copy(agent)
-    twin.memory = []
-    twin._task = twin._task_loop = None
-    twin._interrupting = False
-    if sandbox is not None:  # a CodeAgent: the pool's sandbox, closed by the batch, not by the twin
-        twin._sandbox, twin._owns_sandbox = sandbox, False
-        twin._registered = set()
-        twin._calls = []
-    return twin
+    # each kernel serves one task: no more than the tasks
+    return SandboxPool(size, total=total, **agent._pool_options())  # type: ignore[attr-defined]
 
 
 class _Progress:

@@ -20,8 +20,8 @@ so print summaries (shapes, heads, counts), not whole datasets.
 - Importable modules: {imports}.
 - Call tools as Python functions, with keyword arguments; they return Python values.
 - After an error, read it and fix the cause; don't repeat the same code.
-{network}- Every reply must contain a ```python code block. When you have the answer, call \
-`final_answer(answer)` in a code block; the run ends there. The answer can be any value: a number, \
+{network}- Every reply must contain a ```python code block. Once you know the answer, your code \
+block is just `final_answer(answer)`; the run ends there. The answer can be any value: a number, \
 a string, a DataFrame, a figure.
 
 Functions already defined:

@@ -200,15 +200,17 @@ class _LocalBackend:
 
     async def start(self, root: Path, options: SandboxOptions) -> None:
         runtime_dir = root / "run"
-        runtime_dir.mkdir(mode=0o700)
         self.workdir = root / "work"
-        self.workdir.mkdir()
+        # Off the event loop: a directory operation can take milliseconds, and other sandboxes wait.
+        await asyncio.to_thread(_make_folders, runtime_dir, self.workdir)
         km = AsyncKernelManager(
             kernel_name=KERNEL_NAME,
             kernel_spec_manager=_SpecManager(),
             transport="ipc",
             ip=str(runtime_dir / "k"),
             connection_file=str(runtime_dir / "kernel.json"),
+            client_class="agent_kernel.sandbox._provisioner.ReadyClient",
+            context=_zmq_context(),
         )
         # The kernel's own packer on this side too, and orjson to parse: the host reads every message.
         km.session.packer = "agent_kernel.sandbox._launcher._pack"
@@ -318,6 +320,36 @@ class _LocalBackend:
             await km.shutdown_kernel(now=True)
 
 
+def _make_folders(runtime_dir: Path, workdir: Path) -> None:
+    runtime_dir.mkdir(mode=0o700)
+    workdir.mkdir()
+
+
+_contexts: dict[int, zmq.asyncio.Context] = {}
+
+
+def _zmq_context() -> zmq.asyncio.Context:
+    """One zmq context (one I/O thread) for all of this process's local sandboxes, not one each.
+
+    A kernel binds its sockets some tens of ms after its start: clients retry connecting every
+    10 ms (backing off to 1 s for a kernel that is gone), not zmq's fixed 100 ms.
+    """
+    context = _contexts.get(os.getpid())  # a forked process makes its own
+    if context is None or context.closed:
+        context = _contexts[os.getpid()] = zmq.asyncio.Context()
+        context.setsockopt(zmq.RECONNECT_IVL, 10)
+        context.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    return context
+
+
+def _make_root() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="agent-sandbox-"))
+    root.chmod(0o711)  # traversable, not listable: lets the kernel drop to an unprivileged uid
+    # Outside the workdir: sandbox code may write files in it but cannot swap it for a symlink.
+    (root / "transfer").mkdir()
+    return root
+
+
 class AsyncSandbox:
     """A restricted Python kernel for untrusted code. Use `async with AsyncSandbox(...) as sb`.
 
@@ -369,11 +401,9 @@ class AsyncSandbox:
         return self
 
     async def _boot(self) -> None:
-        self._root = Path(tempfile.mkdtemp(prefix="agent-sandbox-"))
-        self._root.chmod(0o711)  # traversable, not listable: lets the kernel drop to an unprivileged uid
-        # Outside the workdir: sandbox code may write files in it but cannot swap it for a symlink.
+        # Folder work off the event loop: on a slow disk a few ms each, and many sandboxes share the loop.
+        self._root = await asyncio.to_thread(_make_root)
         transfer_dir = self._root / "transfer"
-        transfer_dir.mkdir()
         self._transfer = Transfer(transfer_dir, inline=self._backend.inline)
         try:
             await self._backend.start(self._root, self.options)
@@ -397,7 +427,7 @@ class AsyncSandbox:
             self._starting = None
             await self._backend.close()
         if self._root is not None and not self.options.keep_workdir:
-            shutil.rmtree(self._root, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, self._root, ignore_errors=True)
 
     async def __aenter__(self) -> AsyncSandbox:
         return await self.start()

@@ -197,6 +197,11 @@ def _thread_count() -> int:
 # --- environment -------------------------------------------------------------------------------
 
 
+def env_allowed(name: str) -> bool:
+    """Whether a variable of the host's environment may reach a sandbox kernel (and the zygote)."""
+    return name in _ENV_ALLOW or name.startswith(_ENV_ALLOW_PREFIXES)
+
+
 def _scrub_environment(workdir: str) -> str:
     """Nothing of the notebook's environment (API keys!) may reach model code.
 
@@ -207,7 +212,7 @@ def _scrub_environment(workdir: str) -> str:
     kept = {
         k: v
         for k, v in os.environ.items()
-        if k in _ENV_ALLOW or k.startswith(_ENV_ALLOW_PREFIXES)
+        if env_allowed(k)
     }
     tmp = os.path.join(workdir, ".tmp")
     os.makedirs(tmp, mode=0o700, exist_ok=True)

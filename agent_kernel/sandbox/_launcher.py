@@ -2,7 +2,9 @@
 
 ipykernel runs in-process rather than through exec because exec is one of the things the
 isolation forbids. The host passes the sandbox's settings in one environment variable, which is
-removed (with everything else outside the allowlist) before any sandbox code runs.
+removed (with everything else outside the allowlist) before any sandbox code runs. Usually `main`
+runs in a child forked from the pre-imported zygote (_zygote.py) rather than in a fresh
+`python -m agent_kernel.sandbox._launcher`; from here on the two are the same.
 
 The kernel is ipykernel trimmed for a short execute round trip (an agent runs many small cells):
 requests are handled on the main thread without ipykernel 7's shell-channel thread (no subshells),
@@ -25,9 +27,7 @@ from typing import Any
 from jupyter_client.jsonutil import json_default
 from jupyter_client.session import json_packer
 
-from ._spec import CONFIG_ENV
-
-GATEWAY_CONFIG_ENV = "KERNEL_AGENT_SANDBOX"
+from ._spec import CONFIG_ENV, GATEWAY_CONFIG_ENV, LAUNCH_ENV
 
 try:
     import orjson
@@ -51,11 +51,13 @@ def _kernel_argv(argv: list[str]) -> list[str]:
     ]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, *, zygote: str | None = None) -> None:
+    """Isolate this process and run the kernel; `zygote`: how the zygote forked it, if it did."""
     from ._isolation import IsolationConfig, apply_isolation
 
     # A gateway forwards only KERNEL_* variables from the host: the same settings under that name.
     sent = [os.environ.pop(name, "") for name in (CONFIG_ENV, GATEWAY_CONFIG_ENV)]
+    not_forked = os.environ.pop(LAUNCH_ENV, "") or "started without the agent-sandbox kernel provisioner"
     settings = json.loads(sent[0] or sent[1] or "{}")
     connection_file = os.path.abspath(_connection_file(argv or sys.argv[1:]))
     runtime_dir = settings.get("runtime_dir") or os.path.dirname(connection_file)
@@ -80,6 +82,10 @@ def main(argv: list[str] | None = None) -> None:
             strict=bool(settings.get("strict", False)),
         )
     )
+    if zygote:  # not a protection layer: how the kernel was started, next to what protects it
+        isolation.active["zygote"] = zygote
+    else:
+        isolation.missing["zygote"] = not_forked
 
     # No debugger in the sandbox: debugpy listens on TCP and can attach to processes.
     sys.modules["debugpy"] = None  # type: ignore[assignment]
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
 
     app = _kernel_app_class().instance()
     app.initialize(_kernel_argv(argv if argv is not None else sys.argv[1:]))
+    app.kernel.announce_busy = bool(settings.get("inline", False))  # behind a gateway
     _kernel_side.install(
         app.shell,
         imports=settings.get("imports", []),
@@ -111,11 +118,19 @@ class _NoShellChannelThread:
         return False
 
 
+def prepare() -> None:
+    """What a zygote does once for all the kernels it forks: build the kernel's classes."""
+    _kernel_app_class()
+    _out_stream_class()
+
+
+@functools.cache
 def _kernel_app_class() -> type:
     """ipykernel's IPKernelApp with the round-trip trims described in the module docstring."""
-    from ipykernel import kernelapp
+    from ipykernel import ipkernel, kernelapp
     from ipykernel.iostream import IOPubThread
     from ipykernel.ipkernel import IPythonKernel
+    from ipykernel.kernelbase import _accepts_parameters
     from ipykernel.zmqshell import ZMQInteractiveShell
     from traitlets import Type
 
@@ -127,8 +142,19 @@ def _kernel_app_class() -> type:
 
     kernelapp.IOPubThread = _IOPubThread  # type: ignore[misc]
 
+    # ipykernel inspects do_execute's and run_cell's signatures on every request (~40 us): the
+    # answer for a function never changes.
+    accepts = functools.cache(lambda function, names: _accepts_parameters(function, list(names)))
+    ipkernel._accepts_parameters = (  # type: ignore[attr-defined]
+        lambda meth, names: accepts(getattr(meth, "__func__", meth), tuple(names))
+    )
+
     class SandboxShell(ZMQInteractiveShell):
         _pending_transform: tuple[str, str] | None = None
+
+        def should_run_async(self, raw_cell: str, **kwargs: Any) -> bool:
+            # IPython answers by compiling the cell once more; code without the words cannot await.
+            return ("await" in raw_cell or "async" in raw_cell) and super().should_run_async(raw_cell, **kwargs)
 
         def init_events(self) -> None:
             super().init_events()
@@ -162,6 +188,14 @@ def _kernel_app_class() -> type:
         def _supports_kernel_subshells(self) -> bool:
             return False
 
+        announce_busy = True  # False for a kernel whose one client reads the reply and the idle status only
+
+        def _publish_status(self, status: str, channel: str, parent: Any = None) -> None:
+            # "busy" costs an IOPub message and a wake of the IOPub thread per request; our host
+            # waits for the reply and "idle". A gateway tracks activity by status: it still gets both.
+            if status != "busy" or self.announce_busy:
+                super()._publish_status(status, channel, parent)
+
         def _publish_execute_input(self, code: str, parent: Any, execution_count: int) -> None:
             # The broadcast of each cell's code to other frontends: a sandbox has one client, which
             # sent the code itself. One IOPub message fewer per execution.
@@ -193,13 +227,14 @@ def _out_stream_class() -> type:
 
     class SandboxOutStream(OutStream):
         def flush(self) -> None:
-            # ipykernel waits for the IOPub thread on every flush (four per request); with nothing
-            # written since the last one there is nothing to wait for. Messages already handed
-            # to the IOPub thread keep their order either way.
+            # ipykernel hands every flush (four per request) to the IOPub thread and waits for it.
+            # Taking the written text here and queueing its message is enough: the IOPub thread
+            # sends in queue order, so the output still goes out before the idle status queued
+            # after it, and nothing waits. With nothing written there is nothing to do.
             with self._buffer_lock:
                 written = any(buffer.tell() for buffer in self._buffers.values())
             if written or self._flush_pending:
-                super().flush()
+                self._flush()
 
     return SandboxOutStream
 

@@ -11,21 +11,31 @@ from collections import deque
 from typing import Any
 
 from .. import _aio
-from ._client import AsyncSandbox, Sandbox
+from ._client import AsyncSandbox, Sandbox, SandboxError
 
 
 class SandboxPool:
-    """Keeps `size` sandboxes with the same options started and ready."""
+    """Keeps `size` sandboxes with the same options started and ready.
 
-    def __init__(self, size: int = 1, **options: Any) -> None:
+    `total`: start no more than this many kernels over the pool's life (a batch of n tasks needs
+    n, and no kernel should start only to be closed unused); None: no limit.
+    """
+
+    def __init__(self, size: int = 1, *, total: int | None = None, **options: Any) -> None:
         if size < 1:
             raise ValueError("a pool needs size >= 1")
+        if total is not None and total < 0:
+            raise ValueError(f"total={total} is not a number of kernels to start; pass None for no limit")
         self.size = size
+        self.total = total
         self.options = options
+        self._left = total
         self._ready: deque[asyncio.Task[AsyncSandbox]] = deque()
 
     def _fill(self) -> None:
-        while len(self._ready) < self.size:
+        while len(self._ready) < self.size and self._left != 0:
+            if self._left is not None:
+                self._left -= 1
             self._ready.append(asyncio.ensure_future(AsyncSandbox(**self.options).start()))
 
     async def astart(self) -> None:
@@ -36,6 +46,8 @@ class SandboxPool:
     async def aacquire(self) -> AsyncSandbox:
         """A ready sandbox, yours to close; a replacement starts in the background."""
         self._fill()
+        if not self._ready:
+            raise SandboxError(f"the pool has handed out all {self.total} sandboxes it may start (total={self.total})")
         task = self._ready.popleft()
         self._fill()
         return await task

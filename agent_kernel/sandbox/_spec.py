@@ -1,4 +1,4 @@
-"""How a sandbox kernel is launched: the kernelspec and the one variable that carries its settings."""
+"""How a sandbox kernel is launched: the kernelspec and the variables that carry its settings."""
 
 from __future__ import annotations
 
@@ -6,15 +6,23 @@ import sys
 from typing import Any
 
 CONFIG_ENV = "AGENT_KERNEL_SANDBOX"
+GATEWAY_CONFIG_ENV = "KERNEL_AGENT_SANDBOX"  # a gateway forwards only KERNEL_* variables from its clients
+LAUNCH_ENV = "AGENT_KERNEL_SANDBOX_LAUNCH"  # why a kernel was started by exec rather than by the zygote
 KERNEL_NAME = "agent-sandbox"
+PROVISIONER_NAME = "agent-sandbox-provisioner"  # entry point in jupyter_client.kernel_provisioners
 
 
 def kernel_spec(python: str | None = None) -> dict[str, Any]:
-    """The kernelspec (kernel.json contents) that starts a sandbox kernel."""
+    """The kernelspec (kernel.json contents) that starts a sandbox kernel.
+
+    Its provisioner (an entry point of this package, so any Jupyter server or gateway that can
+    import agent_kernel has it) forks kernels from a pre-imported zygote (_zygote.py), or runs
+    `argv` where it cannot.
+    """
     return {
         "argv": [python or sys.executable, "-m", "agent_kernel.sandbox._launcher", "-f", "{connection_file}"],
         "display_name": "agent_kernel sandbox",
         "language": "python",
         "interrupt_mode": "signal",
-        "metadata": {"debugger": False},
+        "metadata": {"debugger": False, "kernel_provisioner": {"provisioner_name": PROVISIONER_NAME, "config": {}}},
     }
