@@ -8,10 +8,7 @@ AGENT_KERNEL_MODEL / AGENT_KERNEL_API_BASE, so it holds no test plumbing.
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,12 +16,12 @@ from typing import Any
 import pytest
 from test_examples import (
     EXAMPLES,
-    SERVER,
     _call,
     _code,
     _execute,
     _fibonacci,
     _printed_json,
+    scripted_server_process,
 )
 from web_site import PAGES, WebSite
 
@@ -62,16 +59,8 @@ def site() -> Iterator[WebSite]:
 
 @pytest.fixture(scope="module")
 def server_url(site: WebSite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    script = tmp_path_factory.mktemp("script") / "script.json"
-    script.write_text(json.dumps({"conversations": _scripts(site.url)}), encoding="utf-8")
-    process = subprocess.Popen([sys.executable, str(SERVER), "--script", str(script)], stdout=subprocess.PIPE,
-                               text=True)
-    try:
-        assert process.stdout is not None
-        yield process.stdout.readline().strip()
-    finally:
-        process.terminate()
-        process.wait(10)
+    with scripted_server_process(_scripts(site.url), tmp_path_factory.mktemp("script")) as url:
+        yield url
 
 
 def test_web_tools_notebook(site: WebSite, server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

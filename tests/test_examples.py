@@ -8,6 +8,7 @@ kernel's state run in cells appended to the in-memory copy; the stored notebooks
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -111,10 +112,11 @@ _runs = [r.run for r in next(m for m in get_ipython().configurables if isinstanc
 """
 
 
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    script = tmp_path_factory.mktemp("script") / "script.json"
-    script.write_text(json.dumps({"conversations": SCRIPTS}), encoding="utf-8")
+@contextlib.contextmanager
+def scripted_server_process(conversations: dict[str, Any], folder: Path) -> Iterator[str]:
+    """The scripted server as its own process (kernels started by nbclient reach it); yields its URL."""
+    script = folder / "script.json"
+    script.write_text(json.dumps({"conversations": conversations}), encoding="utf-8")
     process = subprocess.Popen([sys.executable, str(SERVER), "--script", str(script)], stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -122,6 +124,12 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with scripted_server_process(SCRIPTS, tmp_path_factory.mktemp("script")) as url:
+        yield url
 
 
 @pytest.fixture
