@@ -23,6 +23,7 @@ from agent_kernel.sandbox._codec import (
     ImageData,
     Opaque,
     TransferError,
+    _frame_to_table,
     cleanup,
     decode,
     describe,
@@ -156,6 +157,51 @@ def test_acceptance_dataframe_round_trips_exactly(tmp_path: Path) -> None:
     assert_frame_equal(result, frame, check_exact=True, check_freq=True)
     assert result["object"].tolist()[1] is None  # object columns keep None, not NaN
     assert result.index.freqstr == "h"
+
+
+def numpy_frame(index: pd.Index) -> pd.DataFrame:
+    """Only numpy and categorical columns: the frames _frame_to_table converts without from_pandas."""
+    n = len(index)
+    return pd.DataFrame(
+        {
+            "f64": np.where(np.arange(n) % 3 == 0, np.nan, np.linspace(-1, 1, n)),
+            "f32": np.full(n, np.inf, dtype="float32"),
+            "f16": np.arange(n, dtype="float16"),
+            "i8": np.arange(n, dtype="int8"),
+            "u64": np.arange(n, dtype="uint64") * 2**40,
+            "flag": np.arange(n) % 2 == 0,
+            "ts": pd.Series(pd.date_range("2024-03-31", periods=n, freq="min"), index=index).where(
+                np.arange(n) % 4 != 1
+            ),
+            "secs": pd.Series(pd.to_datetime(np.arange(n), unit="s").astype("datetime64[s]"), index=index),
+            "wait": pd.Series(pd.to_timedelta(np.arange(n), unit="ms"), index=index).where(np.arange(n) != 2),
+            "colour": pd.Categorical(["red", None, "blue", "red"] * (n // 4), categories=["red", "blue", "green"]),
+            "size": pd.Categorical([3, 1, 2, 1] * (n // 4), categories=[3, 2, 1], ordered=True),
+        },
+        index=index,
+    )
+
+
+@pytest.mark.parametrize(
+    "index",
+    [
+        pd.RangeIndex(8),
+        pd.RangeIndex(start=100, stop=-60, step=-20, name="countdown"),
+        pd.date_range("2024-01-01", periods=8, freq="D", name="day"),
+        pd.Index(np.arange(8) * 1.5),
+    ],
+    ids=["range", "range-named-stepped", "datetime", "float"],
+)
+def test_numpy_frames_cross_as_their_values_and_round_trip_exactly(index: pd.Index, tmp_path: Path) -> None:
+    frame = numpy_frame(index)
+    table = _frame_to_table(frame)
+    reference = pa.Table.from_pandas(frame)
+    assert table.schema.equals(reference.schema, check_metadata=True)  # same types, same pandas metadata
+    # NaN and NaT travel as values, not as nulls from_pandas would have scanned for
+    assert table.column("f64").null_count == 0 and table.column("ts").null_count == 0
+    assert table.column("colour").null_count == 2  # a missing category is a null index all the same
+    assert_frame_equal(table.to_pandas(), reference.to_pandas(), check_exact=True, check_freq=True)
+    assert_frame_equal(roundtrip(frame, tmp_path), frame, check_exact=True, check_freq=True)
 
 
 def test_object_columns_keep_their_python_values(tmp_path: Path) -> None:
