@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import math
 import os
 import re
 import shutil
@@ -30,7 +31,8 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 
 from .. import _aio
-from . import _codec
+from . import _codec, _disk
+from ._disk import DiskWatch
 from ._kernel_side import CALL_MARKER, CUT_MARK, FINAL_ANSWER_PAYLOAD, HANDLE, HeadTail
 from ._records import Execution, ExecutionError, Isolation
 from ._spec import CONFIG_ENV, KERNEL_NAME, kernel_spec
@@ -40,6 +42,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _UNSAFE_MIME = ("application/javascript", "text/javascript", "application/x-javascript")
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _OWN_FRAMES = ("File " + str(Path(__file__).parent),)  # the sandbox's own frames, noise in a traceback
+_FREE_SPACE = "Delete files from the working directory, or give the sandbox a larger disk= cap"
 _INTERRUPT_GRACE = 1.5  # seconds a timed-out execution gets to stop after SIGINT before a restart
 # zmq's option and flag numbers as plain ints: its IntEnum arithmetic costs microseconds per use.
 _EVENTS, _FD, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.FD), int(zmq.POLLIN), int(zmq.NOBLOCK)
@@ -54,6 +57,7 @@ class SandboxOptions:
     imports: tuple[str, ...] = ()
     timeout: float = 30.0
     memory: int | str | None = "2GB"
+    disk: int | str | None = "4GB"  # the sandbox's folders in total (local sandboxes: see _disk.py)
     network: bool = False
     read_paths: tuple[str, ...] = ()
     strict: bool = False
@@ -65,9 +69,10 @@ class SandboxOptions:
 
     def launcher_settings(self, root: Path | None) -> dict[str, Any]:
         """The kernel's settings; without `root` (a remote kernel) it picks its own folders."""
-        memory = _parse_size(self.memory)
+        memory, disk = _parse_size(self.memory), _parse_size(self.disk, "disk")
         folders = {} if root is None else {
-            "workdir": str(root / "work"), "runtime_dir": str(root / "run"), "transfer_dir": str(root / "transfer")
+            "workdir": str(root / "work"), "runtime_dir": str(root / "run"), "transfer_dir": str(root / "transfer"),
+            **({"max_file_bytes": disk} if disk is not None else {}),  # no file bigger than the folders' cap
         }
         return {
             **folders,
@@ -81,12 +86,12 @@ class SandboxOptions:
         }
 
 
-def _parse_size(size: int | str | None) -> int | None:
+def _parse_size(size: int | str | None, option: str = "memory") -> int | None:
     if size is None or isinstance(size, int):
         return size
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", size.lower())
     if not match:
-        raise ValueError(f"memory={size!r} is not a size; use bytes or a string like '512MB' or '2GB'")
+        raise ValueError(f"{option}={size!r} is not a size; use bytes or a string like '512MB' or '2GB'")
     number, unit = match.groups()
     return int(float(number) * 1024 ** " kmgt".index(unit or " "))
 
@@ -363,6 +368,7 @@ class AsyncSandbox:
         imports: Iterable[str] = (),
         timeout: float = 30.0,
         memory: int | str | None = "2GB",
+        disk: int | str | None = "4GB",
         network: bool = False,
         read_paths: Iterable[str | os.PathLike[str]] = (),
         strict: bool = False,
@@ -372,15 +378,17 @@ class AsyncSandbox:
         token: str | None = None,
     ) -> None:
         self.options = SandboxOptions(
-            imports=tuple(imports), timeout=timeout, memory=memory, network=network,
+            imports=tuple(imports), timeout=timeout, memory=memory, disk=disk, network=network,
             read_paths=tuple(str(p) for p in read_paths), strict=strict, max_output=max_output,
             keep_workdir=keep_workdir, gateway=gateway or os.environ.get("JUPYTER_GATEWAY_URL") or None, token=token,
         )
         _parse_size(memory)  # fail now on a bad size, not in the kernel
+        _parse_size(disk, "disk")
         self.isolation = Isolation()
         self._backend = _backend_for(self.options)
         self._root: Path | None = None
         self._transfer: Transfer | None = None
+        self._disk: DiskWatch | None = None
         self._starting: asyncio.Task[None] | None = None
         self._functions: dict[str, Callable[..., Any]] = {}
         self._lock = asyncio.Lock()
@@ -405,6 +413,9 @@ class AsyncSandbox:
         self._root = await asyncio.to_thread(_make_root)
         transfer_dir = self._root / "transfer"
         self._transfer = Transfer(transfer_dir, inline=self._backend.inline)
+        cap = _parse_size(self.options.disk, "disk")
+        if cap is not None and not self._backend.inline:  # a gateway's kernel keeps its files over there
+            self._disk = DiskWatch(self._root, cap)
         try:
             await self._backend.start(self._root, self.options)
             await self._connect()
@@ -419,6 +430,16 @@ class AsyncSandbox:
             raise SandboxError(f"{exc}; strict={self.options.strict}") from exc
         iso = await self._evaluate(f"{HANDLE}.isolation()", locked=True)
         self.isolation = Isolation(active=iso["active"], missing=iso["missing"])
+        if self._disk is not None:
+            self.isolation.active["disk"] = (
+                f"the folders' total capped at {_disk.mib(self._disk.cap)}, measured by the host every "
+                f"{_disk.EVERY:g} s of running code (a file never exceeds the cap; the total can, briefly)"
+            )
+        else:
+            self.isolation.missing["disk"] = (
+                "the kernel's folders are on the gateway's machine: capping them is its job"
+                if self._backend.inline else "disk=None: the folders' total is not capped"
+            )
         if self._functions:
             await self._register_stubs(self._functions, locked=True)
 
@@ -470,21 +491,26 @@ class AsyncSandbox:
         outputs = _Outputs(self.options.max_output)
         execution = Execution(code=code)
         msg_id = await self._backend.execute(code, silent, user_expressions)
-        outcome, reply = await self._collect(msg_id, outputs, started + limit)
-        if outcome == "timeout":
+        measure_at = self._disk.next_measure(started) if self._disk is not None else math.inf
+        outcome, reply = await self._collect(msg_id, outputs, started + limit, measure_at)
+        if outcome == "done" and self._disk is not None and (over := await self._disk.after(started)):
+            outputs.error = _with_notice(outputs.error, f"{over}. {_FREE_SPACE}")
+        elif outcome not in ("done", "dead"):
+            name, why = (
+                ("TimeoutError", f"the code ran longer than {limit:g} s and")
+                if outcome == "timeout" else ("DiskLimitError", f"{outcome}, and the code")
+            )
             await self._backend.interrupt()
             outcome, reply = await self._collect(msg_id, outputs, time.perf_counter() + _INTERRUPT_GRACE)
             if outcome == "done":
-                outputs.error = ExecutionError(
-                    "TimeoutError", f"the code ran longer than {limit:g} s and was interrupted; variables are kept"
-                )
+                outputs.error = ExecutionError(name, f"{why} was interrupted; variables are kept")
             else:
                 outputs.error = ExecutionError(
-                    "TimeoutError",
-                    f"the code ran longer than {limit:g} s and did not stop when interrupted; "
-                    "the sandbox was restarted and its variables were lost",
+                    name, f"{why} did not stop when interrupted; the sandbox was restarted and its variables were lost"
                 )
                 execution.restarted = True
+            if name == "DiskLimitError":
+                outputs.error.value += f". {_FREE_SPACE}"
         if outcome == "dead":
             status = await self._backend.exit_status()
             outputs.error = ExecutionError(
@@ -503,8 +529,14 @@ class AsyncSandbox:
         execution.duration = time.perf_counter() - started
         return execution, reply
 
-    async def _collect(self, msg_id: str, outputs: _Outputs, deadline: float) -> tuple[str, dict[str, Any]]:
-        """Read the kernel's messages for `msg_id` until its reply and idle status: done, timeout or dead."""
+    async def _collect(
+        self, msg_id: str, outputs: _Outputs, deadline: float, measure_at: float = math.inf
+    ) -> tuple[str, dict[str, Any]]:
+        """Read the kernel's messages for `msg_id` until its reply and idle status.
+
+        The outcome: "done", "timeout", "dead", or (from `measure_at` on, every _disk.EVERY s) what
+        went over the disk cap.
+        """
         backend = self._backend
         reply: dict[str, Any] | None = None
         idle = False
@@ -521,10 +553,15 @@ class AsyncSandbox:
                     await backend.input(await self._answer_input(content["prompt"], deadline - time.perf_counter()))
             if reply is not None and idle:
                 return "done", reply
-            remaining = deadline - time.perf_counter()
+            now = time.perf_counter()
+            if now >= measure_at and self._disk is not None:
+                if over := await self._disk.measure():
+                    return over, reply or {}
+                measure_at = now + _disk.EVERY
+            remaining = deadline - now
             if remaining <= 0:
                 return "timeout", reply or {}
-            if not await backend.wait(min(remaining, 0.25)) and not await backend.is_alive():
+            if not await backend.wait(min(remaining, 0.25, measure_at - now)) and not await backend.is_alive():
                 return "dead", {}
 
     # -- host functions -------------------------------------------------------------------------
@@ -606,6 +643,13 @@ class AsyncSandbox:
             return _expression_value(reply, "r")
         except SandboxError as exc:
             raise SandboxError(f"sandbox call {expression.split('(')[0]} failed: {execution.error or exc}") from None
+
+
+def _with_notice(error: ExecutionError | None, notice: str) -> ExecutionError:
+    """The code's own error with `notice` added, or a DiskLimitError saying it."""
+    if error is None:
+        return ExecutionError("DiskLimitError", notice)
+    return ExecutionError(error.name, f"{error.value}\n{notice}", f"{error.traceback}\n{notice}" if error.traceback else "")
 
 
 def _backend_for(options: SandboxOptions) -> _Backend:

@@ -51,6 +51,14 @@ def _kernel_argv(argv: list[str]) -> list[str]:
     ]
 
 
+def _file_cap(asked: Any) -> int | None:
+    """RLIMIT_FSIZE: lowered to a local sandbox's disk cap when that is smaller, never raised."""
+    from ._isolation import IsolationConfig
+
+    default = IsolationConfig.max_file_bytes
+    return min(asked, default) if type(asked) is int and asked > 0 and default is not None else default
+
+
 def main(argv: list[str] | None = None, *, zygote: str | None = None) -> None:
     """Isolate this process and run the kernel; `zygote`: how the zygote forked it, if it did."""
     from ._isolation import IsolationConfig, apply_isolation
@@ -78,6 +86,7 @@ def main(argv: list[str] | None = None, *, zygote: str | None = None) -> None:
             write_paths=[transfer_dir],
             network=bool(settings.get("network", False)),
             memory_bytes=settings.get("memory_bytes"),
+            max_file_bytes=_file_cap(settings.get("max_file_bytes")),
             cpu_seconds=settings.get("cpu_seconds"),
             strict=bool(settings.get("strict", False)),
         )
