@@ -7,6 +7,7 @@ host reaches the kernel only through REST and the channels websocket, and values
 from __future__ import annotations
 
 import base64
+import json
 import os
 
 import numpy as np
@@ -19,6 +20,7 @@ from test_sandbox import assert_timeout_interrupts_and_keeps_state
 from agent_kernel.agents import CodeAgent
 from agent_kernel.sandbox import Sandbox, SandboxError
 from agent_kernel.sandbox._codec import INLINE_LIMIT, TransferError
+from agent_kernel.sandbox._gateway import _frame_v1, _parse_v1
 from agent_kernel.sandbox._launcher import _require_private
 from agent_kernel.sandbox._transfer import Transfer
 
@@ -197,3 +199,38 @@ def test_the_gateway_operator_policy_refuses_what_it_does_not_allow(gateway):
         Sandbox(gateway=gateway.url, token=gateway.token, memory="64GB")
     with Sandbox(gateway=gateway.url, token=gateway.token, memory=None) as capped:  # None: the gateway's cap
         assert "as=2.0GiB" in capped.isolation.active["rlimits"]
+
+
+def test_v1_frames_are_the_ones_jupyter_server_reads_and_writes():
+    """jupyter_server's own v1 codec is the reference for the frames this backend sends and reads."""
+    from jupyter_server.services.kernels.connection.base import (
+        deserialize_msg_from_ws_v1,
+        serialize_msg_to_ws_v1,
+    )
+
+    header = {"msg_id": "a1", "msg_type": "execute_reply", "session": "s", "username": "u", "date": "", "version": "5.3"}
+    parts = [json.dumps(header).encode(), b'{"msg_id": "p1"}', b"{}", b'{"status": "ok"}']
+    assert deserialize_msg_from_ws_v1(_frame_v1("shell", parts)) == ("shell", parts)
+    msg = _parse_v1(serialize_msg_to_ws_v1([*parts, b"\x00buffer"], "iopub"))
+    assert msg == {"channel": "iopub", "header": header, "parent_header": {"msg_id": "p1"}, "content": {"status": "ok"}}
+    frame = serialize_msg_to_ws_v1(parts, "iopub")
+    malformed = [b"", frame[:20], frame[:-3] + b"!!!", (1 << 62).to_bytes(8, "little") + frame[8:],
+                 serialize_msg_to_ws_v1(parts[:3], "iopub"), serialize_msg_to_ws_v1([*parts[:3], b"[1]"], "iopub"),
+                 serialize_msg_to_ws_v1([b"{}", *parts[1:]], "iopub"), b"\x06" + b"\x00" * 7 + b"\xff" * 48]
+    assert [_parse_v1(raw) for raw in malformed] == [None] * len(malformed)
+
+
+def test_the_sandbox_speaks_v1_to_a_gateway_that_offers_it(sb):
+    assert sb._async._backend._v1
+    ex = sb.execute("print('x' * 3)\n{'a': [1, 2]}")
+    assert ex.stdout == "xxx\n" and ex.result == {"text/plain": "{'a': [1, 2]}"}
+
+
+def test_a_gateway_without_v1_gets_json_messages():
+    with (GatewayServer("--ZMQChannelsWebsocketConnection.kernel_ws_protocol=") as legacy,
+          Sandbox(gateway=legacy.url, token=legacy.token, timeout=10) as sandbox):
+        assert not sandbox._async._backend._v1
+        ex = sandbox.execute("print('a')\nfinal_answer({'n': 1})\n6 * 7")
+        assert ex.stdout == "a\n" and ex.result == {"text/plain": "42"} and ex.final_answer == {"n": 1}
+        sandbox.push(values=list(range(5)))
+        assert sandbox.pull(["values"]) == {"values": [0, 1, 2, 3, 4]}

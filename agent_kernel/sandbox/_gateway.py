@@ -2,7 +2,10 @@
 
 The kernel is created and deleted over the gateway's REST API (`POST /api/kernels` with the
 `agent-sandbox` kernelspec, interrupt, restart, `DELETE`), and its messages travel as JSON over the
-`/api/kernels/{id}/channels` websocket, each tagged with its channel. The sandbox's settings go in
+`/api/kernels/{id}/channels` websocket, each tagged with its channel: in binary frames of the
+"v1.kernel.websocket.jupyter.org" protocol where the gateway speaks it (it then relays the kernel's
+message parts as they are, rather than decode and re-encode each one), as JSON text where it does
+not. The sandbox's settings go in
 the create request's env as KERNEL_AGENT_SANDBOX (gateways forward only KERNEL_* variables). The
 gateway shares no folder with this machine, so value payloads travel inside the messages
 (`Transfer(inline=True)`). Configured like jupyter_server's gateway client: arguments first, then
@@ -12,6 +15,7 @@ its JUPYTER_GATEWAY_* environment variables.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import struct
@@ -38,6 +42,8 @@ from ._spec import KERNEL_NAME
 
 _MAX_MESSAGE = 1 << 30  # bytes of one websocket message from the gateway (a pulled DataFrame, inline)
 _GONE = ("restarting", "dead")  # statuses the gateway sends when the kernel process ended
+_V1 = "v1.kernel.websocket.jupyter.org"  # the websocket protocol of raw message parts (jupyter_server >= 2)
+_MAX_PARTS = 64  # parts of one v1 frame (header, parent header, metadata, content, buffers)
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,7 @@ class GatewayBackend:
         self._startup_timeout = 60.0
         self._session = ""
         self._ws: WebSocketClientConnection | None = None
+        self._v1 = False  # the gateway chose the v1 protocol for this connection
         self._reader: asyncio.Task[None] | None = None
         self._inbox: deque[dict[str, Any]] = deque()
         self._arrived = asyncio.Event()
@@ -133,8 +140,9 @@ class GatewayBackend:
         request = HTTPRequest(url, headers=self.config.headers(), validate_cert=self.config.validate_cert,
                               connect_timeout=self.config.request_timeout, request_timeout=self.config.request_timeout)
         try:
-            self._ws = await websocket_connect(request, max_message_size=_MAX_MESSAGE)
+            self._ws = await websocket_connect(request, max_message_size=_MAX_MESSAGE, subprotocols=[_V1])
             self._ws.protocol.set_nodelay(True)  # small requests go out at once, not after a delayed ACK
+            self._v1 = self._ws.selected_subprotocol == _V1
         except (OSError, HTTPClientError) as exc:
             raise SandboxError(f"could not open the kernel's channels on the gateway ({endpoint}): {exc}") from exc
         self._inbox.clear()
@@ -196,7 +204,7 @@ class GatewayBackend:
 
     async def _read(self, ws: WebSocketClientConnection) -> None:
         while (raw := await ws.read_message()) is not None:
-            msg = _parse(raw)
+            msg = _parse_v1(raw) if self._v1 and isinstance(raw, bytes) else _parse(raw)
             if msg is not None:
                 self._inbox.append(msg)
                 self._arrived.set()
@@ -210,10 +218,13 @@ class GatewayBackend:
         msg_id = uuid.uuid4().hex
         header = {"msg_id": msg_id, "msg_type": msg_type, "username": "agent_kernel", "session": self._session,
                   "date": datetime.now(timezone.utc).isoformat(), "version": "5.3"}
-        message = {"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": channel,
-                   "buffers": []}
         try:
-            await self._ws.write_message(json.dumps(message))
+            if self._v1:
+                await self._ws.write_message(_frame_v1(channel, [json.dumps(header).encode(), b"{}", b"{}",
+                                                                  json.dumps(content).encode()]), binary=True)
+            else:
+                await self._ws.write_message(json.dumps({"header": header, "parent_header": {}, "metadata": {},
+                                                         "content": content, "channel": channel, "buffers": []}))
         except WebSocketClosedError:
             self._gone = "closed"
             raise SandboxError("the connection to the sandbox kernel on the gateway was lost") from None
@@ -273,8 +284,9 @@ def _reason(body: bytes | None) -> str:
 
 
 def _parse(raw: str | bytes) -> dict[str, Any] | None:
-    """A message from the websocket, if it has the shape of one; binary frames (messages with
-    buffers) carry the JSON message first, after a table of offsets, and the buffers are ignored."""
+    """A message from the websocket (JSON protocol), if it has the shape of one; binary frames
+    (messages with buffers) carry the JSON message first, after a table of offsets, and the buffers
+    are ignored."""
     try:
         if isinstance(raw, bytes):
             count = struct.unpack_from("!I", raw)[0]
@@ -283,6 +295,36 @@ def _parse(raw: str | bytes) -> dict[str, Any] | None:
         msg = json.loads(raw)
     except (ValueError, struct.error, IndexError, RecursionError):
         return None
+    return _checked(msg)
+
+
+def _frame_v1(channel: str, parts: list[bytes]) -> bytes:
+    """A message in the v1 protocol's frame: the number of offsets, the offsets (little-endian
+    64-bit) of the channel name, of each part and of the end, then the channel name and the parts."""
+    chunks = [channel.encode(), *parts]
+    offsets = [8 * (len(chunks) + 2)]
+    for chunk in chunks:
+        offsets.append(offsets[-1] + len(chunk))
+    return b"".join([struct.pack(f"<{len(offsets) + 1}Q", len(offsets), *offsets), *chunks])
+
+
+def _parse_v1(raw: bytes) -> dict[str, Any] | None:
+    """A message from a v1 frame, if it has the shape of one (metadata and buffers are not read)."""
+    try:
+        count = struct.unpack_from("<Q", raw)[0]
+        if not 6 <= count <= _MAX_PARTS:  # channel, header, parent header, metadata, content: 6 offsets at least
+            return None
+        offsets = struct.unpack_from(f"<{count}Q", raw, 8)
+        part = [raw[start:end] for start, end in itertools.pairwise(offsets)]
+        msg = {"channel": part[0].decode(), "header": json.loads(part[1]), "parent_header": json.loads(part[2]),
+               "content": json.loads(part[4])}
+    except (ValueError, struct.error, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    return _checked(msg)
+
+
+def _checked(msg: Any) -> dict[str, Any] | None:
+    """`msg` if it has the fields this backend reads, with the types it expects."""
     if (not isinstance(msg, dict) or not isinstance(msg.get("channel"), str)
             or not isinstance(msg.get("header"), dict) or not isinstance(msg["header"].get("msg_type"), str)
             or not isinstance(msg.get("parent_header"), dict) or not isinstance(msg.get("content"), dict)):

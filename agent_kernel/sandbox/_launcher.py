@@ -13,6 +13,11 @@ before each reply, debug log records are not built, a cell is transformed once i
 the host's own calls (user expressions answering JSON text) skip the rich formatters, and
 messages are packed with orjson when it is installed. It still speaks the Jupyter protocol to any
 client (kernel_info no longer lists "kernel subshells"). Measured in bench/bench_sandbox.py.
+
+Its start is trimmed too (a batch of runs starts a kernel per task; bench/bench_many.py): the
+trims reach it as config rather than command-line flags, read without traitlets' argument parser,
+and a zygote builds the application object and fills the caches of a first cell once for all the
+kernels it forks (`prepare`). Each kernel still makes its own sockets, shell and namespace.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 
 from jupyter_client.jsonutil import json_default
 from jupyter_client.session import json_packer
+from traitlets.config import Config
 
 from ._spec import CONFIG_ENV, GATEWAY_CONFIG_ENV, LAUNCH_ENV
 
@@ -37,18 +43,23 @@ except ImportError:  # optional: the stock packer is used
     orjson = None  # type: ignore[assignment]
 
 
-def _kernel_argv(argv: list[str]) -> list[str]:
-    # No history database, no banner: the sandbox keeps nothing between runs and starts quickly.
-    # No 0.5 ms sleep before each execute_reply: written output is flushed (and waited for) first.
-    return [
-        *argv,
-        "--HistoryManager.enabled=False",
-        "--IPKernelApp.quiet=True",
-        "--InteractiveShell.colors=nocolor",
-        "--Kernel._execute_sleep=0",
-        "--IPKernelApp.outstream_class=agent_kernel.sandbox._launcher._out_stream",
-        *(["--Session.packer=agent_kernel.sandbox._launcher._pack"] if orjson else []),
-    ]
+def _kernel_config(parent_handle: int | None = None) -> Config:
+    """The kernel's trims, as config rather than command-line flags (see SandboxKernelApp.parse_command_line).
+
+    No history database, no banner: the sandbox keeps nothing between runs and starts quickly.
+    No 0.5 ms sleep before each execute_reply: written output is flushed (and waited for) first.
+    `parent_handle`: the zygote that forked this kernel (ipykernel exits when it goes).
+    """
+    app: dict[str, Any] = {"quiet": True, "outstream_class": "agent_kernel.sandbox._launcher._out_stream"}
+    if parent_handle is not None:
+        app["parent_handle"] = parent_handle
+    return Config({
+        "IPKernelApp": app,
+        "HistoryManager": {"enabled": False},
+        "InteractiveShell": {"colors": "nocolor"},
+        "Kernel": {"_execute_sleep": 0.0},
+        **({"Session": {"packer": "agent_kernel.sandbox._launcher._pack"}} if orjson else {}),
+    })
 
 
 def _file_cap(asked: Any) -> int | None:
@@ -59,8 +70,9 @@ def _file_cap(asked: Any) -> int | None:
     return min(asked, default) if type(asked) is int and asked > 0 and default is not None else default
 
 
-def main(argv: list[str] | None = None, *, zygote: str | None = None) -> None:
-    """Isolate this process and run the kernel; `zygote`: how the zygote forked it, if it did."""
+def main(argv: list[str] | None = None, *, zygote: str | None = None, parent_handle: int | None = None) -> None:
+    """Isolate this process and run the kernel; `zygote`: how the zygote forked it, if it did (and
+    `parent_handle`, its pid)."""
     from ._isolation import IsolationConfig, apply_isolation
 
     # A gateway forwards only KERNEL_* variables from the host: the same settings under that name.
@@ -100,8 +112,9 @@ def main(argv: list[str] | None = None, *, zygote: str | None = None) -> None:
     sys.modules["debugpy"] = None  # type: ignore[assignment]
     from . import _kernel_side
 
-    app = _kernel_app_class().instance()
-    app.initialize(_kernel_argv(argv if argv is not None else sys.argv[1:]))
+    app = _kernel_app_class().instance()  # in a forked kernel: the zygote's, never initialized (see prepare)
+    app.update_config(_kernel_config(parent_handle))
+    app.initialize(argv if argv is not None else sys.argv[1:])
     app.kernel.announce_busy = bool(settings.get("inline", False))  # behind a gateway
     _kernel_side.install(
         app.shell,
@@ -128,9 +141,15 @@ class _NoShellChannelThread:
 
 
 def prepare() -> None:
-    """What a zygote does once for all the kernels it forks: build the kernel's classes."""
-    _kernel_app_class()
+    """What a zygote does once for all the kernels it forks: build the kernel's classes and its
+    application object (~2 ms of traitlets set-up; it holds no connection, socket or thread until a
+    kernel initializes it), and fill the caches every kernel would otherwise fill on its first cell
+    (~3 ms: the compiled regular expressions of IPython's input transformers and of the tokenizer)."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    _kernel_app_class().instance()
     _out_stream_class()
+    TransformerManager().transform_cell("total = sum(i * i for i in range(3))\nprint(total)\n")
 
 
 @functools.cache
@@ -213,6 +232,17 @@ def _kernel_app_class() -> type:
     class SandboxKernelApp(kernelapp.IPKernelApp):
         kernel_class = Type(SandboxKernel, klass=IPythonKernel)
 
+        def parse_command_line(self, argv: Any = None) -> None:
+            # traitlets builds an argparse parser over every configurable class to read the command
+            # line (~6 ms of each kernel start). The kernelspec's is `-f <connection file>` alone, the
+            # rest comes as config (_kernel_config): read that directly; any other line the full way.
+            connection_file = _connection_file_alone(argv)
+            if connection_file is None:
+                super().parse_command_line(argv)
+            else:
+                self.argv = list(argv)
+                self.connection_file = connection_file
+
         def init_control(self, context: Any) -> None:
             # Without the shell-channel thread a request is read where it runs: two thread hops
             # fewer per request.
@@ -277,6 +307,15 @@ def _require_private(runtime_dir: str, connection_file: str) -> None:
             "gateway with --MappingKernelManager.kernel_manager_class="
             "agent_kernel.sandbox._gateway_server.SandboxKernelManager (see docs/gateway.md)."
         )
+
+
+def _connection_file_alone(argv: list[str] | None) -> str | None:
+    """The connection file when the command line names it and nothing else (None: it says more)."""
+    if argv is not None and len(argv) == 2 and argv[0] == "-f":
+        return argv[1] or None
+    if argv is not None and len(argv) == 1 and argv[0].startswith("--f="):
+        return argv[0][4:] or None
+    return None
 
 
 def _connection_file(argv: list[str]) -> str:

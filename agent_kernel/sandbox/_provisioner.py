@@ -7,8 +7,8 @@ LocalProvisioner, over the `ZygoteChild` that stands in for a Popen. Where the z
 used, the kernel is started the usual way and the reason is logged and reported in the kernel's
 `Isolation`.
 
-`ReadyClient` is the local backend's kernel client: ready as soon as the kernel has answered, and
-without a heartbeat thread.
+`ReadyClient` is the local backend's kernel client: ready as soon as the kernel has answered,
+without a heartbeat thread, on its kernel manager's zmq context.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import time
 from queue import Empty
 from typing import Any
 
+import traitlets
 import zmq.asyncio
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.connect import KernelConnectionInfo
@@ -102,6 +103,15 @@ class ReadyClient(AsyncKernelClient):  # type: ignore[misc]
     of one of the requests arrives on IOPub, which proves it connected. Messages left over answer
     other requests and are ignored by the sandbox's reader.
     """
+
+    @traitlets.default("context")
+    def _context_default(self) -> zmq.asyncio.Context:
+        # The kernel manager's context: one zmq I/O thread for all of this process's sandboxes, which
+        # retries connecting every 10 ms. A context of the client's own (jupyter_client's default)
+        # costs two threads per sandbox and retries every 100 ms: a kernel that binds its sockets
+        # just after the client connects was found ~0.1 s late.
+        context = getattr(self.parent, "context", None)
+        return context if isinstance(context, zmq.asyncio.Context) else super()._context_default()
 
     def start_channels(self, shell: bool = True, iopub: bool = True, stdin: bool = True, hb: bool = False,
                        control: bool = True) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import itertools
 import json
 import os
@@ -56,8 +57,9 @@ _PRELOAD = (
     "agent_kernel.sandbox._launcher", "agent_kernel.sandbox._isolation", "agent_kernel.sandbox._kernel_side",
     "pyseccomp",
     "ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "ipykernel.iostream",
-    "IPython.core.completerlib", "IPython.core.debugger", "IPython.core.oinspect",
-    "IPython.extensions.storemagic", "IPython.utils.wildcard", "pdb", "pydoc",
+    "IPython.core.completerlib", "IPython.core.debugger", "IPython.core.logger", "IPython.core.oinspect",
+    "IPython.extensions.storemagic", "IPython.utils.wildcard", "ipykernel.debugger", "pdb", "pydoc",
+    "faulthandler", "unicodedata",
     "tornado.gen", "tornado.locks", "tornado.platform.asyncio", "tornado.queues",
 )  # fmt: skip
 _MAX_MESSAGE = 1 << 20
@@ -292,6 +294,9 @@ def main() -> None:
     from . import _launcher
 
     _launcher.prepare()
+    # What exists now lives as long as the zygote: the kernels' garbage collections leave it (and
+    # the pages it sits on) alone, rather than visit all of it and copy every page they touch.
+    gc.freeze()
     threads = len(os.listdir("/proc/self/task"))
     if threads != 1:
         raise SystemExit(f"agent-sandbox zygote: {threads} threads after the imports; a fork would copy one")
@@ -387,10 +392,10 @@ def _become_kernel(order: _Order) -> None:
     os.environ.update(order.env)
     os.environ["JPY_PARENT_PID"] = str(os.getppid())
     os.chdir(order.cwd)
-    # ipykernel exits when its parent, the zygote, goes (it read JPY_PARENT_PID at import, in the zygote).
-    argv = [*order.argv[3:], f"--IPKernelApp.parent_handle={os.getppid()}"]
+    argv = order.argv[3:]
     sys.argv = [_launcher.__file__, *argv]
-    _launcher.main(argv, zygote=f"forked from a pre-imported zygote (pid {os.getppid()})")
+    # ipykernel exits when its parent, the zygote, goes (it read JPY_PARENT_PID at import, in the zygote).
+    _launcher.main(argv, zygote=f"forked from a pre-imported zygote (pid {os.getppid()})", parent_handle=os.getppid())
 
 
 if __name__ == "__main__":
