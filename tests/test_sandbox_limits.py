@@ -187,6 +187,19 @@ def test_disk_fill_stops_at_the_file_size_limit(sb: Any, healthy_host: None) -> 
     assert_usable(sb)
 
 
+def test_printed_output_is_not_kept_in_the_kernel(sb: Any, healthy_host: None) -> None:
+    """IPython 9 keeps every printed text, display and result of a session in memory; the sandbox
+    sends its outputs to the host and must keep none (a 20 MB print used to stay 20 MB for good)."""
+    flood = "print(('y' * 99 + '\\n') * 200_000)"
+    peak = "import resource\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"  # KiB
+    sb.execute(flood)
+    before = int(sb.execute(peak).stdout)
+    for _ in range(8):
+        assert sb.execute(flood).error is None
+    assert int(sb.execute(peak).stdout) - before < 50 * 1024  # 160 MB more when each print was kept
+    assert_usable(sb)
+
+
 def test_output_flood_is_truncated(sb: Any, healthy_host: None) -> None:
     max_output = sb.options.max_output
     # 20 MB in one write, then many small messages.

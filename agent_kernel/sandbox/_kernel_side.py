@@ -8,6 +8,7 @@ back can run code when decoded.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import importlib
 import json
 import sys
@@ -171,6 +172,7 @@ def install(
     if "*" not in imports:
         _install_import_policy(DEFAULT_IMPORTS | set(imports))
     _cap_output(shell, max_output)
+    _keep_no_output_history(shell)
     shell.events.register("post_run_cell", lambda result: _forget_last_error(shell, result))
     shell.events.register("post_run_cell", bridge.report)
     return bridge
@@ -206,6 +208,17 @@ def _cap_output(shell: Any, max_chars: int) -> None:
         stream.write = capped(name)
     shell.events.register("pre_run_cell", reset)
     shell.events.register("post_run_cell", flush_tail)
+
+
+def _keep_no_output_history(shell: Any) -> None:
+    """IPython 9 keeps every printed text, display and result of a session (history_manager.outputs,
+    for %notebook), with the history database off too: a kernel printing 20 MB kept 20 MB per run.
+    The sandbox's outputs go to the host; it keeps none. (`_tee` copies each print into it.)"""
+    if hasattr(shell, "_tee"):
+        shell._tee = lambda channel: contextlib.nullcontext()
+    outputs = getattr(shell.history_manager, "outputs", None)
+    if outputs is not None:
+        shell.events.register("post_run_cell", lambda result: outputs.clear())
 
 
 def _forget_last_error(shell: Any, result: Any) -> None:

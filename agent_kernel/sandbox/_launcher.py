@@ -265,15 +265,27 @@ def _out_stream_class() -> type:
     from ipykernel.iostream import OutStream
 
     class SandboxOutStream(OutStream):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            # Held from taking the written text to queueing its message, by both threads that flush.
+            self._flushing = threading.Lock()
+            super().__init__(*args, **kwargs)
+
+        def _flush(self) -> None:  # also run by the IOPub thread, on its timer during long output
+            with self._flushing:
+                super()._flush()
+
         def flush(self) -> None:
             # ipykernel hands every flush (four per request) to the IOPub thread and waits for it.
             # Taking the written text here and queueing its message is enough: the IOPub thread
             # sends in queue order, so the output still goes out before the idle status queued
-            # after it, and nothing waits. With nothing written there is nothing to do.
-            with self._buffer_lock:
-                written = any(buffer.tell() for buffer in self._buffers.values())
-            if written or self._flush_pending:
-                self._flush()
+            # after it, and nothing waits. With nothing written there is nothing to do. The lock
+            # covers a timed flush the IOPub thread may be in: it has taken text but not yet
+            # queued it, and the idle status must not be queued first.
+            with self._flushing:
+                with self._buffer_lock:
+                    written = any(buffer.tell() for buffer in self._buffers.values())
+                if written or self._flush_pending:
+                    super()._flush()
 
     return SandboxOutStream
 
