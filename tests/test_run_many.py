@@ -156,3 +156,36 @@ def test_a_pool_starts_no_more_kernels_than_its_total(monkeypatch):
             for sandbox in taken:
                 sandbox.close()
     assert all(s._starting is None for s in started)
+
+
+def test_a_pool_starts_replacements_once_the_acquired_kernels_are_up(monkeypatch):
+    """Runs acquiring at once (a batch's first wave) get their kernels started alone: the
+    replacements, which would compete with them for the CPU, start when those are up."""
+    from agent_kernel.sandbox import SandboxPool
+
+    events: list[str] = []
+    real_start = AsyncSandbox.start
+
+    async def recording_start(self):
+        events.append("start")
+        try:
+            return await real_start(self)
+        finally:
+            events.append("ready")
+
+    monkeypatch.setattr(AsyncSandbox, "start", recording_start)
+
+    async def first_wave() -> None:
+        pool = SandboxPool(3)
+        taken = await asyncio.gather(*(pool.aacquire() for _ in range(3)))
+        try:
+            await asyncio.gather(*pool._ready)  # the replacements
+        finally:
+            await pool.aclose()
+            for sandbox in taken:
+                await sandbox.close()
+
+    asyncio.run(first_wave())
+    assert events.count("start") == 6
+    assert events[:3] == ["start"] * 3  # the wave's own three kernels, started together
+    assert events.index("ready") < [i for i, e in enumerate(events) if e == "start"][3]  # replacements after

@@ -44,13 +44,20 @@ class SandboxPool:
         await asyncio.gather(*self._ready)
 
     async def aacquire(self) -> AsyncSandbox:
-        """A ready sandbox, yours to close; a replacement starts in the background."""
-        self._fill()
+        """A ready sandbox, yours to close; a replacement starts in the background.
+
+        The replacement starts once this sandbox is up, not before: when many runs acquire at once
+        (run_many's first wave), their kernels start without replacements competing for the CPU.
+        """
+        if not self._ready:
+            self._fill()
         if not self._ready:
             raise SandboxError(f"the pool has handed out all {self.total} sandboxes it may start (total={self.total})")
         task = self._ready.popleft()
-        self._fill()
-        return await task
+        try:
+            return await task
+        finally:
+            self._fill()
 
     async def aclose(self) -> None:
         tasks, self._ready = list(self._ready), deque()
