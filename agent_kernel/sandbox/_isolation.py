@@ -398,7 +398,7 @@ def _switch_user(uid: int, writable: list[str], read_paths: list[str]) -> str:
     reachable by that uid; a pyenv under /root (0700) is not, and then the kernel stays uid 0
     with no capabilities.
     """
-    unreachable = [p for p in _python_paths() + read_paths if not _world_reachable(p)]
+    unreachable = [p for p in [*_python_paths(), *read_paths] if not _world_reachable(p)]
     unreachable += [
         p for p in writable if not _world_reachable(os.path.dirname(p), read=False)
     ]
@@ -502,11 +502,13 @@ def _landlock_abi() -> int:
     return abi
 
 
-def _python_paths() -> list[str]:
+@functools.cache
+def _python_paths() -> tuple[str, ...]:
     """Where this interpreter loads code from: prefixes, stdlib, site-packages, editable sources.
 
     sys.path is deliberately not copied wholesale: with `python -m` it starts with the launch
-    directory, which may be the analyst's notebook folder.
+    directory, which may be the analyst's notebook folder. Cached: the same in every kernel a
+    zygote forks, which computes it once (`prepare_isolation`).
     """
     import agent_kernel
 
@@ -523,7 +525,12 @@ def _python_paths() -> list[str]:
     )
     paths.add(os.path.dirname(agent_kernel.__file__))
     paths.add(os.path.dirname(os.path.realpath(sys.executable)))
-    return sorted(os.path.realpath(p) for p in paths if p and os.path.exists(p))
+    return tuple(sorted(os.path.realpath(p) for p in paths if p and os.path.exists(p)))
+
+
+def prepare_isolation() -> None:
+    """What a zygote works out once for all the kernels it forks."""
+    _python_paths()
 
 
 class _Ruleset:

@@ -147,6 +147,9 @@ def prepare() -> None:
     (~3 ms: the compiled regular expressions of IPython's input transformers and of the tokenizer)."""
     from IPython.core.inputtransformer2 import TransformerManager
 
+    from ._isolation import prepare_isolation
+
+    prepare_isolation()
     _kernel_app_class().instance()
     _out_stream_class()
     TransformerManager().transform_cell("total = sum(i * i for i in range(3))\nprint(total)\n")
