@@ -383,7 +383,7 @@ class AsyncSandbox:
             keep_workdir=keep_workdir, gateway=gateway or os.environ.get("JUPYTER_GATEWAY_URL") or None, token=token,
         )
         _parse_size(memory)  # fail now on a bad size, not in the kernel
-        _parse_size(disk, "disk")
+        self._disk_cap = _parse_size(disk, "disk")
         self.isolation = Isolation()
         self._backend = _backend_for(self.options)
         self._root: Path | None = None
@@ -413,9 +413,8 @@ class AsyncSandbox:
         self._root = await asyncio.to_thread(_make_root)
         transfer_dir = self._root / "transfer"
         self._transfer = Transfer(transfer_dir, inline=self._backend.inline)
-        cap = _parse_size(self.options.disk, "disk")
-        if cap is not None and not self._backend.inline:  # a gateway's kernel keeps its files over there
-            self._disk = DiskWatch(self._root, cap)
+        if self._disk_cap is not None and not self._backend.inline:  # a gateway's kernel keeps its files there
+            self._disk = DiskWatch(self._root, self._disk_cap)
         try:
             await self._backend.start(self._root, self.options)
             await self._connect()
@@ -496,21 +495,20 @@ class AsyncSandbox:
         if outcome == "done" and self._disk is not None and (over := await self._disk.after(started)):
             outputs.error = _with_notice(outputs.error, f"{over}. {_FREE_SPACE}")
         elif outcome not in ("done", "dead"):
-            name, why = (
-                ("TimeoutError", f"the code ran longer than {limit:g} s and")
-                if outcome == "timeout" else ("DiskLimitError", f"{outcome}, and the code")
+            name, why, advice = (
+                ("TimeoutError", f"the code ran longer than {limit:g} s and", "")
+                if outcome == "timeout" else ("DiskLimitError", f"{outcome}, and the code", f". {_FREE_SPACE}")
             )
             await self._backend.interrupt()
             outcome, reply = await self._collect(msg_id, outputs, time.perf_counter() + _INTERRUPT_GRACE)
             if outcome == "done":
-                outputs.error = ExecutionError(name, f"{why} was interrupted; variables are kept")
+                outputs.error = ExecutionError(name, f"{why} was interrupted; variables are kept{advice}")
             else:
                 outputs.error = ExecutionError(
-                    name, f"{why} did not stop when interrupted; the sandbox was restarted and its variables were lost"
+                    name,
+                    f"{why} did not stop when interrupted; the sandbox was restarted and its variables were lost{advice}",
                 )
                 execution.restarted = True
-            if name == "DiskLimitError":
-                outputs.error.value += f". {_FREE_SPACE}"
         if outcome == "dead":
             status = await self._backend.exit_status()
             outputs.error = ExecutionError(
