@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from . import _aio
+from . import _aio, _gc
 from .memory import ToolCall, Usage
 
 DEFAULT_MODEL = "openai/gpt-4o-mini"  # used when no model is given and AGENT_KERNEL_MODEL is unset
@@ -104,6 +104,7 @@ def _litellm() -> Any:
         litellm.suppress_debug_info = True
         litellm.set_verbose = False
         _litellm_module = litellm
+        _gc.set_aside_new_imports()
     return _litellm_module
 
 

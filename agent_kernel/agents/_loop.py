@@ -18,7 +18,7 @@ import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, ClassVar, Literal, overload
 
-from .. import _aio
+from .. import _aio, _gc
 from .. import review as _review
 from ..memory import (
     ActionStep,
@@ -387,7 +387,8 @@ class MultiStepAgent:
         self._caller = caller
         self._task_loop = asyncio.get_running_loop()
         self._task = asyncio.ensure_future(self._execute(task, dict(variables or {}), reset, sink))
-        return await self._task
+        with _gc.runs_in_progress():
+            return await self._task
 
     async def _execute(self, task: str, variables: dict[str, Any], reset: bool, sink: Sink | None) -> Run:
         # Once per run (tools and instructions are fixed now), inside the task so that an interrupt

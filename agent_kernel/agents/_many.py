@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from .. import _aio
+from .. import _aio, _gc
 from ..memory import Run
 from ..sandbox._pool import SandboxPool
 from ._loop import MultiStepAgent, _model_name
@@ -67,7 +67,8 @@ class _Batch:
         pool = _pool_for(self.agent, self.concurrency, len(self.items))
         slots = asyncio.Semaphore(self.concurrency)
         try:
-            await asyncio.gather(*(self._one(index, pool, slots) for index in range(len(self.items))))
+            with _gc.runs_in_progress():  # held across the batch: no unfreeze between two tasks
+                await asyncio.gather(*(self._one(index, pool, slots) for index in range(len(self.items))))
         finally:
             if pool is not None:
                 await pool.aclose()
