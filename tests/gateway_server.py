@@ -51,7 +51,7 @@ class GatewayServer:
         command = [
             sys.executable, "-m", "kernel_gateway",
             "--KernelGatewayApp.ip=127.0.0.1", f"--KernelGatewayApp.port={port}", "--KernelGatewayApp.port_retries=0",
-            f"--MappingKernelManager.kernel_manager_class={_SERVER}.SandboxKernelManager",
+            f"--KernelGatewayApp.kernel_manager_class={_SERVER}.SandboxMappingKernelManager",
             f"--KernelGatewayApp.kernel_websocket_connection_class={_SERVER}.SandboxWebsocketConnection",
             "--KernelSpecManager.allowed_kernelspecs=agent-sandbox",
             "--KernelGatewayApp.force_kernel_name=agent-sandbox",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -116,6 +118,23 @@ def test_kernels_are_deleted_on_close(gateway):
     assert {k["id"] for k in gateway.kernels()} == before
 
 
+def test_the_gateway_tracks_each_kernels_activity(gateway):
+    """Idle culling and `last_activity` rest on this (SandboxMappingKernelManager's lighter tracking)."""
+    with Sandbox(gateway=gateway.url, token=gateway.token, imports=["time"]) as sandbox:
+        path = f"/api/kernels/{sandbox.as_async()._backend.kernel_id}"
+        assert gateway.get(path)["execution_state"] == "idle"
+        before = gateway.get(path)["last_activity"]
+        running = threading.Thread(target=sandbox.execute, args=("import time\ntime.sleep(1.5)",))
+        running.start()
+        deadline = time.monotonic() + 1.2
+        while gateway.get(path)["execution_state"] != "busy" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gateway.get(path)["execution_state"] == "busy"
+        running.join()
+        after = gateway.get(path)
+        assert after["execution_state"] == "idle" and after["last_activity"] > before
+
+
 def test_a_wrong_token_says_what_to_set(gateway):
     with pytest.raises(SandboxError, match="JUPYTER_GATEWAY_AUTH_TOKEN"):
         Sandbox(gateway=gateway.url, token="wrong")
@@ -188,7 +207,7 @@ def test_the_launcher_refuses_a_runtime_folder_shared_with_other_kernels(tmp_pat
     own.write_text("{}")
     _require_private(str(tmp_path), str(own))  # alone: fine
     (tmp_path / "kernel-2.json").write_text("{}")
-    with pytest.raises(SystemExit, match="SandboxKernelManager"):
+    with pytest.raises(SystemExit, match="SandboxMappingKernelManager"):
         _require_private(str(tmp_path), str(own))
 
 

@@ -116,6 +116,24 @@ def test_a_dead_kernel_is_reported_and_replaced():
         assert fragile.execute("lost").error.name == "NameError"
 
 
+_PLOT = """\
+import matplotlib.pyplot as plt
+fig, ax = plt.subplots()
+ax.plot([1, 2, 3]); ax.plot([3, 2, 1])
+ax.set_title("Sales"); ax.set_xlabel("month")
+plt.show()
+"""
+
+
+def test_a_figure_says_what_it_shows_in_its_text_also_after_a_restart():
+    with Sandbox(imports=["os", "signal"]) as sandbox:
+        for _ in range(2):
+            [display] = [o for o in sandbox.execute(_PLOT).outputs if o["output_type"] == "display_data"]
+            assert display["data"]["text/plain"] == "Figure (axes 1: title 'Sales', x 'month', 2 series)"
+            assert "image/png" in display["data"]
+            assert sandbox.execute("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)").restarted
+
+
 def test_host_functions_run_in_the_host_with_values_crossing(sb):
     calls = []
 

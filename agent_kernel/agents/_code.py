@@ -10,7 +10,6 @@ import inspect
 import os
 import re
 import struct
-import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
@@ -29,28 +28,6 @@ _TRACEBACK_LINES = 30
 MAX_IMAGES = 3  # figures of one step sent to a model that can see: the last few
 IMAGE_MAX_SIDE = 768  # pixels; larger figures are scaled down (cheaper, and enough to read a plot)
 _MAX_DECODE_PIXELS = 40_000_000  # a PNG claiming more is not decoded at all (decompression bombs)
-
-# Run once in each sandbox kernel: a matplotlib figure's text/plain describes it (title, axis labels,
-# series per axes), which is all a text-only model learns of a plot. No import is needed: IPython
-# resolves the type by name when a figure is displayed.
-_FIGURE_DESCRIBER = """\
-def _agent_kernel_setup():
-    def describe(fig):
-        parts = []
-        suptitle = getattr(fig, "_suptitle", None)
-        if suptitle is not None and suptitle.get_text():
-            parts.append(f"title {suptitle.get_text()!r}")
-        for n, ax in enumerate(fig.axes, 1):
-            bits = [f"{label} {text!r}" for label, text in
-                    (("title", ax.get_title()), ("x", ax.get_xlabel()), ("y", ax.get_ylabel())) if text]
-            bits.append(f"{len(ax.lines) + len(ax.collections) + len(ax.containers)} series")
-            parts.append(f"axes {n}: " + ", ".join(bits))
-        return {"text/plain": "Figure (" + "; ".join(parts or ["empty"]) + ")"}
-    # The mime-bundle formatter: configuring the inline backend drops the per-type ones for Figure.
-    get_ipython().display_formatter.mimebundle_formatter.for_type_by_name("matplotlib.figure", "Figure", describe)
-_agent_kernel_setup()
-del _agent_kernel_setup
-"""
 
 
 def extract_code(text: str) -> tuple[str | None, str]:
@@ -147,7 +124,6 @@ class CodeAgent(MultiStepAgent):
         self._registered: set[str] = set()
         self._calls: list[ToolCall] = []  # where tool calls from the running action are recorded
         self._vision = vision  # None: ask litellm whether the model takes images
-        self._described: Any = None  # the sandbox whose figures describe themselves
 
     @property
     def vision(self) -> bool:
@@ -184,8 +160,6 @@ class CodeAgent(MultiStepAgent):
 
             self._sandbox = AsyncSandbox(imports=self.imports, **self._sandbox_options)
         await self._sandbox.start()
-        if self._described is not self._sandbox:
-            await self._describe_figures()
         for name, t in self.tools.items():
             if name not in self._registered:
                 await self._sandbox.register_function(name, self._recorded(t), doc=t.description)
@@ -209,8 +183,6 @@ class CodeAgent(MultiStepAgent):
         self._calls = step.tool_calls
         execution = await self._sandbox.execute(step.code)
         step.execution = execution
-        if execution.restarted:  # a fresh kernel: its figures need the describer again
-            await self._describe_figures()
         if execution.error is not None:
             step.error = f"{execution.error.name}: {execution.error.value}"
         observation = render_observation(execution)
@@ -220,12 +192,6 @@ class CodeAgent(MultiStepAgent):
         if self.vision:
             step.images = figures_for_model(execution)
         return execution.final_answer if execution.has_final_answer else NO_ANSWER
-
-    async def _describe_figures(self) -> None:
-        described = await self._sandbox.execute(_FIGURE_DESCRIBER)
-        if described.error is not None:  # not fatal: plots are then noted by size only
-            warnings.warn(f"could not set up figure descriptions in the sandbox: {described.error}", stacklevel=2)
-        self._described = self._sandbox
 
     def _apply_edit(self, step: ActionStep, text: str) -> None:
         step.code = text
@@ -354,7 +320,7 @@ def _display_note(data: dict[str, Any]) -> str:
     if images:
         mime = images[0]
         size = _png_size(data[mime]) if mime == "image/png" else None
-        described = f" {text.strip()}" if text.startswith("Figure (") else ""  # see _FIGURE_DESCRIBER
+        described = f" {text.strip()}" if text.startswith("Figure (") else ""  # see _kernel_side._describe_figures
         return f"[displayed {mime}{f' {size[0]}x{size[1]}' if size else ''}{described}]"
     if text:
         return text.rstrip("\n")

@@ -1,7 +1,7 @@
 """Runs inside a Jupyter Kernel Gateway that hosts sandbox kernels; named in the gateway's config:
 
     jupyter kernelgateway \\
-        --MappingKernelManager.kernel_manager_class=agent_kernel.sandbox._gateway_server.SandboxKernelManager \\
+        --KernelGatewayApp.kernel_manager_class=agent_kernel.sandbox._gateway_server.SandboxMappingKernelManager \\
         --KernelGatewayApp.kernel_websocket_connection_class=agent_kernel.sandbox._gateway_server.SandboxWebsocketConnection
 
 A stock gateway writes every kernel's connection file (its HMAC key) into one shared runtime
@@ -13,6 +13,10 @@ when the kernel is deleted. The settings a client sends are checked against the 
 (no network, no host folders, a memory cap, unless configured otherwise); folders are never the
 client's to choose. And the websocket sends each kernel message at once: with Nagle's
 algorithm on, every message after the first of an execution waited for a delayed ACK (~40 ms).
+
+The gateway's own work per kernel message is kept small: its activity tracking reads the two
+fields it needs instead of checking and fully decoding every IOPub message, and its debug log calls
+(one per message) no longer build records its handlers then drop.
 
 Kernels start through the kernelspec's provisioner (forked from the zygote, see _zygote.py) like
 local ones, and a deleted or restarted kernel is killed rather than asked to exit: a sandbox
@@ -28,16 +32,62 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from jupyter_client.session import DELIM
+from jupyter_server._tz import utcnow
 from jupyter_server.services.kernels.connection.channels import (
     ZMQChannelsWebsocketConnection,
 )
-from kernel_gateway.services.kernels.manager import KernelGatewayIOLoopKernelManager
+from kernel_gateway.services.kernels.manager import KernelGatewayIOLoopKernelManager, SeedingMappingKernelManager
 from tornado.web import HTTPError
 from traitlets import Bool, Integer, default
 
 from ._spec import CONFIG_ENV, GATEWAY_CONFIG_ENV
 
 _HOST_CHOSEN = ("workdir", "runtime_dir", "transfer_dir")  # paths on this machine: the launcher picks them
+
+
+class SandboxMappingKernelManager(SeedingMappingKernelManager):
+    """The gateway's kernel manager: SandboxKernelManager for each kernel, cheaper activity tracking."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # traitlets leaves the application's logger at DEBUG and filters in its handlers: each
+        # debug call (one per kernel message) built a record for nothing.
+        log = self.log
+        levels = [handler.level for handler in getattr(log, "handlers", ())]
+        if levels and all(levels) and not log.propagate:
+            log.setLevel(min(levels))
+
+    def _kernel_manager_class_default(self) -> str:
+        return f"{__name__}.SandboxKernelManager"
+
+    def start_watching_activity(self, kernel_id: str) -> None:
+        """jupyter_server's activity tracking, reading only the message type, its parent's type and
+        a status's state: it checked the signature of and decoded (dates included) every IOPub
+        message. Nothing here is acted on but the kernel's activity, which the kernel could claim anyway."""
+        kernel = self._kernels[kernel_id]
+        kernel.reason = ""
+        kernel.last_activity = utcnow()
+        kernel._activity_stream = kernel.connect_iopub()
+        tracked = self.track_message_type
+
+        def record_activity(frames: list[bytes]) -> None:
+            try:
+                header = frames.index(DELIM) + 2  # after the identities, the delimiter and the signature
+                msg_type = json.loads(frames[header])["msg_type"]
+                parent_type = json.loads(frames[header + 1]).get("msg_type")
+                state = json.loads(frames[header + 3])["execution_state"] if msg_type == "status" else None
+            except (ValueError, KeyError, TypeError, IndexError):
+                return  # not a Jupyter message: no activity of a kernel
+            if tracked(msg_type) or tracked(parent_type) or kernel.execution_state == "busy":
+                self.last_kernel_activity = kernel.last_activity = utcnow()
+            if state is not None:
+                if tracked(parent_type):
+                    kernel.execution_state = state
+                elif kernel.execution_state == "starting" and state != "starting":
+                    kernel.execution_state = "idle"  # as jupyter_server: untracked replies after the start mean idle
+
+        kernel._activity_stream.on_recv(record_activity)
 
 
 class SandboxKernelManager(KernelGatewayIOLoopKernelManager):

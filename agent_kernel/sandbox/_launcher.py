@@ -319,8 +319,8 @@ def _require_private(runtime_dir: str, connection_file: str) -> None:
         raise SystemExit(
             f"agent-sandbox: refusing to start, the connection file's folder {runtime_dir} is shared with other "
             f"kernels ({len(others)} other connection files) and sandbox code could read their keys. Run the "
-            "gateway with --MappingKernelManager.kernel_manager_class="
-            "agent_kernel.sandbox._gateway_server.SandboxKernelManager (see docs/gateway.md)."
+            "gateway with --KernelGatewayApp.kernel_manager_class="
+            "agent_kernel.sandbox._gateway_server.SandboxMappingKernelManager (see docs/gateway.md)."
         )
 
 
