@@ -176,7 +176,7 @@ def test_a_pool_starts_replacements_once_the_acquired_kernels_are_up(monkeypatch
     monkeypatch.setattr(AsyncSandbox, "start", recording_start)
 
     async def first_wave() -> None:
-        pool = SandboxPool(3)
+        pool = SandboxPool(3, starts_at_once=3)
         taken = await asyncio.gather(*(pool.aacquire() for _ in range(3)))
         try:
             await asyncio.gather(*pool._ready)  # the replacements
@@ -189,3 +189,36 @@ def test_a_pool_starts_replacements_once_the_acquired_kernels_are_up(monkeypatch
     assert events.count("start") == 6
     assert events[:3] == ["start"] * 3  # the wave's own three kernels, started together
     assert events.index("ready") < [i for i, e in enumerate(events) if e == "start"][3]  # replacements after
+
+
+def test_kernels_starting_on_this_machine_start_as_many_at_once_as_it_has_cores(monkeypatch):
+    """A start is mostly CPU: more at once than cores only makes each of them later."""
+    from agent_kernel.sandbox import SandboxPool
+
+    starting = most = 0
+    real_start = AsyncSandbox.start
+
+    async def counting_start(self):
+        nonlocal starting, most
+        starting += 1
+        most = max(most, starting)
+        try:
+            return await real_start(self)
+        finally:
+            starting -= 1
+
+    monkeypatch.setattr(AsyncSandbox, "start", counting_start)
+    monkeypatch.delenv("JUPYTER_GATEWAY_URL", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    pool = SandboxPool(4, total=4)
+    assert pool.starts_at_once == 2
+    with pool:
+        taken = [pool.acquire() for _ in range(4)]
+        for sandbox in taken:
+            sandbox.close()
+    assert most == 2
+    assert SandboxPool(4, gateway="http://127.0.0.1:8888").starts_at_once == 2  # its kernels start here too
+    assert SandboxPool(4, gateway="https://gw.example.org").starts_at_once == 4  # elsewhere: waiting, not CPU
+    assert SandboxPool(4, starts_at_once=1).starts_at_once == 1
+    with pytest.raises(ValueError, match="starts_at_once=0"):
+        SandboxPool(4, starts_at_once=0)

@@ -7,8 +7,11 @@ files or state left by an earlier one.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import os
 from collections import deque
 from typing import Any
+from urllib.parse import urlsplit
 
 from .. import _aio
 from ._client import AsyncSandbox, Sandbox, SandboxError
@@ -19,16 +22,25 @@ class SandboxPool:
 
     `total`: start no more than this many kernels over the pool's life (a batch of n tasks needs
     n, and no kernel should start only to be closed unused); None: no limit.
+    `starts_at_once`: kernels starting at the same time; None: as many as this machine has cores
+    when the kernels start on it (locally, or on a gateway at a loopback address), else no limit.
+    A start here is mostly CPU: eight at once on two cores made each of them, and every run in
+    progress, wait for all eight; a remote gateway's starts are mostly waiting.
     """
 
-    def __init__(self, size: int = 1, *, total: int | None = None, **options: Any) -> None:
+    def __init__(self, size: int = 1, *, total: int | None = None, starts_at_once: int | None = None,
+                 **options: Any) -> None:
         if size < 1:
             raise ValueError("a pool needs size >= 1")
         if total is not None and total < 0:
             raise ValueError(f"total={total} is not a number of kernels to start; pass None for no limit")
+        if starts_at_once is not None and starts_at_once < 1:
+            raise ValueError(f"starts_at_once={starts_at_once} must be at least 1, or None for the default")
         self.size = size
         self.total = total
         self.options = options
+        self.starts_at_once = starts_at_once or _cores_if_here(options) or size
+        self._starting = asyncio.Semaphore(self.starts_at_once)
         self._left = total
         self._ready: deque[asyncio.Task[AsyncSandbox]] = deque()
 
@@ -36,7 +48,11 @@ class SandboxPool:
         while len(self._ready) < self.size and self._left != 0:
             if self._left is not None:
                 self._left -= 1
-            self._ready.append(asyncio.ensure_future(AsyncSandbox(**self.options).start()))
+            self._ready.append(asyncio.ensure_future(self._start_one()))
+
+    async def _start_one(self) -> AsyncSandbox:
+        async with self._starting:
+            return await AsyncSandbox(**self.options).start()
 
     async def astart(self) -> None:
         """Start the pool's kernels and wait until they are ready."""
@@ -81,3 +97,17 @@ class SandboxPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _cores_if_here(options: dict[str, Any]) -> int | None:
+    """This machine's cores when the kernels would start on it; None for a remote gateway."""
+    gateway = options.get("gateway") or os.environ.get("JUPYTER_GATEWAY_URL")
+    if gateway:
+        host = urlsplit(gateway).hostname or ""
+        try:
+            here = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:  # a name other than localhost: another machine, as far as we can tell
+            here = False
+        if not here:
+            return None
+    return os.cpu_count() or 1
