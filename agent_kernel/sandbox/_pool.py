@@ -7,11 +7,9 @@ files or state left by an earlier one.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 from collections import deque
 from typing import Any
-from urllib.parse import urlsplit
 
 from .. import _aio
 from ._client import AsyncSandbox, Sandbox, SandboxError
@@ -23,9 +21,10 @@ class SandboxPool:
     `total`: start no more than this many kernels over the pool's life (a batch of n tasks needs
     n, and no kernel should start only to be closed unused); None: no limit.
     `starts_at_once`: kernels starting at the same time; None: as many as this machine has cores
-    when the kernels start on it (locally, or on a gateway at a loopback address), else no limit.
-    A start here is mostly CPU: eight at once on two cores made each of them, and every run in
-    progress, wait for all eight; a remote gateway's starts are mostly waiting.
+    for local kernels, no limit on a gateway. A local start is mostly CPU (the zygote's fork and
+    ipykernel's set-up): eight at once on two cores made each of them, and every run in progress,
+    wait for all eight. A gateway start is mostly round trips (REST, the websocket, the kernel's
+    first answers), and the gateway's machine is another one.
     """
 
     def __init__(self, size: int = 1, *, total: int | None = None, starts_at_once: int | None = None,
@@ -39,7 +38,7 @@ class SandboxPool:
         self.size = size
         self.total = total
         self.options = options
-        self.starts_at_once = starts_at_once or _cores_if_here(options) or size
+        self.starts_at_once = starts_at_once or _local_cores(options) or size
         self._starting = asyncio.Semaphore(self.starts_at_once)
         self._left = total
         self._ready: deque[asyncio.Task[AsyncSandbox]] = deque()
@@ -99,15 +98,8 @@ class SandboxPool:
         self.close()
 
 
-def _cores_if_here(options: dict[str, Any]) -> int | None:
-    """This machine's cores when the kernels would start on it; None for a remote gateway."""
-    gateway = options.get("gateway") or os.environ.get("JUPYTER_GATEWAY_URL")
-    if gateway:
-        host = urlsplit(gateway).hostname or ""
-        try:
-            here = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:  # a name other than localhost: another machine, as far as we can tell
-            here = False
-        if not here:
-            return None
+def _local_cores(options: dict[str, Any]) -> int | None:
+    """This machine's cores for local kernels; None for a gateway's."""
+    if options.get("gateway") or os.environ.get("JUPYTER_GATEWAY_URL"):
+        return None
     return os.cpu_count() or 1
