@@ -6,7 +6,8 @@
 The model is the scripted OpenAI-compatible server (tests/scripted_server.py) reached through
 litellm's real HTTP client; every reply comes after `--delay` seconds. A task is two steps: code
 that computes and prints, then code that calls final_answer; so one task is two model calls, two
-executions and one fresh sandbox (every task gets its own kernel from the pool, as in real use).
+executions and one fresh sandbox (every task gets its own kernel from the pool, as in real use;
+local kernels start as many at once as this machine has cores, a gateway's all at once).
 
 A third row runs the same batch with a ToolCallingAgent (a tool call, then final_answer: two model
 calls, no sandbox), which measures the scheduling of concurrent runs and model calls alone.
