@@ -7,7 +7,6 @@ import base64
 import binascii
 import dataclasses
 import inspect
-import os
 import re
 import struct
 from collections.abc import Awaitable, Callable, Iterable
@@ -16,6 +15,7 @@ from typing import Any, ClassVar
 from ..display import image_base64
 from ..memory import ActionStep, ToolCall
 from ..sandbox._records import Execution
+from ..sandbox._spec import gateway_url
 from ..tools import Tool
 from . import _prompts
 from ._loop import NO_ANSWER, Message, MultiStepAgent, truncate
@@ -277,7 +277,7 @@ def _check_executor(name: str, sandbox_options: dict[str, Any]) -> None:
             raise ValueError("gateway=... runs the sandbox on a gateway: drop executor_type='local' or use 'gateway'")
         return
     if name == "gateway":
-        if not (sandbox_options.get("gateway") or os.environ.get("JUPYTER_GATEWAY_URL")):
+        if not gateway_url(sandbox_options.get("gateway")):
             raise ValueError("executor_type='gateway' needs the gateway's URL: pass gateway='http://host:8888' "
                              "(and token=...) or set JUPYTER_GATEWAY_URL (and JUPYTER_GATEWAY_AUTH_TOKEN)")
         return

@@ -35,7 +35,7 @@ from . import _codec, _disk
 from ._disk import DiskWatch
 from ._kernel_side import CALL_MARKER, CUT_MARK, FINAL_ANSWER_PAYLOAD, HANDLE, HeadTail
 from ._records import Execution, ExecutionError, Isolation
-from ._spec import CONFIG_ENV, KERNEL_NAME, kernel_spec
+from ._spec import CONFIG_ENV, KERNEL_NAME, gateway_url, kernel_spec
 from ._transfer import Transfer
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -380,7 +380,7 @@ class AsyncSandbox:
         self.options = SandboxOptions(
             imports=tuple(imports), timeout=timeout, memory=memory, disk=disk, network=network,
             read_paths=tuple(str(p) for p in read_paths), strict=strict, max_output=max_output,
-            keep_workdir=keep_workdir, gateway=gateway or os.environ.get("JUPYTER_GATEWAY_URL") or None, token=token,
+            keep_workdir=keep_workdir, gateway=gateway_url(gateway), token=token,
         )
         _parse_size(memory)  # fail now on a bad size, not in the kernel
         self._disk_cap = _parse_size(disk, "disk")

@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import _aio
 from ._client import AsyncSandbox, Sandbox, SandboxError
+from ._spec import gateway_url
 
 
 class SandboxPool:
@@ -100,6 +101,6 @@ class SandboxPool:
 
 def _local_cores(options: dict[str, Any]) -> int | None:
     """This machine's cores for local kernels; None for a gateway's."""
-    if options.get("gateway") or os.environ.get("JUPYTER_GATEWAY_URL"):
+    if gateway_url(options.get("gateway")):
         return None
     return os.cpu_count() or 1

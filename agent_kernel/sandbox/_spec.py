@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 CONFIG_ENV = "AGENT_KERNEL_SANDBOX"
 GATEWAY_CONFIG_ENV = "KERNEL_AGENT_SANDBOX"  # a gateway forwards only KERNEL_* variables from its clients
 LAUNCH_ENV = "AGENT_KERNEL_SANDBOX_LAUNCH"  # why a kernel was started by exec rather than by the zygote
+GATEWAY_URL_ENV = "JUPYTER_GATEWAY_URL"  # jupyter_server's gateway client reads the same
 KERNEL_NAME = "agent-sandbox"
 PROVISIONER_NAME = "agent-sandbox-provisioner"  # entry point in jupyter_client.kernel_provisioners
 
@@ -26,3 +28,8 @@ def kernel_spec(python: str | None = None) -> dict[str, Any]:
         "interrupt_mode": "signal",
         "metadata": {"debugger": False, "kernel_provisioner": {"provisioner_name": PROVISIONER_NAME, "config": {}}},
     }
+
+
+def gateway_url(given: str | None) -> str | None:
+    """The gateway sandboxes run on: the one given, else $JUPYTER_GATEWAY_URL; None: a local kernel."""
+    return given or os.environ.get(GATEWAY_URL_ENV) or None
