@@ -281,18 +281,49 @@ def _private_urls_allowed_by_env() -> bool:
 
 
 def _non_public(address: str) -> str | None:
-    """Why an address is off limits, or None for a public one."""
+    """Why an address is off limits, or None for a public one.
+
+    An IPv6 address that carries an IPv4 address (mapped, translated, compatible, NAT64, 6to4,
+    Teredo, ISATAP) reaches that IPv4 address through a relay, so the IPv4 rules apply to it too.
+    """
     ip = ipaddress.ip_address(address.split("%")[0])  # drop an IPv6 zone id
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    checks = (("a loopback address", ip.is_loopback),
+    if isinstance(ip, ipaddress.IPv6Address):
+        for v4 in _embedded_ipv4(ip):
+            if reason := _non_public_ip(v4):
+                return f"{reason} ({v4}, carried inside the IPv6 address)"
+    return _non_public_ip(ip)
+
+
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215 local-use NAT64: never globally reachable
+
+
+def _non_public_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    checks = [("a loopback address", ip.is_loopback),
               ("a link-local address (where cloud metadata lives)", ip.is_link_local),
               ("an unspecified address", ip.is_unspecified), ("a multicast address", ip.is_multicast),
-              ("a private address", ip.is_private), ("a reserved address", ip.is_reserved))
+              ("a private address", ip.is_private), ("a reserved address", ip.is_reserved)]
+    if isinstance(ip, ipaddress.IPv6Address):
+        checks += [("a site-local address", ip.is_site_local), ("a local-use NAT64 address", ip in _NAT64_LOCAL)]
     for reason, hit in checks:
         if hit:
             return reason
     return None if ip.is_global else "not a public address"
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses a transition mechanism would deliver packets for `ip` to."""
+    value = int(ip)
+    low = ipaddress.IPv4Address(value & 0xFFFF_FFFF)
+    found = [v4 for v4 in (ip.ipv4_mapped, ip.sixtofour) if v4 is not None]
+    if ip.teredo is not None:
+        found += ip.teredo  # (server, client), the client's address already un-XORed
+    compatible = value >> 32 == 0 and value > 1  # ::a.b.c.d (deprecated); :: and ::1 are IPv6's own
+    if compatible or value >> 32 == 0xFFFF_0000 or ip in _NAT64_WELL_KNOWN:  # or translated ::ffff:0:a.b.c.d, NAT64
+        found.append(low)
+    if (value >> 32) & 0xFCFF_FFFF == 0x0000_5EFE:  # ISATAP interface id ::0:5efe:a.b.c.d (u/g bits either way)
+        found.append(low)
+    return found
 
 
 @dataclass(frozen=True)
