@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import inspect
 import json
 import re
@@ -102,11 +103,34 @@ class Tool:
         if not isinstance(arguments, dict):
             problem = f"arguments must be a JSON object, got {type(arguments).__name__}"
             raise ToolArgumentError(self._argument_message([problem]))
-        validator = jsonschema.Draft202012Validator(self.parameters or _EMPTY_OBJECT)
+        validator = _validator_class()(self.parameters or _EMPTY_OBJECT)
         problems = [_describe_violation(e) for e in sorted(validator.iter_errors(arguments), key=str)]
         if problems:
             raise ToolArgumentError(self._argument_message(problems))
         return arguments
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A Python call's arguments (sandbox code calling the tool) as the schema's object, validated.
+
+        Positional arguments take the order `python_signature` shows the model; then `validate`
+        holds a CodeAgent's calls to the same schema (types, Literal values, required, no extras)
+        as a ToolCallingAgent's JSON ones.
+        """
+        names = self._parameter_names()
+        problems = []
+        if len(args) > len(names):
+            problems.append(f"takes {len(names)} positional argument(s) ({', '.join(names) or 'none'}), got {len(args)}")
+        arguments = dict(zip(names, args))
+        problems += [f"got multiple values for argument {k!r}" for k in kwargs if k in arguments]
+        if problems:
+            raise ToolArgumentError(self._argument_message(problems))
+        return self.validate({**arguments, **kwargs})
+
+    def _parameter_names(self) -> list[str]:
+        """The parameters in the order `python_signature` lists them: required first, else the schema's order."""
+        schema = self.parameters or _EMPTY_OBJECT
+        required = set(schema.get("required", ()))
+        return sorted(schema.get("properties", {}), key=lambda name: name not in required)
 
     def _argument_message(self, problems: list[str]) -> str:
         schema = json.dumps(self.parameters or _EMPTY_OBJECT, separators=(",", ":"))
@@ -126,23 +150,22 @@ class Tool:
         schema = self.parameters or _EMPTY_OBJECT
         required = set(schema.get("required", ()))
         properties: dict[str, Schema] = schema.get("properties", {})
-        params: list[tuple[bool, str]] = []  # (has a default, text)
+        params: list[str] = []
         arg_docs = []
-        for pname, pschema in properties.items():
+        for pname in self._parameter_names():  # required first, as Python demands
+            pschema = properties[pname]
             text = f"{pname}: {self._signature_types.get(pname, 'Any')}"
             if pname not in required:
                 text += f" = {pschema['default']!r}" if "default" in pschema else " = None"
-            params.append((pname not in required, text))
+            params.append(text)
             if pschema.get("description"):
                 arg_docs.append(f"{pname}: {pschema['description']}")
-        # Required parameters first, as Python demands, keeping the schema's order otherwise.
-        params.sort(key=lambda p: p[0])
         doc = self.description.strip() or self.name
         if arg_docs:
             doc += "\n\nArgs:\n" + "\n".join(textwrap.indent(a, "    ") for a in arg_docs)
         doc = textwrap.indent(doc.replace('"""', '\\"\\"\\"'), "    ")
         returns = f" -> {self.output_type}" if self.output_type else ""
-        return f'def {self.name}({", ".join(text for _, text in params)}){returns}:\n    """{doc.lstrip()}\n    """\n    ...'
+        return f'def {self.name}({", ".join(params)}){returns}:\n    """{doc.lstrip()}\n    """\n    ...'
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -255,6 +278,23 @@ def check_definition(name: str, description: str, parameters: Any, *, where: str
         jsonschema.Draft202012Validator.check_schema(parameters)
     except jsonschema.SchemaError as e:
         raise ValueError(f"tool {name!r} ({where}): parameters is not a valid JSON schema: {e.message}") from None
+
+
+@functools.cache
+def _validator_class() -> Any:
+    """JSON Schema 2020-12, where a Python call's values count as their JSON kinds too: a tuple is an
+    array, a numpy integer an integer (sandbox code passes Python objects, not parsed JSON)."""
+    import numbers
+
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine_many({
+        "array": lambda checker, value: isinstance(value, (list, tuple)),
+        "integer": lambda checker, value: (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                                           or isinstance(value, float) and value.is_integer()),
+    })
+    return jsonschema.validators.extend(base, type_checker=checker)
 
 
 def _describe_violation(error: Any) -> str:

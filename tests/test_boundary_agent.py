@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -68,3 +68,89 @@ def test_visit_webpage_refuses_a_host_resolving_to_6to4_loopback(monkeypatch: py
     with pytest.raises(URLNotAllowed, match=r"sneaky\.example \(2002:7f00:1::\) is a loopback address"):
         VisitWebpageTool()(url="http://sneaky.example/")
     assert asked == ["sneaky.example"]
+
+
+# -- tool calls from sandbox code are validated like JSON tool calls -----------------------------------
+
+_BAD_CALLS = [
+    "pick('green', 1)",                      # not one of the Literal's values
+    "pick('red', 'two')",                    # not an integer
+    "pick(count=1)",                         # a required argument missing
+    "pick('red', 1, extra=3)",               # an argument the tool does not take
+    "pick('red', 1, None, [4], 5)",         # too many positional arguments
+    "pick('red', 1, color='blue')",          # one argument twice
+    "__ak__.call('pick', ('green',), {'count': 1})",  # the stub bypassed: the host still checks
+]
+_PROBE = "\n".join([
+    "def attempt(source):",
+    "    try:",
+    "        eval(source)",
+    "        print('RAN', source)",
+    "    except Exception as exc:",
+    "        print(type(exc).__name__, '|', str(exc).splitlines()[1])",
+    *[f"attempt({call!r})" for call in _BAD_CALLS],
+    "print(pick('red', 2), pick(color='blue', count=np.int64(3), sizes=(1, 2)))",
+])
+
+
+def _pick_tool(seen: list[Any]) -> Any:
+    from agent_kernel.tools import tool
+
+    @tool
+    def pick(color: Literal["red", "blue"], count: int, note: str | None = None,
+             sizes: list[int] | None = None) -> str:
+        """Pick some balls.
+
+        Args:
+            color: the colour.
+            count: how many.
+            note: a note.
+            sizes: their sizes.
+        """
+        seen.append((color, count, sizes))
+        return f"{count} {color}"
+
+    return pick
+
+
+def _bad_call_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if not line.startswith(("2 red", "3 blue"))]
+
+
+def test_code_agent_tool_calls_are_validated_against_the_schema(scripted_server: Any) -> None:
+    from scripted_server import text
+
+    from agent_kernel.agents import CodeAgent
+    from agent_kernel.sandbox import Sandbox
+
+    seen: list[Any] = []
+    scripted_server.script([text(f"```python\nimport numpy as np\n{_PROBE}\n```"),
+                            text("```python\nfinal_answer('done')\n```")])
+    with Sandbox(imports=["*"]) as sandbox:
+        with CodeAgent(scripted_server.model(), tools=[_pick_tool(seen)], sandbox=sandbox) as agent:
+            run = agent.run("pick balls")
+            stdout = run.action_steps[0].execution.stdout
+            # outside any run, straight on the sandbox: the registered host function still checks
+            direct = sandbox.execute("pick('green', 1)")
+        assert run.state == "success", run.error
+        lines = _bad_call_lines(stdout)
+        assert len(lines) == len(_BAD_CALLS) and not any(line.startswith("RAN") for line in lines), stdout
+        assert all(line.startswith("HostFunctionError | - ") for line in lines), stdout
+        assert "'green' is not one of ['red', 'blue']" in lines[0]
+        assert "'two' is not of type 'integer'" in lines[1]
+        assert "'color' is a required property" in lines[2]
+        assert "('extra' was unexpected)" in lines[3]
+        assert "takes 4 positional argument(s) (color, count, note, sizes), got 5" in lines[4]
+        assert "multiple values for argument 'color'" in lines[5]
+        assert "'green' is not one of" in lines[6]
+        assert "2 red 3 blue" in stdout  # good calls run, numpy integers and tuples count as their JSON kinds
+        assert seen == [("red", 2, None), ("blue", 3, (1, 2))] or seen == [("red", 2, None), ("blue", 3, [1, 2])]
+        calls = run.action_steps[0].tool_calls
+        assert [c.error is None for c in calls] == [False] * len(_BAD_CALLS) + [True, True]
+        assert calls[-2].arguments == {"color": "red", "count": 2}
+        assert direct.error is not None and direct.error.name == "HostFunctionError"
+        assert "Invalid arguments for tool 'pick'" in direct.error.value
+        assert '"enum":["red","blue"]' in direct.error.value  # what fits
+    # the model read why each call was refused
+    told = scripted_server.requests[1]["messages"][-1]["content"]
+    assert "color: 'green' is not one of ['red', 'blue']" in told and "'extra' was unexpected" in told

@@ -200,17 +200,17 @@ class CodeAgent(MultiStepAgent):
         step.observation = _prompts.REVIEW_DECLINED.format(reason=reason or _prompts.NO_REASON)
 
     def _recorded(self, t: Tool) -> Callable[..., Awaitable[Any]]:
-        """The host side of a tool called from sandbox code. Each call is noted in the running step,
-        so the run shows it and an exported notebook can replay its result without the tool."""
+        """The host side of a tool called from sandbox code: its arguments bound and validated
+        (`Tool.bind`), then the call. Each call is noted in the running step, so the run shows it and
+        an exported notebook can replay its result without the tool."""
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            names = list((t.parameters or {}).get("properties", {}))
-            positional = {names[i] if i < len(names) else f"arg{i}": a for i, a in enumerate(args)}
-            record = ToolCall(t.name, {**positional, **kwargs})
+            record = ToolCall(t.name, {**{f"arg{i}": a for i, a in enumerate(args)}, **kwargs})
             self._calls.append(record)
             try:
-                record.result = await t.acall(*args, **kwargs)
-            except Exception as exc:  # the sandbox code sees it as HostFunctionError
+                record.arguments = t.bind(args, kwargs)  # the schema holds here as for JSON tool calls
+                record.result = await t.acall(**record.arguments)
+            except Exception as exc:  # the sandbox code sees it as HostFunctionError (ToolArgumentError's text)
                 record.error = f"{type(exc).__name__}: {exc}"
                 raise
             return record.result
