@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import html
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any, TextIO
 
 import nh3
 
+from ._safe import clean_text
 from .memory import (
     STOPPED_STATES,
     ActionStep,
@@ -45,8 +45,6 @@ COLLAPSE_CHARS = 3000
 MAX_TEXT_CHARS = 100_000  # one output's text beyond this is cut: a notebook must stay openable
 TEXT_SUMMARY_LINES = 12  # head/tail lines kept per output in plain text
 
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _IMAGE_MAGIC = {"image/png": _PNG_MAGIC, "image/jpeg": _JPEG_MAGIC}
@@ -87,12 +85,7 @@ _STYLE_PROPERTIES = {
 
 
 # ---------------------------------------------------------------------------------------------
-# Sanitising helpers (also used by export.py)
-
-
-def clean_text(text: str) -> str:
-    """Drop ANSI escapes and control characters (keeps newlines and tabs)."""
-    return _CONTROL.sub("", _ANSI.sub("", text))
+# Sanitising helpers (also used by export.py; the terminal-text cleaner, clean_text, is _safe's)
 
 
 def sanitize_html(fragment: str) -> str:

@@ -23,8 +23,8 @@ import nbformat
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
+from ._safe import clean_text
 from .display import (
-    clean_text,
     format_call,
     format_footer,
     provenance,
@@ -205,14 +205,14 @@ def _output(raw: Mapping[str, Any], count: int) -> NotebookNode | None:
     kind = raw.get("output_type")
     if kind == "stream":
         name = raw.get("name") if raw.get("name") in ("stdout", "stderr") else "stdout"
-        return new_output("stream", name=name, text=_text(raw.get("text", "")))
+        return new_output("stream", name=name, text=clean_text(_text(raw.get("text", ""))))
     if kind == "error":
         traceback = raw.get("traceback") or []
         return new_output(
             "error",
-            ename=str(raw.get("ename", "Error")),
-            evalue=str(raw.get("evalue", "")),
-            traceback=[str(line) for line in traceback],
+            ename=clean_text(str(raw.get("ename", "Error"))),
+            evalue=clean_text(str(raw.get("evalue", ""))),
+            traceback=[clean_text(str(line)) for line in traceback],
         )
     if kind in ("display_data", "execute_result"):
         data = safe_bundle(raw.get("data") or {})
@@ -237,7 +237,7 @@ def _tool_cell(call: ToolCall, counter: _Counter) -> NotebookNode:
     count = counter.next()
     if call.error is not None:
         code = _comment(f"{format_call(call)} failed in the agent's session.")
-        return new_code_cell(code, execution_count=count, outputs=[new_output("stream", name="stderr", text=call.error)])
+        return new_code_cell(code, execution_count=count, outputs=[new_output("stream", name="stderr", text=clean_text(call.error))])
     literal, exact = _literal(call.result)
     lines = [_comment(f"{format_call(call)} ran in the agent's session; recorded result:")]
     if not exact:
@@ -363,16 +363,17 @@ def _metadata(run: Run) -> dict[str, Any]:
         "language_info": {"name": "python"},
         "agent_kernel": {
             "run_id": run.id,
-            "task": run.task,
+            "task": clean_text(run.task),
             "agent": run.agent,
             "model": run.model,
             "state": run.state,
-            "error": run.error,
+            "error": run.error and clean_text(run.error),
             "started_at": datetime.fromtimestamp(run.started_at, timezone.utc).isoformat(),
             "duration": run.duration,
             "usage": dataclasses.asdict(run.usage),
             "steps": [
-                {"index": s.index, "duration": s.duration, "usage": dataclasses.asdict(s.usage), "error": s.error,
+                {"index": s.index, "duration": s.duration, "usage": dataclasses.asdict(s.usage),
+                 "error": s.error and clean_text(s.error),
                  "review": s.review.decision if s.review else None}
                 for s in run.action_steps
             ],

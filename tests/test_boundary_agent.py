@@ -154,3 +154,100 @@ def test_code_agent_tool_calls_are_validated_against_the_schema(scripted_server:
     # the model read why each call was refused
     told = scripted_server.requests[1]["messages"][-1]["content"]
     assert "color: 'green' is not one of ['red', 'blue']" in told and "'extra' was unexpected" in told
+
+
+# -- terminal control sequences ----------------------------------------------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from agent_kernel._safe import clean_text  # noqa: E402
+
+
+def _controls(text: str) -> list[str]:
+    """Characters a terminal acts on rather than shows: ESC, C0 but newline and tab, DEL, C1."""
+    return [c for c in text if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F]
+
+
+_PRINTABLE = st.text(st.characters(blacklist_categories=["Cc", "Cs"]) | st.sampled_from("\n\t"))
+_SEQUENCES = st.sampled_from([
+    "\x1b[31m", "\x1b[2J", "\x1b[?1049h", "\x1b[6n", "\x9b0m",                  # CSI, 7- and 8-bit
+    "\x1b]8;;https://evil.example/\x1b\\", "\x1b]8;;\x07",                    # OSC 8 hyperlinks
+    "\x1b]52;c;cm0gLXJmIH4=\x07", "\x1b]52;p;?\x1b\\", "\x9d0;title\x9c",     # OSC 52 clipboard, titles
+    "\x1bP+q544e\x1b\\", "\x90q#0;2;0;0;0\x9c",                               # DCS (termcap query, sixel)
+    "\x1b_Gf=100;AAAA\x1b\\", "\x1b^pm\x1b\\", "\x1bXsos\x1b\\",              # APC, PM, SOS
+    "\x1bc", "\x1b7", "\x1b8", "\x1b=", "\x1bM", "\x1b(B", "\x1b#8", "\x1b%G",  # single-character and nF
+    "\x00", "\x07", "\x08", "\x7f", "\x85", "\x9c",                           # bare controls
+])
+
+
+@given(st.text())
+def test_clean_text_leaves_no_terminal_control_whatever_comes_in(text: str) -> None:
+    cleaned = clean_text(text)
+    assert _controls(cleaned) == []
+    assert clean_text(cleaned) == cleaned
+
+
+@given(_PRINTABLE)
+def test_clean_text_keeps_printable_text_as_it_is(text: str) -> None:
+    assert clean_text(text) == text
+
+
+@given(st.lists(st.tuples(_PRINTABLE, _SEQUENCES)), _PRINTABLE)
+def test_clean_text_removes_whole_sequences_and_nothing_around_them(pieces: list[tuple[str, str]], tail: str) -> None:
+    """Between the sequences the text survives exactly: no parameter or payload text is left behind."""
+    text = "".join(p + s for p, s in pieces) + tail
+    assert clean_text(text) == "".join(p for p, _ in pieces) + tail
+
+
+def test_clean_text_line_endings_and_unterminated_strings() -> None:
+    assert clean_text("a\r\nb\rc") == "a\nb\nc"  # a carriage return cannot overwrite what is shown
+    # an unterminated OSC swallows at most the rest of its line, never the lines after it
+    assert clean_text("shown\x1b]8;;http://evil.example/ hidden\nstill shown") == "shown\nstill shown"
+
+
+_HOSTILE_CODE = r"""H = ('\x1b]8;;https://evil.example/\x1b\\link\x1b]8;;\x1b\\ \x1b]52;c;cm0gLXJmIH4=\x07 '
+     '\x1bP+q544e\x1b\\ \x1b_Gf=100\x1b\\ \x1b^pm\x1b\\ \x1bXsos\x1b\\ \x1bc \x9b2J \x9d0;t\x9c \r\x08 end')
+class Evil:
+    def __repr__(self):
+        return H
+evil = Evil()
+print(H)
+raise ValueError(H)"""
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for k, v in node.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(node, list):
+        return [s for item in node for s in _strings(item)]
+    return []
+
+
+def test_no_control_sequence_reaches_the_terminal_the_listing_or_an_export(tmp_path: Any) -> None:
+    """OSC 8/52, DCS, APC/PM/SOS, resets, C1: printed, raised, in a repr and in the final answer."""
+    import json
+
+    from scripted_server import ScriptedServer, text
+    from test_magics import _execute, _setup, _stdout
+
+    with ScriptedServer() as server:
+        server.script([text(f"```python\n{_HOSTILE_CODE}\n```"), text("```python\nfinal_answer(H)\n```")],
+                      key="Show the hostile text")
+        nb = _execute([_setup(server.url), "%%agent code\nShow the hostile text", "%agent sandbox",
+                       "%agent export run.ipynb",
+                       "print(_agent_run.action_steps[0].execution.error.traceback)"], tmp_path)
+    shown = [o for o in nb.cells[1].outputs if o.output_type in ("display_data", "execute_result", "stream")]
+    texts = [o.get("text") or o.data.get("text/plain", "") for o in shown]
+    assert texts and "link" in "".join(texts) and " end" in "".join(texts)
+    assert all(_controls(t) == [] for t in texts)  # the run's text render
+    listing = _stdout(nb.cells[2])
+    assert "evil: " in listing and "link" in listing and _controls(listing) == []  # %agent sandbox
+    traceback = _stdout(nb.cells[4])
+    assert "ValueError" in traceback and "link" in traceback and _controls(traceback) == []
+    exported = json.loads((tmp_path / "run.ipynb").read_text())
+    strings = _strings(exported)
+    assert any("link" in s and " end" in s for s in strings)  # the outputs are there, cleaned
+    assert [s for s in strings if _controls(s)] == []

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..models import Model
 
 from .. import _aio
+from .._safe import clean_text
 from . import _widgets
 from ._options import (
     CELL_USAGE,
@@ -255,7 +256,7 @@ class AgentMagics(Magics):
             try:
                 ns.update(_aio.run_sync(self._agents["code"].sandbox.pull(options.keep)))
             except (KeyError, RuntimeError) as exc:  # not defined there, or the sandbox is gone
-                print(f"--keep: {exc.args[0] if exc.args else exc}")
+                print(clean_text(f"--keep: {exc.args[0] if exc.args else exc}"))  # names from the sandbox
 
     def _close_agents(self, *kinds: str) -> None:
         """Stop agents (a CodeAgent owns a sandbox kernel); all of them when no kind is given."""
@@ -322,8 +323,6 @@ class AgentMagics(Magics):
                 f"{i:>3}  {r.agent:5}  {r.state:15}  {len(r.action_steps):>5}  {r.usage.total_tokens:>8,}  "
                 f"{'$' + format(r.usage.cost, '.4f'):>8}  {r.duration:>6.1f}s  {task}"
             )
-        from ..display import clean_text
-
         print(clean_text("\n".join(rows)))  # task text may carry terminal escapes
 
     def _cmd_show(self, args: list[str]) -> None:
@@ -418,7 +417,7 @@ class AgentMagics(Magics):
             return
         variables = _aio.run_sync(sandbox.variables())
         listing = "\n".join(f"  {name}: {preview}" for name, preview in variables.items()) or "  (none)"
-        print(f"{sandbox.isolation}\nvariables\n{listing}")
+        print(clean_text(f"{sandbox.isolation}\nvariables\n{listing}"))  # the sandbox's own words
 
     def _cmd_mcp(self, args: list[str]) -> None:
         from ..mcp import MCP_USAGE, MCPConnectionError, MCPServers
@@ -429,7 +428,7 @@ class AgentMagics(Magics):
         if self._mcp is None:
             self._mcp = MCPServers()
         try:
-            print(self._mcp.command(args))
+            print(clean_text(self._mcp.command(args)))  # servers name and describe their tools
         except (ValueError, MCPConnectionError) as exc:
             raise UsageError(str(exc)) from None
 

@@ -31,6 +31,7 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 
 from .. import _aio
+from .._safe import clean_text
 from . import _codec, _disk
 from ._disk import DiskWatch
 from ._kernel_side import CALL_MARKER, CUT_MARK, FINAL_ANSWER_PAYLOAD, HANDLE, HeadTail
@@ -38,7 +39,6 @@ from ._records import Execution, ExecutionError, Isolation
 from ._spec import CONFIG_ENV, KERNEL_NAME, gateway_url, kernel_spec
 from ._transfer import Transfer
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _UNSAFE_MIME = ("application/javascript", "text/javascript", "application/x-javascript")
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _OWN_FRAMES = ("File " + str(Path(__file__).parent),)  # the sandbox's own frames, noise in a traceback
@@ -126,7 +126,7 @@ class _Outputs:
                 out["execution_count"] = content.get("execution_count")
             self.items.append(out)
         elif msg_type == "error":
-            tb = [_ANSI.sub("", line) for line in content.get("traceback", [])]
+            tb = [clean_text(line) for line in content.get("traceback", [])]
             tb = [line for line in tb if not line.lstrip().startswith(_OWN_FRAMES)]
             self.items.append({"output_type": "error", "ename": content["ename"], "evalue": content["evalue"],
                                "traceback": tb})
