@@ -3,8 +3,13 @@
 Nothing runs in the notebook's own kernel. The failing cell's source, its exception with a trimmed
 traceback, and descriptions of the variables it uses go to the model; copies of those variables go
 to a sandbox, where a CodeAgent reproduces the error and tries fixes. A fix is accepted only after
-the fixed cell runs without error on fresh copies of the variables (a final-answer check); the
-analyst gets a diff and decides whether to put the fixed cell in the notebook.
+the fixed cell runs without error in a new sandbox, one the model's code never touched, on fresh
+copies of the variables (a final-answer check): in its own sandbox the model's code could have
+made anything "pass". The analyst gets a diff and decides whether to put the fixed cell in the notebook.
+
+What looks like a credential stays out of the model's prompt and of both sandboxes: variables by
+name (api_key, token, password, ...) or by value (sk-..., ghp_..., AKIA..., JWTs, long random
+strings), and such literals in the cell's source and error, which the model sees as placeholders.
 """
 
 from __future__ import annotations
@@ -12,8 +17,12 @@ from __future__ import annotations
 import ast
 import builtins
 import difflib
+import itertools
+import math
+import re
 import traceback
 import types
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,17 +61,48 @@ rewrite the whole cell."""
 class FailedCell:
     """The last cell that raised, as the model is shown it (the values stay in the notebook)."""
 
-    source: str
-    error: str  # "KeyError: 'amount'" with the cell's own frames of the traceback
-    variables: dict[str, Any] = field(default_factory=dict)  # the notebook values the cell uses
+    source: str  # as the analyst wrote it
+    error: str  # "KeyError: 'amount'" with the cell's own frames of the traceback, credentials hidden
+    variables: dict[str, Any] = field(default_factory=dict)  # the notebook values the cell uses, sent
+    withheld: list[str] = field(default_factory=list)  # the ones that look like credentials, not sent
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)  # placeholder -> the hidden text
+
+    @property
+    def shown_source(self) -> str:
+        """The source as the model reads it: credential-like literals replaced by placeholders."""
+        return self.hide(self.source)
+
+    def hide(self, text: str) -> str:
+        for placeholder, secret in self.secrets.items():
+            text = text.replace(secret, placeholder)
+        return text
+
+    def reveal(self, text: str) -> str:
+        """The model's text with the analyst's own values back where it kept the placeholders."""
+        for placeholder, secret in self.secrets.items():
+            text = text.replace(placeholder, secret)
+        return text
+
+    def withheld_note(self) -> str:
+        """What the analyst is told was kept from the model and the sandbox ("" when nothing was)."""
+        parts = [f"variable(s) {', '.join(self.withheld)}"] if self.withheld else []
+        if self.secrets:
+            parts.append(f"{len(self.secrets)} credential-like text(s) in the cell or its error, which the model "
+                         f"saw as {', '.join(self.secrets)}")
+        return f"left out because they look like credentials: {'; '.join(parts)}" if parts else ""
 
     def described(self) -> str:
-        if not self.variables:
-            return ""
         from .sandbox._codec import describe
 
         listed = "\n".join(f"- {name}: {describe(value)}" for name, value in self.variables.items())
-        return f"Variables the cell uses (already defined in your kernel as copies):\n{listed}\n"
+        text = f"Variables the cell uses (already defined in your kernel as copies):\n{listed}\n" if listed else ""
+        if self.withheld:
+            text += (f"Left out because they look like credentials (not defined in your kernel; do not ask for "
+                     f"them): {', '.join(self.withheld)}\n")
+        if self.secrets:
+            text += (f"{', '.join(self.secrets)} in the cell stand for credentials left out; keep them as they "
+                     "are in the fixed cell\n")
+        return text
 
 
 @dataclass
@@ -79,17 +119,113 @@ class Fix:
 
     @property
     def diff(self) -> str:
+        """Shown in the notebook's outputs, so with credentials hidden as the model saw them."""
         if self.fixed is None:
             return ""
-        lines = difflib.unified_diff(self.cell.source.splitlines(keepends=True),
-                                     self.fixed.splitlines(keepends=True), "failing cell", "fixed cell")
+        lines = difflib.unified_diff(self.cell.shown_source.splitlines(keepends=True),
+                                     self.cell.hide(self.fixed).splitlines(keepends=True), "failing cell", "fixed cell")
         return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
 
 
 def failed_cell(source: str, error: BaseException, namespace: dict[str, Any], transform: Any = None) -> FailedCell:
-    """The cell, its error with the traceback cut to the cell's own frames, and the values it uses."""
+    """The cell, its error with the traceback cut to the cell's own frames, and the values it uses,
+    without what looks like a credential."""
     python = transform(source) if transform is not None else source  # IPython syntax (%magics) as Python
-    return FailedCell(source=source, error=_error_text(error), variables=_used_values(python, namespace))
+    used = _used_values(python, namespace)
+    withheld = [name for name, value in used.items() if _credential_name(name) or _holds_credential(value)]
+    error = _error_text(error)
+    found = _credential_literals(python) | {used[n] for n in withheld if isinstance(used[n], str) and len(used[n]) >= 4}
+    found |= {m.group() for text in (source, error) for m in _CREDENTIAL_SHAPE.finditer(text)}
+    secrets = {f"WITHHELD_CREDENTIAL_{i}": s for i, s in enumerate(sorted(found, key=len, reverse=True), 1)}
+    cell = FailedCell(source=source, error="", variables={k: v for k, v in used.items() if k not in withheld},
+                      withheld=withheld, secrets=secrets)
+    cell.error = cell.hide(error)
+    return cell
+
+
+# -- what looks like a credential ------------------------------------------------------------------
+
+_CREDENTIAL_WORDS = frozenset({
+    "apikey", "token", "secret", "secrets", "password", "passwd", "pwd", "passphrase", "credential",
+    "credentials", "creds", "auth", "oauth", "authorization", "bearer", "cookie", "cookies", "jwt",
+    "privatekey", "secretkey", "accesskey", "authtoken", "accesstoken",
+})  # fmt: skip
+_CREDENTIAL_PARTS = ("secret", "password", "passwd", "credential", "apikey", "authtoken", "accesstoken")
+_CREDENTIAL_SHAPE = re.compile("|".join([
+    r"\bsk-[A-Za-z0-9_-]{16,}",                       # OpenAI, Anthropic (sk-ant-), many others
+    r"\b[spr]k_(?:live|test)_[A-Za-z0-9]{16,}",       # Stripe
+    r"\bgh[pousr]_[A-Za-z0-9]{30,}|\bgithub_pat_\w{30,}",  # GitHub
+    r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",                  # AWS access key ids
+    r"\bAIza[0-9A-Za-z_-]{35}",                        # Google API keys
+    r"\bxox[abposr]-[A-Za-z0-9-]{10,}",                # Slack
+    r"\bhf_[A-Za-z0-9]{30,}|\bglpat-[A-Za-z0-9_-]{20,}",  # Hugging Face, GitLab
+    r"\beyJ[\w-]{10,}\.[\w-]{10,}\.[\w-]{10,}",          # JWTs
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[^\x00]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)",
+]))
+_RANDOM_RUN = re.compile(r"[A-Za-z0-9_-]{32,}")  # a long token of key-ish characters, random-looking below
+_SCAN_CHARS = 100_000  # of one string, looked at for credentials
+_SCAN_ITEMS = 1_000  # items of a container, looked at
+
+
+def _credential_name(name: str) -> bool:
+    """api_key, OPENAI_API_KEY, hfToken, db_password, auth_header, secret, creds, ... (not `key` or `tokens`)."""
+    words = [w for w in re.split(r"[^a-z]+", re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()) if w]
+    joined = "".join(words)
+    return (any(w in _CREDENTIAL_WORDS for w in words) or any(p in joined for p in _CREDENTIAL_PARTS)
+            or (len(words) > 1 and words[-1] == "key"))
+
+
+def _credential_text(text: str) -> bool:
+    text = text[:_SCAN_CHARS]
+    return bool(_CREDENTIAL_SHAPE.search(text)) or any(_random(m.group()) for m in _RANDOM_RUN.finditer(text))
+
+
+def _random(token: str) -> bool:
+    """Mixed case and digits, and about as varied as random text (an identifier or a hash is not)."""
+    if not (any(c.isupper() for c in token) and any(c.islower() for c in token) and any(c.isdigit() for c in token)):
+        return False
+    counts = Counter(token)
+    entropy = -sum(n / len(token) * math.log2(n / len(token)) for n in counts.values())
+    return entropy >= 4.0
+
+
+def _holds_credential(value: Any, depth: int = 0) -> bool:
+    """A credential-shaped string in the value: itself, or inside a list, tuple, set or dict (whose
+    keys are names: {"Authorization": ...}). Frames and arrays are data, and are not looked into."""
+    if isinstance(value, str):
+        return _credential_text(value)
+    if isinstance(value, (bytes, bytearray)):
+        return _credential_text(bytes(value[:_SCAN_CHARS]).decode("latin-1"))
+    if depth >= 3:
+        return False
+    if isinstance(value, dict):
+        return any((isinstance(k, str) and _credential_name(k) and isinstance(v, (str, bytes)) and len(v) > 0)
+                   or _holds_credential(k, depth + 1) or _holds_credential(v, depth + 1)
+                   for k, v in itertools.islice(value.items(), _SCAN_ITEMS))
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_holds_credential(v, depth + 1) for v in itertools.islice(value, _SCAN_ITEMS))
+    return False
+
+
+def _credential_literals(source: str) -> set[str]:
+    """String literals the cell gives to a credential's name: `api_key = "..."`, `f(token="...")`,
+    `{"Authorization": "..."}`."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    found: list[Any] = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and _credential_name(t.id) for t in targets):
+                found.append(node.value)
+        elif isinstance(node, ast.keyword) and node.arg and _credential_name(node.arg):
+            found.append(node.value)
+        elif isinstance(node, ast.Dict):
+            found += [v for k, v in zip(node.keys, node.values)
+                      if isinstance(k, ast.Constant) and isinstance(k.value, str) and _credential_name(k.value)]
+    return {n.value for n in found if isinstance(n, ast.Constant) and isinstance(n.value, str) and len(n.value) >= 4}
 
 
 def _error_text(error: BaseException) -> str:
@@ -127,36 +263,42 @@ def _imports(source: str) -> list[str]:
 
 
 def fix(cell: FailedCell, model: Any, **agent_options: Any) -> Fix:
-    """Run a CodeAgent on the failure in a sandbox; the fix it gives must run cleanly there."""
+    """Run a CodeAgent on the failure in a sandbox; the fix it gives must run cleanly in another."""
     from .agents import CodeAgent
+    from .sandbox import AsyncSandbox
 
     agent = CodeAgent(model, imports=_imports(cell.source), max_steps=agent_options.pop("max_steps", None) or _MAX_STEPS,
                       **agent_options)
+    verified: set[str] = set()
 
     async def runs_cleanly(answer: Any, run: Run) -> bool:
-        """The fix, on fresh copies of the variables: it must not raise (what the agent changed is reset)."""
+        """The fix must not raise in a new sandbox on fresh copies of the variables: the agent's own
+        sandbox ran the model's code, which can make any cell pass there (a patched builtin, an input
+        transformer), and so could each earlier answer."""
         if not isinstance(answer, str) or not answer.strip():
             raise ValueError("give the complete fixed cell source as one string")
-        if cell.variables:
-            await agent.sandbox.push(**cell.variables)
-        checked = await agent.sandbox.execute(answer)
+        async with AsyncSandbox(**agent._pool_options()) as fresh:
+            if cell.variables:
+                await fresh.push(**cell.variables)
+            checked = await fresh.execute(answer)
         if checked.error is not None:
             raise ValueError(f"the fixed cell still fails on fresh copies of the variables: "
                              f"{checked.error.name}: {checked.error.value}")
+        verified.add(answer)
         return True
 
     agent.final_answer_checks.append(runs_cleanly)
-    task = FIX_TASK.format(variables=cell.described(), source=cell.source, error=cell.error)
+    task = FIX_TASK.format(variables=cell.described(), source=cell.shown_source, error=cell.error)
     with agent:
         run = agent.run(task, variables=cell.variables)
-    fixed = run.output if run.state == "success" and isinstance(run.output, str) else None
-    return Fix(cell=cell, run=run, fixed=fixed)
+    answer = run.output if run.state == "success" else None
+    return Fix(cell=cell, run=run, fixed=cell.reveal(answer) if answer in verified else None)
 
 
 def explain(cell: FailedCell, model: Any) -> tuple[str, Usage]:
     """One model call: what went wrong and how to fix it, in words."""
     messages = [{"role": "system", "content": EXPLAIN_SYSTEM},
-                {"role": "user", "content": EXPLAIN_TASK.format(variables=cell.described(), source=cell.source,
+                {"role": "user", "content": EXPLAIN_TASK.format(variables=cell.described(), source=cell.shown_source,
                                                                 error=cell.error)}]
     reply = model.generate(messages)
     return reply.content.strip(), reply.usage

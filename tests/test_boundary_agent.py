@@ -251,3 +251,87 @@ def test_no_control_sequence_reaches_the_terminal_the_listing_or_an_export(tmp_p
     strings = _strings(exported)
     assert any("link" in s and " end" in s for s in strings)  # the outputs are there, cleaned
     assert [s for s in strings if _controls(s)] == []
+
+
+# -- %agent fix: verified only where the model never ran code; credentials left out ---------------------
+
+_TRANSFORMER = r"""ip = get_ipython()
+def hide(lines):
+    text = ''.join(lines)
+    return ['pass\n'] if 'df["amount"]' in text and 'final_answer' not in text else lines
+ip.input_transformers_cleanup.append(hide)
+print('installed')"""
+_PATCHED_BUILTIN = "import sys\nsys.modules['builtins'].double = lambda x: 2 * x\nprint(double(21))"
+
+
+def _failure(source: str, namespace: dict[str, Any]) -> BaseException:
+    try:
+        exec(compile(source, "<cell>", "exec"), namespace)  # noqa: S102 - the test's own cell
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    raise AssertionError("the cell was meant to fail")
+
+
+@pytest.mark.parametrize(("source", "attack"), [
+    ('total = df["amount"].sum()\nprint(total)', _TRANSFORMER),  # an input transformer empties the cell
+    ("print(double(n))", _PATCHED_BUILTIN),                      # a builtin the model added
+])
+def test_fix_is_not_verified_by_what_the_model_changed_in_its_sandbox(scripted_server: Any, source: str,
+                                                                      attack: str) -> None:
+    import pandas as pd
+    from scripted_server import text
+
+    from agent_kernel import fix
+
+    namespace = {"df": pd.DataFrame({"Amount": [10, 20]}), "n": 4}
+    cell = fix.failed_cell(source, _failure(source, dict(namespace)), namespace)
+    answer = text(f"```python\nfinal_answer({source!r})\n```")
+    scripted_server.script([text(f"```python\n{attack}\n```"), answer, answer])
+    found = fix.fix(cell, scripted_server.model(), max_steps=2)
+    observations = [m["content"] for r in scripted_server.requests for m in r["messages"] if m["role"] == "user"]
+    assert "installed" in observations[2] or "42" in observations[2]  # the attack ran in the agent's sandbox
+    assert any("still fails on fresh copies of the variables" in o for o in observations)
+    assert not found.verified and found.fixed is None and found.diff == ""
+
+
+_KEY = "sk-proj-Q7x2Lm9Rt4Vw8Zk3Nb6Hc1Jd5Fg0TsYp"
+
+
+def test_fix_keeps_credentials_out_of_the_prompt_and_the_sandbox(tmp_path: Any) -> None:
+    """A key by name and by shape, in a variable, a dict and the cell's own source: none is sent;
+    the analyst is told what was left out, and the fix put back keeps the analyst's key."""
+    import json
+
+    from scripted_server import ScriptedServer, text
+    from test_magics import _execute, _setup, _stdout
+
+    dump = ("print(sorted(k for k in globals() if not k.startswith('_')))\n"
+            "print({k: repr(v) for k, v in globals().items() if not k.startswith('_') and k not in ('In', 'Out')})")
+    fixed = 'client = {"key": "WITHHELD_CREDENTIAL_1"}\ntotal = sales["amount"].sum() + len(client)\nprint(total)'
+    with ScriptedServer() as server:
+        server.script([text(f"```python\n{dump}\n```"), text(f"```python\nfinal_answer({fixed!r})\n```")],
+                      key="Reproduce the error")
+        nb = _execute([
+            _setup(server.url) + "\n%agent config review_ui=input\n"
+            "openai_api_key = 'short-but-named'\nheaders = {'Authorization': 'Bearer abc.def'}\n"
+            f"blob = ['fine', {{'note': {_KEY!r}}}]",
+            f'client = {{"key": {_KEY!r}}}\nprint(openai_api_key, headers, blob, sales)\n'
+            'total = sales["Amount"].sum() + len(client)',
+            "%agent fix",
+            "print(_agent_fix.verified, _agent_fix.cell.withheld)\nprint(repr(_agent_fix.fixed))",
+        ], tmp_path)
+        sent = json.dumps(server.requests)
+        seen_in_sandbox = server.requests[1]["messages"][-1]["content"]  # what the dump printed there
+    assert "'sales'" in seen_in_sandbox and "headers" not in seen_in_sandbox and "blob" not in seen_in_sandbox
+    assert [o.ename for o in nb.cells[1].outputs if o.output_type == "error"] == ["KeyError"]
+    told = _stdout(nb.cells[2])
+    assert "left out because they look like credentials: variable(s) openai_api_key, headers, blob, client" in told, told
+    assert "the model saw as WITHHELD_CREDENTIAL_1" in told
+    assert "verified in a new sandbox" in told
+    assert _KEY not in sent and "short-but-named" not in sent and "Bearer abc.def" not in sent
+    assert "sales" in sent and "WITHHELD_CREDENTIAL_1" in sent  # the cell itself still went, with a placeholder
+    assert "openai_api_key, headers, blob, client" in sent  # the model knows what is missing
+    assert _KEY not in "".join(_stdout(c) for c in nb.cells[2:3])  # nor in the diff shown
+    result = _stdout(nb.cells[3]).splitlines()
+    assert result[0] == "True ['openai_api_key', 'headers', 'blob', 'client']"
+    assert _KEY in result[1]  # the fix the analyst gets back has their own key in it

@@ -342,6 +342,8 @@ class AgentMagics(Magics):
 
         options = parse_fix_args(args, "fix")
         cell = self._failed_cell()
+        if cell.withheld_note():
+            print(cell.withheld_note())
         buttons = not options.apply and self._widgets()  # decided (and refused) before any model call
         reuse = options.apply and self._fix is not None and self._fix.cell.source == cell.source and self._fix.verified
         if not reuse:
@@ -361,7 +363,7 @@ class AgentMagics(Magics):
             self.shell.set_next_input(found.fixed, replace=False)
             print("the fixed cell is in the next cell: read it, then run it")
         else:
-            print("verified in a sandbox on copies of the variables; `%agent fix --apply` puts it in the next cell")
+            print("verified in a new sandbox on copies of the variables; `%agent fix --apply` puts it in the next cell")
 
     def _cmd_explain(self, args: list[str]) -> None:
         from uuid import uuid4
@@ -373,7 +375,10 @@ class AgentMagics(Magics):
 
         model = self._fix_model(parse_fix_args(args, "explain"))
         self._budget(None)  # refuses when the session cap is used up
-        text, usage = fix.explain(self._failed_cell(), model)
+        cell = self._failed_cell()
+        if cell.withheld_note():
+            print(cell.withheld_note())
+        text, usage = fix.explain(cell, model)
         self.spent += usage.cost
         display(render_prose("Why the last cell failed", text), raw=True,
                 metadata=stamp(model.model_id, uuid4().hex[:12], "explain"))
