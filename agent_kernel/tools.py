@@ -298,8 +298,13 @@ def _validator_class() -> Any:
 
 
 def _describe_violation(error: Any) -> str:
+    """One problem, in a line of readable length (sandbox code can pass a huge value, which the message quotes)."""
     where = "/".join(str(p) for p in error.absolute_path)
-    return f"{where}: {error.message}" if where else error.message
+    text = f"{where}: {error.message}" if where else error.message
+    return text if len(text) <= _MAX_PROBLEM_CHARS else text[: _MAX_PROBLEM_CHARS - 1] + "…"
+
+
+_MAX_PROBLEM_CHARS = 500
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

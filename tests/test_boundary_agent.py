@@ -156,6 +156,27 @@ def test_code_agent_tool_calls_are_validated_against_the_schema(scripted_server:
     assert "color: 'green' is not one of ['red', 'blue']" in told and "'extra' was unexpected" in told
 
 
+def test_bind_takes_positional_arguments_in_the_order_the_prompt_shows() -> None:
+    """A hand-written schema listing an optional parameter first: the signature (and bind) put the required first."""
+    from agent_kernel.tools import Tool, ToolArgumentError
+
+    class Search(Tool):
+        name = "search"
+        description = "Search."
+        parameters = {"type": "object", "additionalProperties": False, "required": ["query"],
+                      "properties": {"limit": {"type": "integer"}, "query": {"type": "string"}}}
+
+        def forward(self, **kwargs: Any) -> Any:
+            return kwargs
+
+    search = Search()
+    assert search.python_signature().startswith("def search(query: str, limit: int = None)")
+    assert search.bind(("cats", 3), {}) == {"query": "cats", "limit": 3}
+    with pytest.raises(ToolArgumentError) as caught:
+        search.bind((list(range(100_000)),), {})  # a huge wrong value: the message quotes it, cut short
+    assert "query: [0, 1, 2" in str(caught.value) and len(str(caught.value)) < 1_000
+
+
 # -- terminal control sequences ----------------------------------------------------------------------
 
 from hypothesis import given  # noqa: E402
