@@ -29,6 +29,8 @@ from typing import Any
 from .memory import Run, Usage
 
 _TRACEBACK_FRAMES = 12
+_WITHHELD = "WITHHELD_CREDENTIAL_"  # numbered, what the model sees where a credential was
+_PLACEHOLDER = re.compile(_WITHHELD + r"\d+")
 _MAX_STEPS = 6
 
 EXPLAIN_TASK = """\
@@ -73,15 +75,14 @@ class FailedCell:
         return self.hide(self.source)
 
     def hide(self, text: str) -> str:
+        """`text` with each credential found in the cell replaced by its placeholder."""
         for placeholder, secret in self.secrets.items():
             text = text.replace(secret, placeholder)
         return text
 
     def reveal(self, text: str) -> str:
         """The model's text with the analyst's own values back where it kept the placeholders."""
-        for placeholder, secret in self.secrets.items():
-            text = text.replace(placeholder, secret)
-        return text
+        return _PLACEHOLDER.sub(lambda m: self.secrets.get(m.group(), m.group()), text)
 
     def withheld_note(self) -> str:
         """What the analyst is told was kept from the model and the sandbox ("" when nothing was)."""
@@ -136,7 +137,7 @@ def failed_cell(source: str, error: BaseException, namespace: dict[str, Any], tr
     error = _error_text(error)
     found = _credential_literals(python) | {used[n] for n in withheld if isinstance(used[n], str) and len(used[n]) >= 4}
     found |= {m.group() for text in (source, error) for m in _CREDENTIAL_SHAPE.finditer(text)}
-    secrets = {f"WITHHELD_CREDENTIAL_{i}": s for i, s in enumerate(sorted(found, key=len, reverse=True), 1)}
+    secrets = {f"{_WITHHELD}{i}": s for i, s in enumerate(sorted(found, key=len, reverse=True), 1)}
     cell = FailedCell(source=source, error="", variables={k: v for k, v in used.items() if k not in withheld},
                       withheld=withheld, secrets=secrets)
     cell.error = cell.hide(error)
@@ -291,7 +292,7 @@ def fix(cell: FailedCell, model: Any, **agent_options: Any) -> Fix:
     task = FIX_TASK.format(variables=cell.described(), source=cell.shown_source, error=cell.error)
     with agent:
         run = agent.run(task, variables=cell.variables)
-    answer = run.output if run.state == "success" else None
+    answer = run.output if run.state == "success" and isinstance(run.output, str) else None
     return Fix(cell=cell, run=run, fixed=cell.reveal(answer) if answer in verified else None)
 
 
