@@ -16,6 +16,14 @@ privileges or paths that the later layers take away):
                 nothing else; signals and abstract unix sockets scoped to the sandbox
   seccomp       no exec, no new processes, no ptrace, no namespaces/mounts/modules/bpf, no
                 io_uring, no INET/PACKET/NETLINK sockets (network=False); EPERM, never kill
+  unix_sockets  (`seal_unix_sockets`, once ipykernel has bound its ipc sockets) a second seccomp
+                filter: no new AF_UNIX socket and no datagram socketpair. Landlock does not govern
+                connect() to a pathname socket (checked up to ABI 7) and scopes only abstract ones,
+                so without this, code could connect to any socket the host listens on by path
+                (ssh-agent, D-Bus, docker.sock, other kernels' ipc sockets). The kernel's own
+                sockets are bound before it; zmq signals with eventfds, asyncio's self-pipe is a
+                stream socketpair (kept: a connected pair cannot reach a path, a datagram one can
+                sendto() any path).
 
 Landlock is driven through raw syscalls with ctypes: the `landlock` PyPI package is a dev release,
 and the three syscalls plus two structs are a smaller, auditable surface than a new dependency.
@@ -654,7 +662,8 @@ _DENIED_SYSCALLS = (
     "open_by_handle_at", "name_to_handle_at", "fanotify_init", "acct", "swapon", "swapoff", "reboot",
     "io_uring_setup", "io_uring_enter", "io_uring_register",  # io_uring ops bypass seccomp
 )  # fmt: skip
-_AF_INET, _AF_INET6, _AF_NETLINK, _AF_PACKET = 2, 10, 16, 17
+_AF_UNIX, _AF_INET, _AF_INET6, _AF_NETLINK, _AF_PACKET = 1, 2, 10, 16, 17
+_SOCK_DGRAM, _SOCK_TYPE_MASK = 2, 0xF  # the type argument's low bits; the rest are NONBLOCK/CLOEXEC
 
 
 def _import_seccomp() -> Any:
@@ -666,17 +675,21 @@ def _import_seccomp() -> Any:
     return pyseccomp
 
 
-def _load_seccomp(sc: Any, network: bool, iso: Isolation) -> str:
-    """Syscalls model code never needs. EPERM, not kill: Python raises and the kernel lives on."""
+def _new_filter(sc: Any) -> Any:
+    """A seccomp filter that allows what it is not told to deny, for every thread and ABI."""
     if isinstance(sc, _Unavailable):
         raise sc
-    eperm = sc.ERRNO(errno.EPERM)
     filt = sc.SyscallFilter(sc.ALLOW)
-    filt.set_attr(
-        sc.Attr.CTL_TSYNC, 1
-    )  # every thread, including any a C library started
+    filt.set_attr(sc.Attr.CTL_TSYNC, 1)  # every thread, including any a C library started
     # Syscalls of another ABI (i386 via int 0x80, x32) would slip past the rules: none may run.
     filt.set_attr(sc.Attr.ACT_BADARCH, sc.ERRNO(errno.ENOSYS))
+    return filt
+
+
+def _load_seccomp(sc: Any, network: bool, iso: Isolation) -> str:
+    """Syscalls model code never needs. EPERM, not kill: Python raises and the kernel lives on."""
+    filt = _new_filter(sc)
+    eperm = sc.ERRNO(errno.EPERM)
     denied = []
     for name in _DENIED_SYSCALLS:
         try:
@@ -705,3 +718,24 @@ def _load_seccomp(sc: Any, network: bool, iso: Isolation) -> str:
             iso.missing.pop("network")
     filt.load()
     return f"{len(denied) + 2} syscalls denied (exec, fork/non-thread clone, ptrace, mounts, namespaces{families}, ...)"
+
+
+def seal_unix_sockets(iso: Isolation, strict: bool) -> None:
+    """No new unix socket from here on (see the module docstring); call once the kernel's own are bound.
+
+    Recorded in `iso` as the "unix_sockets" layer; `strict` makes its absence IsolationUnavailable.
+    """
+    try:
+        import pyseccomp as sc
+
+        filt = _new_filter(sc)
+        eperm = sc.ERRNO(errno.EPERM)
+        filt.add_rule(eperm, "socket", sc.Arg(0, sc.EQ, _AF_UNIX))
+        filt.add_rule(eperm, "socketpair", sc.Arg(1, sc.MASKED_EQ, _SOCK_TYPE_MASK, _SOCK_DGRAM))
+        filt.load()
+    except (ImportError, RuntimeError, OSError, _Unavailable) as exc:
+        iso.missing["unix_sockets"] = f"no seccomp filter for unix sockets ({exc}): pathname sockets stay reachable"
+        if strict:
+            raise IsolationUnavailable(f"required sandbox isolation is unavailable:\n  unix_sockets: {exc}") from None
+        return
+    iso.active["unix_sockets"] = "no new unix socket (none of the host's can be connected), stream socketpairs only"

@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 from jupyter_client.jsonutil import json_default
@@ -73,7 +74,7 @@ def _file_cap(asked: Any) -> int | None:
 def main(argv: list[str] | None = None, *, zygote: str | None = None, parent_handle: int | None = None) -> None:
     """Isolate this process and run the kernel; `zygote`: how the zygote forked it, if it did (and
     `parent_handle`, its pid)."""
-    from ._isolation import IsolationConfig, apply_isolation
+    from ._isolation import IsolationConfig, apply_isolation, seal_unix_sockets
 
     # A gateway forwards only KERNEL_* variables from the host: the same settings under that name.
     sent = [os.environ.pop(name, "") for name in (CONFIG_ENV, GATEWAY_CONFIG_ENV)]
@@ -124,7 +125,20 @@ def main(argv: list[str] | None = None, *, zygote: str | None = None, parent_han
         max_output=settings.get("max_output", 100_000),
         inline=bool(settings.get("inline", False)),
     )
+    _wait_for_heartbeat(app)
+    seal_unix_sockets(isolation, strict=bool(settings.get("strict", False)))
     app.start()
+
+
+def _wait_for_heartbeat(app: Any, timeout: float = 5.0) -> None:
+    """ipykernel's heartbeat thread binds its ipc socket on its own: let it, before unix sockets
+    are sealed (it is bound long before `initialize` returns, but nothing promises it)."""
+    if app.transport != "ipc":
+        return
+    path = f"{app.ip}-{app.hb_port}"
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 class _NoShellChannelThread:
