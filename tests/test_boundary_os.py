@@ -129,3 +129,129 @@ def test_what_the_kernel_needs_of_unix_sockets_still_works(sb: Sandbox) -> None:
     assert ex.error is None, ex.error
     assert ex.stdout.split() == ["ok", "loop", "thread"]
     assert sb.execute("print(6 * 7)").stdout == "42\n"
+
+
+# --- the host's stdio ----------------------------------------------------------------------------
+
+MARK = "LEAKED-BY-THE-SANDBOX-7f3e"
+TYPED = "typed-by-the-analyst-91c2"
+
+# Sandbox code: every descriptor it holds that is a terminal, file or pipe is read, written,
+# truncated, its terminal modes changed and characters pushed into it; the same through
+# /proc/self/fd and /dev/tty; then a thread goes on writing while the host exits.
+_STDIO_ATTEMPTS = r"""
+import fcntl, os, select, stat, termios, threading, time
+MARK = (%r + "\n").encode()
+seen = {}
+for fd in range(256):
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        continue
+    if not (stat.S_ISCHR(mode) or stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        continue
+    got = []
+    try:
+        if select.select([fd], [], [], 0.05)[0]:
+            got.append(os.read(fd, 1000).decode(errors="replace"))
+    except OSError:
+        pass
+    for act in (lambda: os.write(fd, MARK * 3),
+                lambda: os.ftruncate(fd, 0),
+                lambda: termios.tcsetattr(fd, termios.TCSANOW, [0, 0, 0, 0, 0, 0, termios.tcgetattr(fd)[6]]),
+                lambda: fcntl.ioctl(fd, termios.TIOCSTI, b"x")):
+        try:
+            act()
+        except (OSError, termios.error):
+            pass
+    seen[fd] = got
+for path in ["/dev/tty", *(f"/proc/self/fd/{n}" for n in range(3))]:
+    try:
+        with open(path, "w") as f:
+            f.write(MARK.decode())
+    except OSError:
+        pass
+
+def later():
+    for _ in range(30):
+        for fd in seen:
+            try:
+                os.write(fd, MARK)
+            except OSError:
+                pass
+        time.sleep(0.1)
+
+threading.Thread(target=later, daemon=True).start()
+print(repr(seen))
+""" % MARK
+
+# The host: a script whose stdio the test controls. argv: result file, "close" or "drop".
+_HOST = r"""
+import json, os, select, sys, termios, time
+print("host stdout begins", flush=True)
+print("host stderr begins", file=sys.stderr, flush=True)
+modes = termios.tcgetattr(0) if os.isatty(0) else None
+from agent_kernel.sandbox import Sandbox
+sb = Sandbox(imports=["*"])
+ex = sb.execute(CODE)
+time.sleep(1.0)  # the sandbox's thread writes meanwhile
+typed = sys.stdin.readline() if select.select([0], [], [], 10)[0] else None
+result = {"stdout": ex.stdout, "error": repr(ex.error), "typed": typed,
+          "modes_kept": modes is None or termios.tcgetattr(0) == modes}
+with open(sys.argv[1], "w") as f:
+    json.dump(result, f)
+if sys.argv[2] == "close":
+    sb.close()
+print("host stdout ends", flush=True)
+"""
+
+
+def _run_host(tmp_path: Path, stdio: str, code: str, end: str = "close") -> tuple[dict[str, Any], str]:
+    """Run the host script with its stdio on a pty ("pty") or a log file ("file"): its result and
+    every byte it (and anything holding its descriptors) wrote there."""
+    script = tmp_path / "host.py"
+    script.write_text(f"CODE = {code!r}\n" + _HOST)
+    result = tmp_path / "result.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if stdio == "file":
+        log = tmp_path / "host.log"
+        with open(log, "wb") as out:
+            subprocess.run([sys.executable, str(script), str(result), end], stdin=subprocess.DEVNULL,
+                           stdout=out, stderr=out, env=env, timeout=120, check=True)
+        return json.loads(result.read_text()), log.read_text(errors="replace")
+    master, slave = pty.openpty()
+    os.write(master, f"{TYPED}\n".encode())  # typed before the host starts: waiting for whoever reads
+    host = subprocess.Popen([sys.executable, str(script), str(result), end], stdin=slave, stdout=slave,
+                            stderr=slave, env=env, start_new_session=True)
+    os.close(slave)
+    seen = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: every holder of the terminal closed it
+                return
+            if not data:
+                return
+            seen.extend(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert host.wait(timeout=120) == 0
+    reader.join(timeout=10)  # a kernel still holding the terminal would keep it open
+    assert not reader.is_alive(), "something still holds the host's terminal after it exited"
+    os.close(master)
+    return json.loads(result.read_text()), seen.decode(errors="replace")
+
+
+@pytest.mark.parametrize("stdio", ["pty", "file"])
+def test_the_kernel_gets_nothing_of_the_hosts_stdio(tmp_path: Path, stdio: str) -> None:
+    result, seen = _run_host(tmp_path, stdio, _STDIO_ATTEMPTS)
+    assert result["error"] == "None", result
+    assert "host stdout begins" in seen and "host stderr begins" in seen and "host stdout ends" in seen  # nothing truncated
+    assert MARK not in seen
+    if stdio == "pty":
+        assert result["typed"] == f"{TYPED}\n"  # the host read what was typed: the sandbox did not
+        assert TYPED not in result["stdout"]
+        assert result["modes_kept"]

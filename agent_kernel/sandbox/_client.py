@@ -232,7 +232,8 @@ class _LocalBackend:
         try:
             await self._kc.wait_for_ready(timeout=timeout)
         except RuntimeError as exc:
-            raise SandboxError(f"{exc}. Kernel output: see the log above") from exc
+            output = self.km.provisioner.output() if self.km.provisioner is not None else ""
+            raise SandboxError(f"{exc}. Kernel output: {output or '(none)'}") from exc
         channels = (self._kc.iopub_channel.socket, self._kc.shell_channel.socket, self._kc.stdin_channel.socket)
         # From here on the channels are used through plain (blocking) shadows of the asyncio sockets,
         # and the event loop watches their file descriptors directly: an asyncio socket makes a

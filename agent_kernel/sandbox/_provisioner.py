@@ -7,6 +7,13 @@ LocalProvisioner, over the `ZygoteChild` that stands in for a Popen. Where the z
 used, the kernel is started the usual way and the reason is logged and reported in the kernel's
 `Isolation`.
 
+A kernel gets nothing of this process's stdio, whatever the caller asks for: stdin is /dev/null,
+stdout and stderr are one pipe that this process reads as it comes, keeping the last `_TAIL`
+bytes (for the message of a kernel that fails to start) and dropping the rest. Inherited, the
+host's descriptors let sandbox code read what the analyst types into a terminal, change its modes,
+truncate a log file or write past every output cap; ipykernel keeps copies of them, so
+redirecting inside the kernel would not do.
+
 `ReadyClient` is the local backend's kernel client: ready as soon as the kernel has answered,
 without a heartbeat thread, on its kernel manager's zmq context.
 """
@@ -17,6 +24,8 @@ import asyncio
 import contextlib
 import os
 import pathlib
+import re
+import subprocess
 import time
 from queue import Empty
 from typing import Any
@@ -33,29 +42,54 @@ from ._spec import LAUNCH_ENV
 _KILL_GRACE = 5.0  # seconds a killed kernel gets to be reported gone (jupyter_client's own wait)
 _ASK_AGAIN = 1.0  # seconds between kernel_info requests to a kernel that has not answered yet
 _ASK_AGAIN_ANSWERED = 0.02  # ... and to one that has, while its status has not come on IOPub
+_TAIL = 4096  # bytes of a kernel's output kept
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.?|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
     """LocalProvisioner whose kernels are forked from a pre-imported zygote when possible."""
 
+    _output: KernelOutput | None = None
+
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         env = dict(kwargs.get("env") or os.environ)
         cwd = str(kwargs.get("cwd") or os.getcwd())
-        streams = _stream_fds(kwargs)
-        reason = _zygote.usable(cmd) or (
-            None if streams else "stdout/stderr were asked for as something other than a file descriptor"
-        )
-        if reason is None and streams:
-            try:
-                child = await _zygote.spawn(cmd, env, cwd, *streams)
-            except _zygote.ZygoteUnavailable as exc:
-                reason = str(exc)
-            else:
-                self.process, self.pid, self.pgid = child, child.pid, None  # signals go to its pidfd
-                self.cwd = pathlib.Path(cwd)
-                return self.connection_info
-        self.log.warning("agent-sandbox: starting the kernel without the zygote: %s", reason)
-        return await super().launch_kernel(cmd, **{**kwargs, "env": {**env, LAUNCH_ENV: reason}})
+        self.close_output()  # a restart's new kernel: the old one's pipe is done with
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        self._output = KernelOutput(read_end)
+        try:
+            reason = _zygote.usable(cmd)
+            if reason is None:
+                try:
+                    child = await _zygote.spawn(cmd, env, cwd, write_end, write_end)
+                except _zygote.ZygoteUnavailable as exc:
+                    reason = str(exc)
+                else:
+                    self.process, self.pid, self.pgid = child, child.pid, None  # signals go to its pidfd
+                    self.cwd = pathlib.Path(cwd)
+                    return self.connection_info
+            self.log.warning("agent-sandbox: starting the kernel without the zygote: %s", reason)
+            return await super().launch_kernel(cmd, **{
+                **kwargs, "env": {**env, LAUNCH_ENV: reason},
+                "stdin": subprocess.DEVNULL, "stdout": write_end, "stderr": write_end,
+            })
+        finally:
+            os.close(write_end)  # the kernel holds the only other end: end of file when it exits
+
+    def output(self) -> str:
+        """The end of what the kernel wrote to its stdout/stderr, without control characters."""
+        return self._output.text() if self._output is not None else ""
+
+    def close_output(self) -> None:
+        """Stop reading the kernel's output (safe to call from the kernel's loop only)."""
+        if self._output is not None:
+            self._output.close()
+            self._output = None
+
+    async def cleanup(self, restart: bool = False) -> None:
+        await super().cleanup(restart)
+        if not restart:
+            self.close_output()
 
     async def kill(self, restart: bool = False) -> None:
         # jupyter_client polls every 0.1 s after a kill until the kernel is gone: a SIGKILLed child
@@ -77,20 +111,43 @@ class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         return await super().wait()
 
 
-def _stream_fds(kwargs: dict[str, Any]) -> tuple[int, int] | None:
-    """The descriptors the kernel's stdout and stderr go to (this process's own when not given)."""
-    fds = []
-    for name, default in (("stdout", 1), ("stderr", 2)):
-        stream = kwargs.get(name)
-        if stream is None:
-            fds.append(default)
-        elif isinstance(stream, int) and stream >= 0:
-            fds.append(stream)
-        elif hasattr(stream, "fileno"):
-            fds.append(stream.fileno())
-        else:  # subprocess.PIPE and the like: only a Popen can make those
-            return None
-    return fds[0], fds[1]
+class KernelOutput:
+    """The read end of a kernel's stdout/stderr pipe, read on this loop as it comes: the last `_TAIL`
+    bytes kept, the rest dropped (a kernel that writes without end costs reads, not memory)."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._fd: int | None = fd
+        self._tail = bytearray()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(fd, self._read)
+
+    def _read(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            data = os.read(self._fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the kernel exited
+            self.close()
+            return
+        self._tail += data[-_TAIL:]
+        del self._tail[:-_TAIL]
+
+    def text(self) -> str:
+        if self._fd is not None:
+            self._read()  # what it wrote just before it died
+        return _CONTROL.sub("", self._tail.decode("utf-8", "replace")).strip()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            if not self._loop.is_closed():
+                self._loop.remove_reader(fd)
+            os.close(fd)
 
 
 class ReadyClient(AsyncKernelClient):  # type: ignore[misc]

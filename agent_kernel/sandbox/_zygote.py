@@ -10,7 +10,9 @@ CPU), and the imported modules' pages are shared by all the kernels (bench/bench
 Security:
 - The control channel is one end of a socketpair inherited only by the zygote: no path, no
   abstract name. A child closes every descriptor but stdin/stdout/stderr before any of its own
-  code runs, so sandbox code cannot reach the zygote (nor, through it, start a kernel).
+  code runs, so sandbox code cannot reach the zygote (nor, through it, start a kernel). Its
+  stdin is /dev/null and its stdout/stderr the pipe the host sent with the request (see
+  _provisioner.py): nothing of the host's or the zygote's own stdio.
 - The zygote is started with the isolation's environment allowlist and is sent no other variable:
   it holds no secret a child could find in its memory. It never reads a connection file; each
   child reads only its own.
@@ -87,7 +89,8 @@ def usable(argv: list[str]) -> str | None:
 
 
 async def spawn(argv: list[str], env: Mapping[str, str], cwd: str, stdout: int, stderr: int) -> ZygoteChild:
-    """Fork a kernel running `argv` (python -m launcher ...) from the zygote of argv[0]."""
+    """Fork a kernel running `argv` (python -m launcher ...) from the zygote of argv[0], its
+    stdout/stderr on the given descriptors (copies travel to the zygote; the caller keeps its own)."""
     started = _zygote_for(argv[0]).request(argv, env, cwd, (stdout, stderr))
     try:  # given up (a timeout, a cancelled start): the kernel, if it comes, is killed on arrival
         return await asyncio.wait_for(asyncio.wrap_future(started), _SPAWN_TIMEOUT)
@@ -375,7 +378,7 @@ def _reap(sock: socket.socket) -> bool:
 
 
 def _keep_only_stdio(fds: list[int], sock: socket.socket) -> None:
-    """In a child: stdin from /dev/null, the host's stdout/stderr, and no other descriptor at all."""
+    """In a child: stdin from /dev/null, stdout/stderr what the host sent, and no other descriptor at all."""
     os.setsid()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
