@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -51,6 +52,20 @@ def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         except BaseException:
             pass
         raise
+
+
+async def to_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`asyncio.to_thread`, or here and now once the interpreter is shutting down.
+
+    From then on (atexit callbacks included: a notebook's sandboxes are closed in one) every
+    thread pool refuses work with "cannot schedule new futures after shutdown"; closing a sandbox
+    must still remove its folder.
+    """
+    try:
+        future = asyncio.get_running_loop().run_in_executor(None, functools.partial(func, *args, **kwargs))
+    except RuntimeError:
+        return func(*args, **kwargs)
+    return await future
 
 
 def _in_loop_thread() -> bool:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -255,3 +256,93 @@ def test_the_kernel_gets_nothing_of_the_hosts_stdio(tmp_path: Path, stdio: str) 
         assert result["typed"] == f"{TYPED}\n"  # the host read what was typed: the sandbox did not
         assert TYPED not in result["stdout"]
         assert result["modes_kept"]
+
+
+# --- what a long session leaks -------------------------------------------------------------------
+
+_DESCENDANTS = r"""
+import os
+def descendants():
+    parents = {}
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                parents[int(p)] = int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return sorted(found)
+"""
+
+_RUNS = _DESCENDANTS + r"""
+import json, sys, threading
+sys.path.insert(0, sys.argv[1])
+from scripted_server import ScriptedServer, text
+from agent_kernel import CodeAgent
+counts = []
+with ScriptedServer() as server:
+    server.script(lambda body: text("```python\nfinal_answer(2)\n```\n"))
+    model = server.model()
+    for i in range(60):
+        run = CodeAgent(model).run("what is 1+1?")  # dropped without close(), as README's example does
+        assert run.output == 2, run.state
+        if i in (4, 59):
+            counts.append({"processes": len(descendants()), "fds": len(os.listdir("/proc/self/fd")),
+                           "threads": threading.active_count()})
+print(json.dumps(counts))
+"""
+
+
+def test_agents_dropped_without_close_release_their_kernels() -> None:
+    done = subprocess.run([sys.executable, "-c", _RUNS, str(Path(__file__).parent)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    early, late = json.loads(done.stdout)
+    # One kernel may still be on its way out; a descriptor or two may belong to a model call's connection.
+    assert late["processes"] <= early["processes"] + 1, (early, late)
+    assert late["fds"] <= early["fds"] + 3, (early, late)
+    assert late["threads"] <= early["threads"] + 1, (early, late)
+
+
+_EXIT = _DESCENDANTS + r"""
+import asyncio, sys
+sys.path.insert(0, sys.argv[1])
+from IPython.core.interactiveshell import InteractiveShell
+from scripted_server import ScriptedServer, text
+from agent_kernel import CodeAgent
+from agent_kernel.sandbox import AsyncSandbox, Sandbox, SandboxPool
+server = ScriptedServer().__enter__()
+server.script(lambda body: text("```python\nfinal_answer(2)\n```\n"))
+agent = CodeAgent(server.model())
+agent.run("one")
+sandbox = Sandbox(imports=["*"])
+sandbox.execute("import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()")
+pool = SandboxPool(2)
+pool.start()
+taken = pool.acquire()
+async def started():
+    return await AsyncSandbox().start()
+kept = asyncio.run(started())  # its loop is gone: the kernel must go all the same
+shell = InteractiveShell.instance()
+shell.run_cell("%load_ext agent_kernel")
+shell.run_cell(f"%config AgentMagics.model = 'openai/scripted'\n%config AgentMagics.api_base = {server.url!r}")
+shell.run_cell("%%agent code --out n\nwhat is 1+1?")
+assert shell.user_ns["n"] == 2
+print(" ".join(map(str, descendants())))
+"""
+
+
+def test_exit_is_silent_and_leaves_no_kernel() -> None:
+    done = subprocess.run([sys.executable, "-c", _EXIT, str(Path(__file__).parent)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "OPENAI_API_KEY": "sk-scripted"})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    pids = [int(p) for p in done.stdout.splitlines()[-1].split()]
+    assert len(pids) >= 5  # the zygote and the kernels
+    deadline = time.monotonic() + 10
+    while (alive := [p for p in pids if Path(f"/proc/{p}").exists()]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, f"still running after the host exited: {alive}"

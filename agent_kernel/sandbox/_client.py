@@ -21,6 +21,7 @@ import re
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,8 +203,10 @@ class _LocalBackend:
         self._kc: Any = None
         self._sockets: tuple[zmq.Socket, ...] = ()
         self._waiter: asyncio.Future[bool] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self, root: Path, options: SandboxOptions) -> None:
+        self._loop = asyncio.get_running_loop()
         runtime_dir = root / "run"
         self.workdir = root / "work"
         # Off the event loop: a directory operation can take milliseconds, and other sandboxes wait.
@@ -316,6 +319,19 @@ class _LocalBackend:
         self._kc.stop_channels()
         await self.km.restart_kernel(now=True)
 
+    def abandon(self) -> None:
+        """For a sandbox dropped unclosed, from any thread (a finalizer's): the kernel is killed now,
+        and `close` runs on the sandbox's loop when that loop runs again (at exit it may not: the
+        process's end then closes the channels)."""
+        km, loop = self.km, self._loop
+        process = km.provisioner.process if km is not None and km.provisioner is not None else None
+        if process is not None:
+            with contextlib.suppress(OSError):
+                process.kill()
+        if km is not None and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to let go on it
+                loop.call_soon_threadsafe(_close_abandoned, self)
+
     async def close(self) -> None:
         if self._kc is not None:
             self._unwatch()
@@ -324,6 +340,25 @@ class _LocalBackend:
         if self.km is not None:
             km, self.km = self.km, None
             await km.shutdown_kernel(now=True)
+
+
+_abandoned: set[asyncio.Task[None]] = set()  # closes in progress of dropped sandboxes, held until done
+
+
+def _close_abandoned(backend: _LocalBackend) -> None:
+    task = asyncio.ensure_future(backend.close())
+    _abandoned.add(task)
+    task.add_done_callback(_abandoned.discard)
+
+
+def _release(backend: _Backend, root: Path, keep_workdir: bool) -> None:
+    """The finalizer of a sandbox dropped without `close()`: what is safe from any thread, at any
+    time (a garbage collection, the interpreter's exit). A gateway's kernel is left to the
+    gateway, which culls idle kernels."""
+    if isinstance(backend, _LocalBackend):
+        backend.abandon()
+    if not keep_workdir:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _make_folders(runtime_dir: Path, workdir: Path) -> None:
@@ -390,6 +425,7 @@ class AsyncSandbox:
         self._root: Path | None = None
         self._transfer: Transfer | None = None
         self._disk: DiskWatch | None = None
+        self._finalizer: weakref.finalize | None = None  # kills the kernel of a sandbox dropped unclosed
         self._starting: asyncio.Task[None] | None = None
         self._functions: dict[str, Callable[..., Any]] = {}
         self._lock = asyncio.Lock()
@@ -412,6 +448,7 @@ class AsyncSandbox:
     async def _boot(self) -> None:
         # Folder work off the event loop: on a slow disk a few ms each, and many sandboxes share the loop.
         self._root = await asyncio.to_thread(_make_root)
+        self._finalizer = weakref.finalize(self, _release, self._backend, self._root, self.options.keep_workdir)
         transfer_dir = self._root / "transfer"
         self._transfer = Transfer(transfer_dir, inline=self._backend.inline)
         if self._disk_cap is not None and not self._backend.inline:  # a gateway's kernel keeps its files there
@@ -444,11 +481,13 @@ class AsyncSandbox:
             await self._register_stubs(self._functions, locked=True)
 
     async def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
         if self._starting is not None:
             self._starting = None
             await self._backend.close()
         if self._root is not None and not self.options.keep_workdir:
-            await asyncio.to_thread(shutil.rmtree, self._root, ignore_errors=True)
+            await _aio.to_thread(shutil.rmtree, self._root, ignore_errors=True)
 
     async def __aenter__(self) -> AsyncSandbox:
         return await self.start()
