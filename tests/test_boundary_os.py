@@ -346,3 +346,42 @@ def test_exit_is_silent_and_leaves_no_kernel() -> None:
     while (alive := [p for p in pids if Path(f"/proc/{p}").exists()]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive, f"still running after the host exited: {alive}"
+
+
+# --- the disk cap between executions -------------------------------------------------------------
+
+MiB = 2**20
+
+
+def test_the_disk_cap_holds_while_no_code_runs() -> None:
+    from agent_kernel.sandbox._disk import _usage
+
+    cap = 16 * MiB
+    with Sandbox(imports=["*"], disk=cap, timeout=20) as sandbox:
+        sandbox.execute("kept = 1")
+        ex = sandbox.execute(
+            "import threading, time\n"
+            "def fill():\n"  # 400 MiB over 20 s if nothing stops it, each file within the file size cap
+            "    for i in range(400):\n"
+            "        open(f'f{i}.bin', 'wb').write(b'x' * 2**20)\n"
+            "        time.sleep(0.05)\n"
+            "threading.Thread(target=fill, daemon=True).start()"
+        )
+        assert ex.error is None  # it returned at once; its thread writes on
+        root = sandbox.workdir.parent
+        sizes = [_usage(root)[0]]
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline:  # until nothing more is written (the writer stopped, or done)
+            time.sleep(1.0)
+            sizes.append(_usage(root)[0])
+            if sizes[-1] == sizes[-2] > cap:
+                break
+        # Stopped within about two measures of going over: at 20 MiB/s, 6 x the cap is ~4 s of writing.
+        assert cap < sizes[-1] < 6 * cap, [s // MiB for s in sizes]
+        ex = sandbox.execute("print(kept)")
+        assert ex.error is not None and ex.error.name == "DiskLimitError", ex.error
+        assert "while no code ran" in ex.error.value and "variables were lost" in ex.error.value
+        assert "not run" in ex.error.value and ex.restarted and ex.stdout == ""
+        cleaned = sandbox.execute("import glob, os\nfor f in glob.glob('*.bin'): os.remove(f)\nprint('clean')")
+        assert cleaned.error is None and cleaned.stdout == "clean\n"
+        assert "while the kernel lives" in sandbox.isolation.active["disk"]

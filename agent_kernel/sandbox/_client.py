@@ -429,6 +429,7 @@ class AsyncSandbox:
         self._starting: asyncio.Task[None] | None = None
         self._functions: dict[str, Callable[..., Any]] = {}
         self._lock = asyncio.Lock()
+        self._stopped: str | None = None  # why the disk watch restarted the kernel, for the next execute
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
@@ -452,13 +453,15 @@ class AsyncSandbox:
         transfer_dir = self._root / "transfer"
         self._transfer = Transfer(transfer_dir, inline=self._backend.inline)
         if self._disk_cap is not None and not self._backend.inline:  # a gateway's kernel keeps its files there
-            self._disk = DiskWatch(self._root, self._disk_cap)
+            self._disk = DiskWatch(self._root, self._disk_cap, self._lock)
         try:
             await self._backend.start(self._root, self.options)
             await self._connect()
         except Exception as exc:
             await self.close()
             raise SandboxError(f"the sandbox kernel failed to start: {exc}") from exc
+        if self._disk is not None:
+            self._disk.watch(self._stop_writes)
 
     async def _connect(self) -> None:
         try:
@@ -470,7 +473,7 @@ class AsyncSandbox:
         if self._disk is not None:
             self.isolation.active["disk"] = (
                 f"the folders' total capped at {_disk.mib(self._disk.cap)}, measured by the host every "
-                f"{_disk.EVERY:g} s of running code (a file never exceeds the cap; the total can, briefly)"
+                f"{_disk.EVERY:g} s while the kernel lives (a file never exceeds the cap; the total can, briefly)"
             )
         else:
             self.isolation.missing["disk"] = (
@@ -483,6 +486,8 @@ class AsyncSandbox:
     async def close(self) -> None:
         if self._finalizer is not None:
             self._finalizer.detach()
+        if self._disk is not None:
+            self._disk.stop()
         if self._starting is not None:
             self._starting = None
             await self._backend.close()
@@ -500,6 +505,19 @@ class AsyncSandbox:
         await self._backend.restart()
         await self._connect()
 
+    async def _stop_writes(self, over: str) -> None:
+        """The folders grew over the disk cap while no code ran (see _disk.py): restart the kernel
+        now; the next execute says so."""
+        if self._lock.locked():
+            return  # an execution began meanwhile: its own measures see the cap
+        async with self._lock:
+            why = f"{over} while no code ran (something the code started went on writing)"
+            try:
+                await self._restart()
+            except (SandboxError, RuntimeError, OSError) as exc:
+                why += f"; the sandbox could not be restarted ({exc})"
+            self._stopped = f"{why}: the sandbox was restarted, its variables were lost and this code was not run"
+
     # -- running code ---------------------------------------------------------------------------
     async def execute(self, code: str, timeout: float | None = None) -> Execution:
         """Run `code`; outputs, errors and a final answer come back in the Execution."""
@@ -515,6 +533,10 @@ class AsyncSandbox:
     ) -> tuple[Execution, dict[str, Any]]:
         await self.start()
         async with self._lock:
+            if self._stopped is not None and not silent:
+                stopped, self._stopped = self._stopped, None
+                error = ExecutionError("DiskLimitError", f"{stopped}. {_FREE_SPACE}")
+                return Execution(code=code, error=error, restarted=True), {}
             try:
                 return await self._exchange(code, user_expressions, timeout, silent)
             except asyncio.CancelledError:  # the caller gave up (an interrupted agent): stop the code too
@@ -529,10 +551,11 @@ class AsyncSandbox:
         limit = self.options.timeout if timeout is None else timeout
         outputs = _Outputs(self.options.max_output)
         execution = Execution(code=code)
+        if self._disk is not None:
+            self._disk.began()
         msg_id = await self._backend.execute(code, silent, user_expressions)
-        measure_at = self._disk.next_measure(started) if self._disk is not None else math.inf
-        outcome, reply = await self._collect(msg_id, outputs, started + limit, measure_at)
-        if outcome == "done" and self._disk is not None and (over := await self._disk.after(started)):
+        outcome, reply = await self._collect(msg_id, outputs, started + limit, started)
+        if outcome == "done" and self._disk is not None and (over := self._disk.over_since(started)):
             outputs.error = _with_notice(outputs.error, f"{over}. {_FREE_SPACE}")
         elif outcome not in ("done", "dead"):
             name, why, advice = (
@@ -568,12 +591,12 @@ class AsyncSandbox:
         return execution, reply
 
     async def _collect(
-        self, msg_id: str, outputs: _Outputs, deadline: float, measure_at: float = math.inf
+        self, msg_id: str, outputs: _Outputs, deadline: float, watched_since: float = math.inf
     ) -> tuple[str, dict[str, Any]]:
         """Read the kernel's messages for `msg_id` until its reply and idle status.
 
-        The outcome: "done", "timeout", "dead", or (from `measure_at` on, every _disk.EVERY s) what
-        went over the disk cap.
+        The outcome: "done", "timeout", "dead", or what a measure of the disk watch begun at or after
+        `watched_since` found over the cap.
         """
         backend = self._backend
         reply: dict[str, Any] | None = None
@@ -591,15 +614,12 @@ class AsyncSandbox:
                     await backend.input(await self._answer_input(content["prompt"], deadline - time.perf_counter()))
             if reply is not None and idle:
                 return "done", reply
-            now = time.perf_counter()
-            if now >= measure_at and self._disk is not None:
-                if over := await self._disk.measure():
-                    return over, reply or {}
-                measure_at = now + _disk.EVERY
-            remaining = deadline - now
+            if self._disk is not None and (over := self._disk.over_since(watched_since)):
+                return over, reply or {}
+            remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return "timeout", reply or {}
-            if not await backend.wait(min(remaining, 0.25, measure_at - now)) and not await backend.is_alive():
+            if not await backend.wait(min(remaining, _disk.EVERY)) and not await backend.is_alive():
                 return "dead", {}
 
     # -- host functions -------------------------------------------------------------------------

@@ -1,53 +1,99 @@
-"""The cap on what a local sandbox stores: the host measures the sandbox's folders while code runs.
+"""The cap on what a local sandbox stores: the host measures its folders for as long as its kernel lives.
 
 Nothing unprivileged caps a directory tree's size (quotas and size-limited mounts need root), so
 the host measures the folders the kernel may write (its workdir, transfer and runtime folders)
-after every `EVERY` seconds of running code, and the sandbox stops code that went over the cap.
-RLIMIT_FSIZE keeps each file under the cap as well, so code overshoots by at most what it writes
-between two looks. This catches code that writes files in a runaway loop; it is not a hard quota.
+every `EVERY` seconds, whether code runs or not: one task per sandbox, its walk off the event
+loop (a sandbox's usual few dozen entries take ~0.1 ms). Over the cap:
+- while an execution runs, the execution is interrupted and ends in DiskLimitError, its variables
+  kept (code that does not stop is restarted, as for a timeout); one that ended before it could be
+  stopped gets the notice;
+- while no code runs, and the folders grew since the previous measure: something the code left
+  behind (a thread) writes on its own, and an interrupt cannot reach it. The kernel is killed and
+  restarted at once, and the next `execute` reports DiskLimitError, says the variables were lost,
+  and does not run its code. Folders over the cap that do not grow are left for code to clean up.
+RLIMIT_FSIZE keeps each file under the cap as well, so the folders overshoot by at most what the
+kernel writes in about two measuring intervals (plus a walk's time). It is not a hard quota.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
-from dataclasses import dataclass
+import weakref
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-EVERY = 0.25  # seconds of running code between two measures
+from .. import _aio
+
+EVERY = 0.25  # seconds between two measures
 MAX_FILES = 100_000  # more entries than this count as over the cap: the walk itself must stay cheap
 
 
-@dataclass
 class DiskWatch:
-    root: Path
-    cap: int
-    _unmeasured: float = 0.0  # seconds of code run since the last measure
-    _measured_at: float = 0.0  # time.perf_counter() of the last measure
+    """The measures of one sandbox's folders; `busy` is the sandbox's lock, held while code runs."""
 
-    def next_measure(self, started: float) -> float:
-        """When an execution that started at `started` is due for a measure."""
-        return started + max(0.0, EVERY - self._unmeasured)
+    def __init__(self, root: Path, cap: int, busy: asyncio.Lock) -> None:
+        self.root, self.cap = root, cap
+        self.over: str | None = None  # what the latest measure found over the cap
+        self._measured_at = -math.inf  # time.perf_counter() when the latest measure began
+        self._busy = busy
+        self._executions = 0  # executions begun: growth between two idle measures is no code's
+        self._task: asyncio.Task[None] | None = None
 
-    async def after(self, started: float) -> str | None:
-        """Count an execution's time; measure when due. Returns what `measure` returns."""
-        now = time.perf_counter()
-        self._unmeasured += now - max(started, self._measured_at)
-        return await self.measure() if self._unmeasured >= EVERY else None
+    def began(self) -> None:
+        """An execution begins (its holder of `busy` calls this)."""
+        self._executions += 1
 
-    async def measure(self) -> str | None:
-        """None while under the cap, else what went over, for the error the code's author reads."""
-        self._unmeasured, self._measured_at = 0.0, time.perf_counter()
+    def over_since(self, started: float) -> str | None:
+        """What a measure begun at or after `started` (a time.perf_counter()) found over the cap."""
+        return self.over if self._measured_at >= started else None
+
+    def watch(self, stop_writes: Callable[[str], Awaitable[None]]) -> None:
+        """Measure until `stop`; `stop_writes(why)`, a bound method held weakly (the sandbox may be
+        dropped unclosed), when the folders grow over the cap while no code runs."""
+        self._task = asyncio.ensure_future(self._watch(weakref.WeakMethod(stop_writes)))  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _watch(self, stop_writes: weakref.WeakMethod) -> None:  # type: ignore[type-arg]
+        idle: tuple[int, int] | None = None  # (executions, bytes) at the previous measure made while idle
+        while stop_writes() is not None:
+            await asyncio.sleep(EVERY)
+            executions, quiet = self._executions, not self._busy.locked()
+            used = await self.measure()
+            if not quiet or self._busy.locked() or executions != self._executions:
+                idle = None  # code ran during the measure: what it wrote is its own
+                continue
+            if self.over is not None and idle is not None and idle[0] == executions and used > idle[1]:
+                idle = None
+                stop = stop_writes()
+                if stop is not None:
+                    await stop(self.over)
+                del stop
+                continue
+            idle = (executions, used)
+
+    async def measure(self) -> int:
+        """Bytes stored now; sets `over` (None while under the cap, else what went over, for the
+        error the code's author reads)."""
+        self._measured_at = time.perf_counter()
         try:
-            used, entries = await asyncio.to_thread(_usage, self.root)  # off the loop other sandboxes share
+            used, entries = await _aio.to_thread(_usage, self.root)  # off the loop other sandboxes share
         except PermissionError as exc:
-            return f"the sandbox made a folder the host cannot measure ({exc.strerror}: {exc.filename})"
+            self.over = f"the sandbox made a folder the host cannot measure ({exc.strerror}: {exc.filename})"
+            return 0
         if entries > MAX_FILES:
-            return f"the sandbox's folders hold more than {MAX_FILES:,} files and folders"
-        if used > self.cap:
-            return f"the sandbox's folders hold {mib(used)}, over its disk cap of {mib(self.cap)}"
-        return None
+            self.over = f"the sandbox's folders hold more than {MAX_FILES:,} files and folders"
+        elif used > self.cap:
+            self.over = f"the sandbox's folders hold {mib(used)}, over its disk cap of {mib(self.cap)}"
+        else:
+            self.over = None
+        return used
 
 
 def _usage(root: Path) -> tuple[int, int]:
