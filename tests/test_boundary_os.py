@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import os
 import pty
-import select
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -186,7 +184,7 @@ threading.Thread(target=later, daemon=True).start()
 print(repr(seen))
 """ % MARK
 
-# The host: a script whose stdio the test controls. argv: result file, "close" or "drop".
+# The host: a script whose stdio the test controls. argv: the result file.
 _HOST = r"""
 import json, os, select, sys, termios, time
 print("host stdout begins", flush=True)
@@ -201,28 +199,28 @@ result = {"stdout": ex.stdout, "error": repr(ex.error), "typed": typed,
           "modes_kept": modes is None or termios.tcgetattr(0) == modes}
 with open(sys.argv[1], "w") as f:
     json.dump(result, f)
-if sys.argv[2] == "close":
-    sb.close()
+sb.close()
 print("host stdout ends", flush=True)
 """
 
 
-def _run_host(tmp_path: Path, stdio: str, code: str, end: str = "close") -> tuple[dict[str, Any], str]:
-    """Run the host script with its stdio on a pty ("pty") or a log file ("file"): its result and
-    every byte it (and anything holding its descriptors) wrote there."""
+def _run_host(tmp_path: Path, stdio: str, code: str, zygote: str) -> tuple[dict[str, Any], str]:
+    """Run the host script with its stdio on a pty ("pty") or a log file ("file"), its kernels forked
+    from the zygote or not (`zygote`: AGENT_KERNEL_ZYGOTE): its result and every byte it (and
+    anything holding its descriptors) wrote there."""
     script = tmp_path / "host.py"
     script.write_text(f"CODE = {code!r}\n" + _HOST)
     result = tmp_path / "result.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AGENT_KERNEL_ZYGOTE": zygote}
     if stdio == "file":
         log = tmp_path / "host.log"
         with open(log, "wb") as out:
-            subprocess.run([sys.executable, str(script), str(result), end], stdin=subprocess.DEVNULL,
+            subprocess.run([sys.executable, str(script), str(result)], stdin=subprocess.DEVNULL,
                            stdout=out, stderr=out, env=env, timeout=120, check=True)
         return json.loads(result.read_text()), log.read_text(errors="replace")
     master, slave = pty.openpty()
     os.write(master, f"{TYPED}\n".encode())  # typed before the host starts: waiting for whoever reads
-    host = subprocess.Popen([sys.executable, str(script), str(result), end], stdin=slave, stdout=slave,
+    host = subprocess.Popen([sys.executable, str(script), str(result)], stdin=slave, stdout=slave,
                             stderr=slave, env=env, start_new_session=True)
     os.close(slave)
     seen = bytearray()
@@ -247,8 +245,9 @@ def _run_host(tmp_path: Path, stdio: str, code: str, end: str = "close") -> tupl
 
 
 @pytest.mark.parametrize("stdio", ["pty", "file"])
-def test_the_kernel_gets_nothing_of_the_hosts_stdio(tmp_path: Path, stdio: str) -> None:
-    result, seen = _run_host(tmp_path, stdio, _STDIO_ATTEMPTS)
+@pytest.mark.parametrize("zygote", ["1", "0"])
+def test_the_kernel_gets_nothing_of_the_hosts_stdio(tmp_path: Path, stdio: str, zygote: str) -> None:
+    result, seen = _run_host(tmp_path, stdio, _STDIO_ATTEMPTS, zygote)
     assert result["error"] == "None", result
     assert "host stdout begins" in seen and "host stderr begins" in seen and "host stdout ends" in seen  # nothing truncated
     assert MARK not in seen
