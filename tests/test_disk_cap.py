@@ -70,7 +70,7 @@ def test_short_executions_add_up_until_the_folders_are_measured(sb: Any) -> None
             break
     assert ex.error is not None and ex.error.name == "DiskLimitError", ex.error
     assert "over its disk cap" in ex.error.value
-    assert n >= CAP // (2 * 2**20) and _stored(sb) > CAP  # many executions, each short, then the measure
+    assert (n + 1) * 2 * 2**20 >= CAP and _stored(sb) > CAP  # many executions, each short, then the measure
     assert sb.execute("print(1 + 1)").stdout == "2\n"
 
 

@@ -564,7 +564,10 @@ class AsyncSandbox:
             )
             await self._backend.interrupt()
             outcome, reply = await self._collect(msg_id, outputs, time.perf_counter() + _INTERRUPT_GRACE)
-            if outcome == "done":
+            if outcome == "done" and outputs.error is not None and outputs.error.name != "KeyboardInterrupt":
+                # it ended on an error of its own before the interrupt landed: that error, with the notice
+                outputs.error = _with_notice(outputs.error, f"{why} was stopped; variables are kept{advice}")
+            elif outcome == "done":
                 outputs.error = ExecutionError(name, f"{why} was interrupted; variables are kept{advice}")
             else:
                 outputs.error = ExecutionError(
