@@ -384,3 +384,11 @@ def test_the_disk_cap_holds_while_no_code_runs() -> None:
         cleaned = sandbox.execute("import glob, os\nfor f in glob.glob('*.bin'): os.remove(f)\nprint('clean')")
         assert cleaned.error is None and cleaned.stdout == "clean\n"
         assert "while the kernel lives" in sandbox.isolation.active["disk"]
+
+
+def test_a_kernel_that_fails_to_start_says_why(tmp_path: Path) -> None:
+    """Its output no longer goes to the host's stderr: the end of it is in the error instead."""
+    from agent_kernel.sandbox import SandboxError
+
+    with pytest.raises(SandboxError, match="does not exist: pass only existing folders"):
+        Sandbox(read_paths=[tmp_path / "missing"])

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import os
 import pathlib
-import re
 import subprocess
 import time
 from queue import Empty
@@ -36,6 +35,7 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
 
+from .._safe import clean_text
 from . import _zygote
 from ._spec import LAUNCH_ENV
 
@@ -43,7 +43,6 @@ _KILL_GRACE = 5.0  # seconds a killed kernel gets to be reported gone (jupyter_c
 _ASK_AGAIN = 1.0  # seconds between kernel_info requests to a kernel that has not answered yet
 _ASK_AGAIN_ANSWERED = 0.02  # ... and to one that has, while its status has not come on IOPub
 _TAIL = 4096  # bytes of a kernel's output kept
-_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.?|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
@@ -140,7 +139,7 @@ class KernelOutput:
     def text(self) -> str:
         if self._fd is not None:
             self._read()  # what it wrote just before it died
-        return _CONTROL.sub("", self._tail.decode("utf-8", "replace")).strip()
+        return clean_text(self._tail.decode("utf-8", "replace")).strip()
 
     def close(self) -> None:
         if self._fd is not None:
