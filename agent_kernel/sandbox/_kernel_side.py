@@ -24,6 +24,7 @@ from ._transfer import Transfer
 CALL_MARKER = "\x00agent_kernel:call\x00"  # prefix of an input_request that is a host-function call
 FINAL_ANSWER_PAYLOAD = "agent_kernel.final_answer"  # the execute_reply payload carrying final_answer(x)
 CUT_MARK = "characters of output cut ...]"  # ends the note that replaces cut output
+DROP_MARK = "from the sandbox dropped:"  # in the note that says outputs were dropped
 HANDLE = "__ak__"  # the hidden object the host calls; each of its host-facing methods returns JSON text
 
 # Data-analysis defaults; `imports=[...]` widens them, "*" lifts the policy.
@@ -163,7 +164,8 @@ class Bridge:
 
 
 def install(
-    shell: Any, imports: list[str], isolation: Isolation, transfer_dir: str, max_output: int, inline: bool = False
+    shell: Any, imports: list[str], isolation: Isolation, transfer_dir: str, max_output: int, inline: bool = False,
+    max_output_bytes: int = 64 * 1024**2,
 ) -> Bridge:
     bridge = Bridge(shell, transfer_dir, isolation, inline)
     shell.user_ns[HANDLE] = bridge
@@ -171,6 +173,7 @@ def install(
     bridge._expose("final_answer", bridge.final_answer)
     if "*" not in imports:
         _install_import_policy(DEFAULT_IMPORTS | set(imports))
+    _cap_displays(shell, max_output_bytes)  # first: its note is written before the output cap's tail
     _cap_output(shell, max_output)
     _keep_no_output_history(shell)
     _describe_figures(shell)
@@ -230,6 +233,36 @@ def _cap_output(shell: Any, max_chars: int) -> None:
         stream.write = capped(name)
     shell.events.register("pre_run_cell", reset)
     shell.events.register("post_run_cell", flush_tail)
+
+
+def _cap_displays(shell: Any, max_bytes: int) -> None:
+    """Drop an execution's displays past `max_bytes` of their data inside the kernel, and say so:
+    a flood of them would otherwise queue in this process while the host reads (and cuts) them."""
+    publish = shell.display_pub.publish
+    left, dropped = max_bytes, 0
+
+    def capped(data: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal left, dropped
+        values = data.values() if isinstance(data, dict) else ()
+        size = sum(len(v) if isinstance(v, (str, bytes)) else 64 for v in values)
+        if size > left:
+            dropped += 1
+            return
+        left -= size
+        publish(data, *args, **kwargs)
+
+    def reset(*_: Any) -> None:
+        nonlocal left, dropped
+        left, dropped = max_bytes, 0
+
+    def say(*_: Any) -> None:
+        if dropped:
+            sys.stderr.write(f"\n[... {dropped} display{'s' * (dropped > 1)} {DROP_MARK} over the "
+                             f"{max_bytes / 1024**2:.1f} MiB of outputs an execution may hold (max_output_bytes)]\n")
+
+    shell.display_pub.publish = capped
+    shell.events.register("pre_run_cell", reset)
+    shell.events.register("post_run_cell", say)
 
 
 def _keep_no_output_history(shell: Any) -> None:
