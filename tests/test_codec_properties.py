@@ -305,3 +305,19 @@ def test_arbitrary_websocket_messages_become_a_message_or_nothing(raw: bytes | s
                 check(parsed[0])
             except Malformed:
                 pass
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_compressed_arrow_is_refused_before_it_is_decompressed(codec: str, folder: Path) -> None:
+    """A few KB of compressed zeros would be 160 MB decompressed; with a dictionary batch too."""
+    zeros = pa.table({"z": np.zeros(20_000_000), "d": pa.DictionaryArray.from_arrays(pa.array([0, 0]), pa.array(["a"]))
+                      .take(pa.array(np.zeros(20_000_000, dtype="int32")))})
+    sink = io.BytesIO()
+    with pyarrow.ipc.new_file(sink, zeros.schema, options=pa.ipc.IpcWriteOptions(compression=codec)) as writer:
+        writer.write_table(zeros)
+    size = plant(folder, "z.arrow", sink.getvalue())
+    assert size < 2 * MiB
+    refused: list[Any] = []
+    growth = peak_growth(lambda: refused.append(pytest.raises(
+        TransferError, decode, {"kind": "arrow", "as": "Table", "file": "z.arrow", "size": size}, folder)))
+    assert "compressed" in str(refused[0].value) and growth < 64 * MiB

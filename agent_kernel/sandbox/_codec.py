@@ -483,7 +483,14 @@ def _decode_arrow(descriptor: dict[str, Any], transfer_dir: str | Path, budget: 
         buffer = pa.allocate_buffer(descriptor["size"])
         if f.readinto(memoryview(buffer)) != descriptor["size"]:
             raise TransferError("the Arrow file changed size while it was read")
-    table = pyarrow.ipc.open_file(buffer).read_all()
+    # The stream inside the file, after its 8-byte magic: every message read is checked first (the
+    # footer, which could point elsewhere, is never read). Compressed bodies would be decompressed
+    # to sizes nothing here bounds: 5 KB of zstd become 80 MB.
+    stream = buffer.slice(8)
+    for message in pyarrow.ipc.MessageReader.open_stream(pa.BufferReader(stream)):
+        if _compressed(message.metadata.to_pybytes()):
+            raise TransferError("refusing a compressed Arrow file: send it uncompressed (as the codec writes it)")
+    table = pyarrow.ipc.open_stream(stream).read_all()
     _check_arrow_types(table.schema)
     table.validate(full=True)  # crafted offsets or lengths must fail here, not as reads out of bounds
     if as_ == "Table":
@@ -500,6 +507,37 @@ def _decode_arrow(descriptor: dict[str, Any], transfer_dir: str | Path, budget: 
     if descriptor.get("unnamed") is True:
         series.name = None
     return series
+
+
+def _compressed(metadata: bytes) -> bool:
+    """Whether an Arrow IPC message's flatbuffer metadata declares a compressed body: the
+    `compression` field (3) of its RecordBatch, which a DictionaryBatch holds as its field 1."""
+
+    def read(position: int, size: int, signed: bool = False) -> int:
+        if not 0 <= position <= len(metadata) - size:
+            raise TransferError("malformed Arrow message metadata")
+        return int.from_bytes(metadata[position : position + size], "little", signed=signed)
+
+    def field(table: int, index: int) -> int | None:
+        """Where field `index` of the flatbuffer table at `table` is, if present."""
+        vtable = table - read(table, 4, signed=True)
+        if 4 + 2 * index >= read(vtable, 2):
+            return None
+        offset = read(vtable + 4 + 2 * index, 2)
+        return table + offset if offset else None
+
+    def child(table: int, index: int) -> int | None:
+        at = field(table, index)
+        return None if at is None else at + read(at, 4)
+
+    root = read(0, 4)
+    kind_at = field(root, 1)  # Message.header_type: 2 DictionaryBatch, 3 RecordBatch
+    kind = 0 if kind_at is None else read(kind_at, 1)
+    header = child(root, 2)
+    if header is None or kind not in (2, 3):
+        return False
+    batch = child(header, 1) if kind == 2 else header
+    return batch is not None and field(batch, 3) is not None
 
 
 def _check_arrow_types(schema: Any) -> None:
