@@ -94,14 +94,16 @@ def test_a_forged_flood_of_displays_is_cut_on_the_host_and_said(sb: Sandbox) -> 
     assert_still_answers(sb)
 
 
-def test_one_display_too_big_for_a_message_is_dropped_and_said(sb: Sandbox) -> None:
-    ex = sb.execute(
-        "from IPython.display import display\n"
-        f"display({{'text/plain': 'x' * {MAX_ITEM + MiB}}}, raw=True)\n"
-        "print('after')"
-    )
-    assert ex.error is None and ex.stdout == "after\n" and not ex.displays
-    assert ex.truncated and "dropped" in ex.stderr and "over what one message may take" in ex.stderr
+# A display over zmq's MAXMSGSIZE (32 MiB) is dropped by the kernel; forged, it would be lost unsaid.
+@pytest.mark.parametrize(("how", "size"), [("display", MAX_ITEM + MiB), ("display", 40 * MiB), ("forged", MAX_ITEM + MiB)])
+def test_one_display_too_big_for_a_message_is_dropped_and_said(sb: Sandbox, how: str, size: int) -> None:
+    """In the kernel (display) or on the host (a forged message): dropped and said."""
+    send = (f"forge('iopub', 'display_data', {{'data': {{'text/plain': 'x' * {size}}}, 'metadata': {{}}}})"
+            if how == "forged" else f"display({{'text/plain': 'x' * {size}}}, raw=True)")
+    ex = sb.execute(FORGE + "from IPython.display import display\n" + send + "\nprint('after')")
+    assert ex.error is None and ex.stdout == "after\n" and not ex.displays, (ex.stdout, ex.error)
+    assert ex.truncated and "dropped" in ex.stderr
+    assert_still_answers(sb)
 
 
 def test_a_small_message_that_parses_into_a_huge_one_is_not_parsed(sb: Sandbox) -> None:
@@ -252,6 +254,18 @@ def test_sparse_files_are_charged_at_their_size_across_one_pull() -> None:
         assert "max_transfer" in str(refused[0].value)
         assert growth < 400 * MiB, f"the host's peak memory grew by {growth / MiB:.0f} MiB"  # two read, not five
         assert sandbox.execute("print(len(os.listdir(T)))").stdout == "0\n"  # none left behind
+
+
+def test_a_final_answer_over_the_budget_is_an_error_of_the_execution_not_a_raise() -> None:
+    with Sandbox(timeout=30, imports=["*"], max_transfer="64MB") as sandbox:
+        ex = sandbox.execute(textwrap.dedent("""
+            import numpy as np
+            print("computed")
+            final_answer(np.zeros(10 * 2**20))  # 80 MB
+        """))
+        assert ex.stdout == "computed\n" and not ex.has_final_answer
+        assert ex.error is not None and ex.error.name == "FinalAnswerRefused" and "max_transfer" in ex.error.value
+        assert sandbox.execute("final_answer(np.zeros(3))").final_answer.tolist() == [0, 0, 0]
 
 
 def test_values_that_expand_on_the_host_are_refused_before_they_are_built(sb: Sandbox) -> None:

@@ -534,8 +534,12 @@ class AsyncSandbox:
         budget = _codec.Budget(self._max_transfer)
         for payload in reply.get("payload", ()):
             if payload.get("source") == FINAL_ANSWER_PAYLOAD:
-                execution.has_final_answer = True
-                execution.final_answer = self._decode(payload.get("final"), budget)
+                try:
+                    execution.final_answer = self._decode(payload.get("final"), budget)
+                except SandboxError as exc:  # the code learns why, and can answer with less
+                    execution.error = execution.error or ExecutionError("FinalAnswerRefused", str(exc))
+                else:
+                    execution.has_final_answer = True
         return execution
 
     async def _run(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _codec
+from ._messages import MAX_ITEM
 from ._records import Isolation
 from ._transfer import Transfer
 
@@ -236,29 +237,35 @@ def _cap_output(shell: Any, max_chars: int) -> None:
 
 
 def _cap_displays(shell: Any, max_bytes: int) -> None:
-    """Drop an execution's displays past `max_bytes` of their data inside the kernel, and say so:
-    a flood of them would otherwise queue in this process while the host reads (and cuts) them."""
+    """Drop displays inside the kernel, and say so: one over MAX_ITEM (the host would not read it),
+    and an execution's past `max_bytes` of their data (a flood of them would otherwise queue in
+    this process while the host reads and cuts them)."""
     publish = shell.display_pub.publish
-    left, dropped = max_bytes, 0
+    left = max_bytes
+    dropped: dict[str, int] = {}
 
     def capped(data: Any, *args: Any, **kwargs: Any) -> None:
-        nonlocal left, dropped
+        nonlocal left
         values = data.values() if isinstance(data, dict) else ()
         size = sum(len(v) if isinstance(v, (str, bytes)) else 64 for v in values)
-        if size > left:
-            dropped += 1
+        if size > MAX_ITEM:
+            why = f"each over the {MAX_ITEM // 1024**2} MiB one display may take"
+        elif size > left:
+            why = f"over the {max_bytes / 1024**2:.1f} MiB of outputs an execution may hold (max_output_bytes)"
+        else:
+            left -= size
+            publish(data, *args, **kwargs)
             return
-        left -= size
-        publish(data, *args, **kwargs)
+        dropped[why] = dropped.get(why, 0) + 1
 
     def reset(*_: Any) -> None:
-        nonlocal left, dropped
-        left, dropped = max_bytes, 0
+        nonlocal left
+        left = max_bytes
+        dropped.clear()
 
     def say(*_: Any) -> None:
-        if dropped:
-            sys.stderr.write(f"\n[... {dropped} display{'s' * (dropped > 1)} {DROP_MARK} over the "
-                             f"{max_bytes / 1024**2:.1f} MiB of outputs an execution may hold (max_output_bytes)]\n")
+        for why, count in dropped.items():
+            sys.stderr.write(f"\n[... {count} display{'s' * (count > 1)} {DROP_MARK} {why}]\n")
 
     shell.display_pub.publish = capped
     shell.events.register("pre_run_cell", reset)
