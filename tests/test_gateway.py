@@ -23,6 +23,7 @@ from agent_kernel.agents import CodeAgent
 from agent_kernel.sandbox import Sandbox, SandboxError
 from agent_kernel.sandbox._codec import INLINE_LIMIT, TransferError
 from agent_kernel.sandbox._gateway import _frame_v1, _parse_v1
+from agent_kernel.sandbox._messages import Malformed, check
 from agent_kernel.sandbox._launcher import _require_private
 from agent_kernel.sandbox._transfer import Transfer
 
@@ -230,13 +231,17 @@ def test_v1_frames_are_the_ones_jupyter_server_reads_and_writes():
     header = {"msg_id": "a1", "msg_type": "execute_reply", "session": "s", "username": "u", "date": "", "version": "5.3"}
     parts = [json.dumps(header).encode(), b'{"msg_id": "p1"}', b"{}", b'{"status": "ok"}']
     assert deserialize_msg_from_ws_v1(_frame_v1("shell", parts)) == ("shell", parts)
-    msg = _parse_v1(serialize_msg_to_ws_v1([*parts, b"\x00buffer"], "iopub"))
-    assert msg == {"channel": "iopub", "header": header, "parent_header": {"msg_id": "p1"}, "content": {"status": "ok"}}
+    msg, parent = _parse_v1(serialize_msg_to_ws_v1([*parts, b"\x00buffer"], "iopub"), 1 << 20)
+    assert (msg.channel, msg.msg_type, msg.content, parent) == ("iopub", "execute_reply", {"status": "ok"}, "p1")
     frame = serialize_msg_to_ws_v1(parts, "iopub")
     malformed = [b"", frame[:20], frame[:-3] + b"!!!", (1 << 62).to_bytes(8, "little") + frame[8:],
-                 serialize_msg_to_ws_v1(parts[:3], "iopub"), serialize_msg_to_ws_v1([*parts[:3], b"[1]"], "iopub"),
+                 serialize_msg_to_ws_v1(parts[:3], "iopub"),
                  serialize_msg_to_ws_v1([b"{}", *parts[1:]], "iopub"), b"\x06" + b"\x00" * 7 + b"\xff" * 48]
-    assert [_parse_v1(raw) for raw in malformed] == [None] * len(malformed)
+    assert [_parse_v1(raw, 1 << 20) for raw in malformed] == [None] * len(malformed)
+    # A content that is not a dict is read, and refused where every message's content is checked.
+    listed, _ = _parse_v1(serialize_msg_to_ws_v1([*parts[:3], b"[1]"], "iopub"), 1 << 20)
+    with pytest.raises(Malformed):
+        check(listed)
 
 
 def test_the_sandbox_speaks_v1_to_a_gateway_that_offers_it(sb):

@@ -14,6 +14,7 @@ import ast
 import asyncio
 import contextlib
 import hmac
+import itertools
 import json
 import math
 import os
@@ -33,9 +34,10 @@ from jupyter_client.manager import AsyncKernelManager
 
 from .. import _aio
 from .._safe import clean_text
-from . import _codec, _disk
+from . import _codec, _disk, _messages
 from ._disk import DiskWatch
-from ._kernel_side import CALL_MARKER, CUT_MARK, FINAL_ANSWER_PAYLOAD, HANDLE, HeadTail
+from ._kernel_side import CALL_MARKER, CUT_MARK, DROP_MARK, FINAL_ANSWER_PAYLOAD, HANDLE, HeadTail
+from ._messages import Message
 from ._records import Execution, ExecutionError, Isolation
 from ._spec import CONFIG_ENV, KERNEL_NAME, gateway_url, kernel_spec
 from ._transfer import Transfer
@@ -44,6 +46,8 @@ _UNSAFE_MIME = ("application/javascript", "text/javascript", "application/x-java
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _OWN_FRAMES = ("File " + str(Path(__file__).parent),)  # the sandbox's own frames, noise in a traceback
 _FREE_SPACE = "Delete files from the working directory, or give the sandbox a larger disk= cap"
+_MAX_VARIABLES = 10_000  # variables one listing shows
+_MAX_PREVIEW = 1000  # characters of a variable's name, and of its preview, in a listing
 _INTERRUPT_GRACE = 1.5  # seconds a timed-out execution gets to stop after SIGINT before a restart
 # zmq's option and flag numbers as plain ints: its IntEnum arithmetic costs microseconds per use.
 _EVENTS, _FD, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.FD), int(zmq.POLLIN), int(zmq.NOBLOCK)
@@ -63,6 +67,8 @@ class SandboxOptions:
     read_paths: tuple[str, ...] = ()
     strict: bool = False
     max_output: int = 100_000  # characters of printed output kept per execution (head and tail)
+    max_output_bytes: int | str = _messages.MAX_OUTPUT_BYTES  # host bytes of displays, results, errors per execution
+    max_transfer: int | str = "2GB"  # host bytes the values of one pull, final answer or host call may take
     keep_workdir: bool = False
     startup_timeout: float = 60.0
     gateway: str | None = None  # a Jupyter Kernel/Enterprise Gateway's URL; None: a local kernel
@@ -79,6 +85,7 @@ class SandboxOptions:
             **folders,
             "inline": root is None,
             "max_output": self.max_output,
+            "max_output_bytes": _parse_size(self.max_output_bytes, "max_output_bytes"),
             "read_paths": [str(Path(p).expanduser().resolve()) for p in self.read_paths],
             "network": self.network,
             "memory_bytes": memory,
@@ -107,33 +114,51 @@ class _SpecManager(KernelSpecManager):
 
 
 class _Outputs:
-    """Collects one execution's outputs in nbformat form, cutting a flood of printed text."""
+    """Collects one execution's outputs in nbformat form within bounds: printed text to its head and
+    tail, other outputs to `max_bytes` and MAX_OUTPUT_ITEMS held at once. What is cut or dropped
+    is said in a note at the end."""
 
-    def __init__(self, max_chars: int) -> None:
+    def __init__(self, max_chars: int, max_bytes: int) -> None:
         self.items: list[dict[str, Any]] = []
         self.error: ExecutionError | None = None
         self._text = HeadTail(max_chars)
+        self._max_bytes = max_bytes
+        self._held = 0  # estimated host bytes of the items held (streams are bounded by _text)
+        self._dropped: dict[str, int] = {}  # why -> how many messages
 
-    def add(self, msg_type: str, content: dict[str, Any]) -> None:
+    def add(self, msg_type: str, content: dict[str, Any], size: int) -> None:
+        """Take one checked iopub message (`_messages.check`) of `size` estimated host bytes."""
         if msg_type == "stream":
             head = self._text.add(content["name"], content["text"])
             if head:
                 self._append_stream(content["name"], head)
-        elif msg_type in ("display_data", "update_display_data", "execute_result"):
+            return
+        if msg_type == "clear_output":
+            self.items.clear()
+            self._held = 0
+            return
+        if len(self.items) >= _messages.MAX_OUTPUT_ITEMS:
+            return self.drop(f"over the {_messages.MAX_OUTPUT_ITEMS} outputs an execution may hold")
+        if self._held + size > self._max_bytes:
+            return self.drop(f"over the {_disk.mib(self._max_bytes)} of outputs an execution may hold (max_output_bytes)")
+        self._held += size
+        if msg_type in ("display_data", "update_display_data", "execute_result"):
             data = {k: v for k, v in content["data"].items() if k not in _UNSAFE_MIME}
             out = {"output_type": "display_data" if msg_type != "execute_result" else msg_type, "data": data,
-                   "metadata": content.get("metadata", {})}
+                   "metadata": content["metadata"]}
             if msg_type == "execute_result":
-                out["execution_count"] = content.get("execution_count")
+                out["execution_count"] = content["execution_count"]
             self.items.append(out)
         elif msg_type == "error":
-            tb = [clean_text(line) for line in content.get("traceback", [])]
+            tb = [clean_text(line) for line in content["traceback"]]
             tb = [line for line in tb if not line.lstrip().startswith(_OWN_FRAMES)]
             self.items.append({"output_type": "error", "ename": content["ename"], "evalue": content["evalue"],
                                "traceback": tb})
             self.error = ExecutionError(content["ename"], content["evalue"], "\n".join(tb))
-        elif msg_type == "clear_output":
-            self.items.clear()
+
+    def drop(self, why: str) -> None:
+        """Count a message not kept, to be said at the end."""
+        self._dropped[why] = self._dropped.get(why, 0) + 1
 
     def _append_stream(self, name: str, text: str) -> None:
         last = self.items[-1] if self.items else None
@@ -143,16 +168,18 @@ class _Outputs:
             self.items.append({"output_type": "stream", "name": name, "text": text})
 
     def finish(self) -> bool:
-        """Append the kept tail; True when something was cut (here, or already in the kernel)."""
+        """Append the kept tail and the notes; True when something was cut or dropped (here, or
+        already in the kernel)."""
         note, tail = self._text.finish()
         if note:
             self._append_stream(tail[0][0] if tail else "stdout", note)
         for name, text in tail:
             self._append_stream(name, text)
-        return note is not None or any(o["output_type"] == "stream" and CUT_MARK in o["text"] for o in self.items)
-
-
-Message = tuple[str, str, dict[str, Any]]  # (channel, msg_type, content)
+        for why, count in self._dropped.items():
+            self._append_stream("stderr", f"\n[... {count} message{'s' * (count > 1)} {DROP_MARK} {why}]\n")
+        return note is not None or any(
+            o["output_type"] == "stream" and (CUT_MARK in o["text"] or DROP_MARK in o["text"]) for o in self.items
+        )
 
 
 class _Backend(Protocol):
@@ -160,6 +187,7 @@ class _Backend(Protocol):
 
     inline: bool  # True: no folder is shared with the kernel, payloads travel inside the messages
     workdir: Path | None  # the kernel's working directory, when it is on this machine
+    max_reply: int  # host bytes a reply may take parsed (its inline payloads included)
 
     async def start(self, root: Path, options: SandboxOptions) -> None:
         """Create the kernel (`root`: this sandbox's private folder here)."""
@@ -196,6 +224,7 @@ class _LocalBackend:
     """A kernel process on this machine, its channels read straight off the zmq sockets."""
 
     inline = False
+    max_reply = _messages.MAX_REPLY
 
     def __init__(self) -> None:
         self.km: AsyncKernelManager | None = None
@@ -275,21 +304,50 @@ class _LocalBackend:
                 *self._drain(stdin, "stdin", None)]
 
     def _drain(self, sock: zmq.Socket, channel: str, msg_id: str | None) -> list[Message]:
-        """The messages waiting on `sock` that answer `msg_id` (all, when None).
+        """The messages waiting on `sock` that answer `msg_id` (all, when None), up to MAX_BATCH
+        host bytes of them (the rest wait for the next drain).
 
         Leaner than Session.deserialize (a quarter of its cost): the signature is checked, only the
         parent header is parsed for messages to someone else, and dates stay text (none is read here).
+        Each part is weighed before it is parsed; one that would take too much is not parsed.
         """
-        session = self._kc.session
-        found = []
-        while sock.get(_EVENTS) & _POLLIN:  # cheaper than a zmq.Again per empty socket
-            _, (signature, *parts) = session.feed_identities(sock.recv_multipart(_NOBLOCK))
-            header, parent, _, content = parts[:4]
-            if session.auth is not None and not hmac.compare_digest(signature, session.sign(parts[:4])):
-                raise SandboxError("a message on the sandbox kernel's channels had a bad signature")
-            if msg_id is None or session.unpack(parent).get("msg_id") == msg_id:
-                found.append((channel, session.unpack(header)["msg_type"], session.unpack(content)))
+        found: list[Message] = []
+        batch = 0
+        while batch < _messages.MAX_BATCH and sock.get(_EVENTS) & _POLLIN:  # cheaper than a zmq.Again per empty socket
+            msg = self._read(sock.recv_multipart(_NOBLOCK), channel, msg_id)
+            if msg is not None:
+                found.append(msg)
+                batch += msg.size
         return found
+
+    def _read(self, frames: list[bytes], channel: str, msg_id: str | None) -> Message | None:
+        """One message off the wire, if it answers `msg_id`; its content is a Malformed when it
+        cannot be read within bounds (the execution then says a message was dropped)."""
+        session = self._kc.session
+        size = sum(map(len, frames))
+        try:
+            _, (signature, *parts) = session.feed_identities(frames)
+            header, parent, _, content = parts[:4]
+        except ValueError:
+            return Message(channel, "?", _messages.Malformed("it is not a Jupyter message"), size)
+        if session.auth is not None and not hmac.compare_digest(signature, session.sign(parts[:4])):
+            return Message(channel, "?", _messages.Malformed("its signature is wrong"), size)
+        size = _messages.json_cost(header) + _messages.json_cost(parent) + _messages.json_cost(content) + len(parts[2])
+        if size > (_messages.MAX_REPLY if channel == "shell" else _messages.MAX_ITEM):
+            return Message(channel, "?", _messages.Malformed(_messages.too_big(size)), size)
+        try:
+            parent_id = session.unpack(parent).get("msg_id") if msg_id is not None else None
+            if parent_id != msg_id:
+                return None
+            msg_type = session.unpack(header)["msg_type"]
+            if not isinstance(msg_type, str):
+                raise TypeError
+        except (ValueError, TypeError, KeyError, AttributeError):  # orjson's errors are ValueErrors
+            return Message(channel, "?", _messages.Malformed("its header is not a JSON object with a msg_type"), size)
+        try:
+            return Message(channel, msg_type, session.unpack(content), size)
+        except ValueError:
+            return Message(channel, msg_type, _messages.Malformed("its content is not JSON"), size)
 
     async def wait(self, timeout: float) -> bool:
         if any(sock.get(_EVENTS) & _POLLIN for sock in self._sockets):
@@ -380,6 +438,10 @@ def _zmq_context() -> zmq.asyncio.Context:
         context = _contexts[os.getpid()] = zmq.asyncio.Context()
         context.setsockopt(zmq.RECONNECT_IVL, 10)
         context.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        # What a kernel's messages may hold of this process's memory before they are read: a
+        # bigger message drops the connection (which reconnects), more messages wait in the kernel.
+        context.setsockopt(zmq.MAXMSGSIZE, _messages.MAX_FRAME)
+        context.setsockopt(zmq.RCVHWM, _messages.RECEIVE_QUEUE)
     return context
 
 
@@ -409,6 +471,8 @@ class AsyncSandbox:
         read_paths: Iterable[str | os.PathLike[str]] = (),
         strict: bool = False,
         max_output: int = 100_000,
+        max_output_bytes: int | str = _messages.MAX_OUTPUT_BYTES,
+        max_transfer: int | str = "2GB",
         keep_workdir: bool = False,
         gateway: str | None = None,
         token: str | None = None,
@@ -416,9 +480,12 @@ class AsyncSandbox:
         self.options = SandboxOptions(
             imports=tuple(imports), timeout=timeout, memory=memory, disk=disk, network=network,
             read_paths=tuple(str(p) for p in read_paths), strict=strict, max_output=max_output,
-            keep_workdir=keep_workdir, gateway=gateway_url(gateway), token=token,
+            max_output_bytes=max_output_bytes, max_transfer=max_transfer, keep_workdir=keep_workdir,
+            gateway=gateway_url(gateway), token=token,
         )
         _parse_size(memory)  # fail now on a bad size, not in the kernel
+        self._max_output_bytes = _parse_size(max_output_bytes, "max_output_bytes") or 0
+        self._max_transfer = _parse_size(max_transfer, "max_transfer") or 0
         self._disk_cap = _parse_size(disk, "disk")
         self.isolation = Isolation()
         self._backend = _backend_for(self.options)
@@ -522,10 +589,15 @@ class AsyncSandbox:
     async def execute(self, code: str, timeout: float | None = None) -> Execution:
         """Run `code`; outputs, errors and a final answer come back in the Execution."""
         execution, reply = await self._run(code, {}, timeout=timeout)
-        for payload in reply.get("payload") or ():
-            if isinstance(payload, dict) and payload.get("source") == FINAL_ANSWER_PAYLOAD:
-                execution.has_final_answer = True
-                execution.final_answer = self._decode(payload.get("final"))
+        budget = _codec.Budget(self._max_transfer)
+        for payload in reply.get("payload", ()):
+            if payload.get("source") == FINAL_ANSWER_PAYLOAD:
+                try:
+                    execution.final_answer = self._decode(payload.get("final"), budget)
+                except SandboxError as exc:  # the code learns why, and can answer with less
+                    execution.error = execution.error or ExecutionError("FinalAnswerRefused", str(exc))
+                else:
+                    execution.has_final_answer = True
         return execution
 
     async def _run(
@@ -549,7 +621,7 @@ class AsyncSandbox:
         """One execute_request, answered; the caller holds the lock (or is starting the kernel)."""
         started = time.perf_counter()
         limit = self.options.timeout if timeout is None else timeout
-        outputs = _Outputs(self.options.max_output)
+        outputs = _Outputs(self.options.max_output, self._max_output_bytes)
         execution = Execution(code=code)
         if self._disk is not None:
             self._disk.began()
@@ -605,15 +677,22 @@ class AsyncSandbox:
         reply: dict[str, Any] | None = None
         idle = False
         while True:
-            for channel, msg_type, content in backend.drain(msg_id):
-                if channel == "iopub":
-                    if msg_type == "status":
+            for msg in backend.drain(msg_id):
+                try:
+                    content = _messages.check(msg)
+                except _messages.Malformed as exc:
+                    outputs.drop(f"a malformed {msg.msg_type[:40]!r} on {msg.channel} ({exc})")
+                    continue
+                if content is _messages.IGNORED:
+                    continue
+                if msg.channel == "iopub":
+                    if msg.msg_type == "status":
                         idle = content["execution_state"] == "idle"
                     else:
-                        outputs.add(msg_type, content)
-                elif channel == "shell":
+                        outputs.add(msg.msg_type, content, msg.size)
+                elif msg.channel == "shell":
                     reply = content
-                elif msg_type == "input_request":
+                else:
                     await backend.input(await self._answer_input(content["prompt"], deadline - time.perf_counter()))
             if reply is not None and idle:
                 return "done", reply
@@ -646,8 +725,9 @@ class AsyncSandbox:
         try:
             request = json.loads(prompt[len(CALL_MARKER) :])
             fn = self._functions[request["name"]]
-            args = [self._decode(d) for d in request["args"]]
-            kwargs = {k: self._decode(d) for k, d in request["kwargs"].items()}
+            budget = _codec.Budget(self._max_transfer)  # all the arguments of this call together
+            args = [self._decode(d, budget) for d in request["args"]]
+            kwargs = {k: self._decode(d, budget) for k, d in request["kwargs"].items()}
             if asyncio.iscoroutinefunction(fn):
                 call = fn(*args, **kwargs)
             else:
@@ -674,22 +754,36 @@ class AsyncSandbox:
         """Copy sandbox variables out. Raises KeyError naming any that do not exist."""
         names = list(names)
         answer = await self._evaluate(f"{HANDLE}.dump({json.dumps(json.dumps(names))})")
-        if not isinstance(answer, dict) or not isinstance(answer.get("values"), dict):
+        if not isinstance(answer, dict) or not isinstance(answer.get("values"), dict) or not isinstance(
+            answer.get("missing", []), list
+        ):
             raise SandboxError("the sandbox answered a pull with something malformed")
-        if answer.get("missing"):
+        budget = _codec.Budget(self._max_transfer)  # all the names of this pull together
+        try:
+            said_missing = {name for name in answer.get("missing", []) if isinstance(name, str)}
+            missing = [name for name in names if name in said_missing]
+            if missing:
+                raise KeyError(f"not defined in the sandbox: {', '.join(missing)}")
+            return {name: self._decode(answer["values"].get(name), budget) for name in names}
+        finally:  # what was not decoded must not linger in the transfer folder
             for descriptor in answer["values"].values():
                 with contextlib.suppress(_codec.TransferError):  # a bad name names no file of ours
                     self._transfer.cleanup(descriptor)
-            raise KeyError(f"not defined in the sandbox: {', '.join(map(str, answer['missing']))}")
-        return {name: self._decode(answer["values"].get(name)) for name in names}
 
     async def variables(self) -> dict[str, str]:
-        """The sandbox's variables, each with a short preview (type, shape, columns)."""
-        return await self._evaluate(f"{HANDLE}.variables()")
+        """The sandbox's variables, each with a short preview (type, shape, columns): at most
+        _MAX_VARIABLES of them, names and previews cut to _MAX_PREVIEW characters."""
+        listing = await self._evaluate(f"{HANDLE}.variables()")
+        if not isinstance(listing, dict) or not all(isinstance(v, str) for v in listing.values()):
+            raise SandboxError("the sandbox answered a variable listing with something malformed")
+        shown = dict(itertools.islice(listing.items(), _MAX_VARIABLES))
+        if len(listing) > _MAX_VARIABLES:
+            shown["…"] = f"{len(listing) - _MAX_VARIABLES} more variables not listed"
+        return {name[:_MAX_PREVIEW]: preview[:_MAX_PREVIEW] for name, preview in shown.items()}
 
-    def _decode(self, descriptor: Any) -> Any:
+    def _decode(self, descriptor: Any, budget: _codec.Budget) -> Any:
         try:
-            return self._transfer.decode(descriptor)
+            return self._transfer.decode(descriptor, budget=budget)
         except _codec.TransferError as exc:
             raise SandboxError(f"a value from the sandbox was refused: {exc}") from None
 
@@ -701,7 +795,7 @@ class AsyncSandbox:
         run = self._exchange if locked else self._run
         execution, reply = await run("", {"r": expression}, self.options.startup_timeout, True)
         try:
-            return _expression_value(reply, "r")
+            return _expression_value(reply, "r", self._backend.max_reply)
         except SandboxError as exc:
             raise SandboxError(f"sandbox call {expression.split('(')[0]} failed: {execution.error or exc}") from None
 
@@ -721,15 +815,18 @@ def _backend_for(options: SandboxOptions) -> _Backend:
     return GatewayBackend(options.gateway, options.token)
 
 
-def _expression_value(reply: dict[str, Any], key: str) -> Any:
-    """The JSON value of a user expression in an execute_reply: a literal str, never evaluated."""
-    result = reply.get("user_expressions", {}).get(key, {})
+def _expression_value(reply: dict[str, Any], key: str, limit: int) -> Any:
+    """The JSON value of a user expression in an execute_reply: a literal str, never evaluated, and
+    parsed only if it takes at most `limit` bytes parsed."""
+    result = reply.get("user_expressions", {}).get(key, {})  # shaped by _messages.check
     if result.get("status") != "ok":
-        raise SandboxError(f"{result.get('ename')}: {result.get('evalue')}")
+        raise SandboxError(f"{str(result.get('ename'))[:200]}: {str(result.get('evalue'))[:2000]}")
     try:
         text = ast.literal_eval(result["data"]["text/plain"])
         if not isinstance(text, str):
             raise ValueError("not text")
+        if (cost := _codec.json_cost(text)) > limit:
+            raise ValueError(_messages.too_big(cost))
         return json.loads(text)
     except (KeyError, TypeError, ValueError, SyntaxError, RecursionError) as exc:
         raise SandboxError(f"the sandbox answered an internal call with something malformed ({exc})") from None

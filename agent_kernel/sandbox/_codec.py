@@ -44,6 +44,12 @@ _SUFFIX = {"json": ".json", "bytes": ".bin", "image": ".png", "arrow": ".arrow",
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ARROW_AS = ("DataFrame", "Series", "Table")
 _NPY_MAX_HEADER = 9000  # numpy refuses to parse .npy headers over 10000 characters (max_header_size)
+_PER_TOKEN = 64  # host bytes a JSON container, element or member can take once parsed (a list is 56)
+_TOKENS = (b"[", b"{", b",", b":")
+_RECOUNT = 4096  # more tokens than this are counted again with the strings taken out
+# A JSON string; possessive (Python >= 3.11: twice as fast, no backtracking) where the re module has it.
+_STRINGS = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"' if sys.version_info >= (3, 11) else rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_OBJECT_COST = 100  # host bytes of one Python object pandas makes for a value (a str, None, a list), with its slot
 
 
 class TransferError(ValueError):
@@ -338,11 +344,48 @@ def _bounded_repr(value: Any, limit: int) -> str:
 # -- decode ----------------------------------------------------------------------------------------
 
 
-def decode(descriptor: Any, transfer_dir: str | Path, *, max_bytes: int = MAX_BYTES) -> Any:
-    """The value a descriptor stands for. Raises TransferError for anything malformed or unsafe.
+def json_cost(raw: bytes | str) -> int:
+    """About the host bytes `raw` JSON takes once parsed, counted without parsing it: its length,
+    plus `_PER_TOKEN` for every bracket, comma and colon outside strings (20 bytes of
+    `[[],[],...]` parse into ~450). Commas inside strings are only told apart when there are many."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    tokens = sum(data.count(c) for c in _TOKENS)
+    if tokens > _RECOUNT:  # HTML, scripts and JSON inside strings: count outside the strings only
+        tokens = sum(_STRINGS.sub(b"", data).count(c) for c in _TOKENS)
+    return len(data) + _PER_TOKEN * tokens
+
+
+class Budget:
+    """Host bytes the values of one call may still take once decoded (all the names of a pull, all
+    the arguments of a host-function call): each decoder charges what it will allocate, as computed
+    from sizes and lengths, before it allocates it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = self.left = limit
+
+    def charge(self, nbytes: int, what: str) -> None:
+        if nbytes > self.left:
+            raise TransferError(
+                f"{what} would take about {_mib(nbytes)} of memory here, over the {_mib(self.left)} left of "
+                f"the {_mib(self.limit)} the values of one call may take (max_bytes={self.limit}, a sandbox's "
+                "max_transfer): transfer fewer or smaller values at once, or give the sandbox a larger max_transfer"
+            )
+        self.left -= nbytes
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 1024**2:.1f} MiB"
+
+
+def decode(
+    descriptor: Any, transfer_dir: str | Path, *, max_bytes: int = MAX_BYTES, budget: Budget | None = None
+) -> Any:
+    """The value a descriptor stands for. Raises TransferError for anything malformed or unsafe, or
+    over `budget` (shared by the values of one call; else `max_bytes` for this value alone).
 
     The descriptor's file (if any) is deleted afterwards, also when decoding fails.
     """
+    budget = Budget(max_bytes) if budget is None else budget
     if (
         not isinstance(descriptor, dict)
         or not isinstance(descriptor.get("kind"), str)
@@ -352,7 +395,7 @@ def decode(descriptor: Any, transfer_dir: str | Path, *, max_bytes: int = MAX_BY
             f"not a transfer descriptor (expected a dict with a known 'kind'): {_bounded_repr(descriptor, 200)}"
         )
     try:
-        return _DECODERS[descriptor["kind"]](descriptor, transfer_dir, max_bytes)
+        return _DECODERS[descriptor["kind"]](descriptor, transfer_dir, budget)
     except TransferError:
         raise
     except RecursionError:
@@ -370,35 +413,34 @@ def cleanup(descriptor: Any, transfer_dir: str | Path) -> None:
         _file_path(descriptor, transfer_dir).unlink(missing_ok=True)
 
 
-def _decode_json(descriptor: dict[str, Any], transfer_dir: str | Path, max_bytes: int) -> Any:
+def _decode_json(descriptor: dict[str, Any], transfer_dir: str | Path, budget: Budget) -> Any:
     if "file" in descriptor:
-        with _open_file(descriptor, transfer_dir, max_bytes) as f:
-            text = f.read().decode("utf-8", "surrogatepass")
-    else:
-        text = _field(descriptor, "text", str)
-        if len(text) > max_bytes:
-            raise TransferError(f"inline JSON of {len(text)} characters exceeds max_bytes={max_bytes}")
+        with _open_file(descriptor, transfer_dir, budget) as f:
+            data = f.read()
+        budget.charge(json_cost(data) + len(data), "a JSON value")  # its text, then its objects
+        return json.loads(data.decode("utf-8", "surrogatepass"))
+    text = _field(descriptor, "text", str)
+    budget.charge(json_cost(text), "an inline JSON value")
     return json.loads(text)
 
 
-def _decode_bytes(descriptor: dict[str, Any], transfer_dir: str | Path, max_bytes: int) -> bytes:
+def _decode_bytes(descriptor: dict[str, Any], transfer_dir: str | Path, budget: Budget) -> bytes:
     if "file" in descriptor:
-        with _open_file(descriptor, transfer_dir, max_bytes) as f:
+        with _open_file(descriptor, transfer_dir, budget) as f:
             return f.read()
     data = _field(descriptor, "base64", str)
-    if len(data) > max_bytes * 4 // 3 + 4:
-        raise TransferError(f"inline data exceeds max_bytes={max_bytes}")
+    budget.charge(len(data) * 3 // 4, "inline bytes")
     return base64.b64decode(data, validate=True)
 
 
-def _decode_image(descriptor: dict[str, Any], transfer_dir: str | Path, max_bytes: int) -> ImageData:
-    data = _decode_bytes(descriptor, transfer_dir, max_bytes)
+def _decode_image(descriptor: dict[str, Any], transfer_dir: str | Path, budget: Budget) -> ImageData:
+    data = _decode_bytes(descriptor, transfer_dir, budget)
     if not data.startswith(_PNG_SIGNATURE):
         raise TransferError("an 'image' transfer must hold PNG data")
     return ImageData(data, _field(descriptor, "type", str)[:200])
 
 
-def _decode_repr(descriptor: dict[str, Any], transfer_dir: str | Path, max_bytes: int) -> Opaque:
+def _decode_repr(descriptor: dict[str, Any], transfer_dir: str | Path, budget: Budget) -> Opaque:
     reason = descriptor.get("reason", "")
     if not isinstance(reason, str):
         raise TransferError("a 'repr' descriptor's 'reason' must be a string")
@@ -406,13 +448,13 @@ def _decode_repr(descriptor: dict[str, Any], transfer_dir: str | Path, max_bytes
     return Opaque(_field(descriptor, "type", str)[:200], text[:REPR_LIMIT], reason[:REPR_LIMIT])
 
 
-def _decode_npy(descriptor: dict[str, Any], transfer_dir: str | Path, max_bytes: int) -> Any:
+def _decode_npy(descriptor: dict[str, Any], transfer_dir: str | Path, budget: Budget) -> Any:
     """Read the array into memory (not np.load's mmap_mode): the file is deleted next, and the sandbox
     could rewrite or truncate a mapped file under the host. Only format 1.0: numpy writes 2.0/3.0
     only for headers too big for its safe header parser anyway."""
     np = _require("numpy", "a numpy array")
     fmt = np.lib.format
-    with _open_file(descriptor, transfer_dir, max_bytes) as f:
+    with _open_file(descriptor, transfer_dir, budget) as f:  # charges the file: the array is as big
         version = fmt.read_magic(f)
         if version != (1, 0):
             raise TransferError(f"unsupported .npy format version {version}")
@@ -421,6 +463,8 @@ def _decode_npy(descriptor: dict[str, Any], transfer_dir: str | Path, max_bytes:
             raise TransferError(f"negative dimension in .npy shape {shape}")
         if dtype.hasobject:
             raise TransferError("refusing a .npy of Python objects (it would need pickle)")
+        if dtype.itemsize == 0:  # any shape fits in no bytes: 10**15 elements of nothing
+            raise TransferError(f"refusing a .npy of the zero-size dtype {str(dtype)[:80]}")
         expected = f.tell() + dtype.itemsize * math.prod(shape)
         if expected != descriptor["size"]:
             raise TransferError(f"the .npy header describes {expected} bytes but the file has {descriptor['size']}")
@@ -428,23 +472,31 @@ def _decode_npy(descriptor: dict[str, Any], transfer_dir: str | Path, max_bytes:
     return array.reshape(shape[::-1]).transpose() if fortran_order else array.reshape(shape)
 
 
-def _decode_arrow(descriptor: dict[str, Any], transfer_dir: str | Path, max_bytes: int) -> Any:
+def _decode_arrow(descriptor: dict[str, Any], transfer_dir: str | Path, budget: Budget) -> Any:
     as_ = _field(descriptor, "as", str)
     if as_ not in _ARROW_AS:
         raise TransferError(f"an 'arrow' descriptor's 'as' must be one of {_ARROW_AS}, not {as_!r}")
     pa = _require("pyarrow", "an Arrow table")
     import pyarrow.ipc
 
-    with _open_file(descriptor, transfer_dir, max_bytes) as f:
+    with _open_file(descriptor, transfer_dir, budget) as f:
         buffer = pa.allocate_buffer(descriptor["size"])
         if f.readinto(memoryview(buffer)) != descriptor["size"]:
             raise TransferError("the Arrow file changed size while it was read")
-    table = pyarrow.ipc.open_file(buffer).read_all()
+    # The stream inside the file, after its 8-byte magic: every message read is checked first (the
+    # footer, which could point elsewhere, is never read). Compressed bodies would be decompressed
+    # to sizes nothing here bounds: 5 KB of zstd become 80 MB.
+    stream = buffer.slice(8)
+    for message in pyarrow.ipc.MessageReader.open_stream(pa.BufferReader(stream)):
+        if _compressed(message.metadata.to_pybytes()):
+            raise TransferError("refusing a compressed Arrow file: send it uncompressed (as the codec writes it)")
+    table = pyarrow.ipc.open_stream(stream).read_all()
     _check_arrow_types(table.schema)
     table.validate(full=True)  # crafted offsets or lengths must fail here, not as reads out of bounds
     if as_ == "Table":
         return table
     _require("pandas", "a pandas DataFrame or Series")
+    budget.charge(_pandas_cost(table), f"a DataFrame of {table.num_rows} rows x {table.num_columns} columns")
     frame = table.to_pandas()
     _restore_object_columns(table, frame)
     if "freq" in descriptor:
@@ -455,6 +507,37 @@ def _decode_arrow(descriptor: dict[str, Any], transfer_dir: str | Path, max_byte
     if descriptor.get("unnamed") is True:
         series.name = None
     return series
+
+
+def _compressed(metadata: bytes) -> bool:
+    """Whether an Arrow IPC message's flatbuffer metadata declares a compressed body: the
+    `compression` field (3) of its RecordBatch, which a DictionaryBatch holds as its field 1."""
+
+    def read(position: int, size: int, signed: bool = False) -> int:
+        if not 0 <= position <= len(metadata) - size:
+            raise TransferError("malformed Arrow message metadata")
+        return int.from_bytes(metadata[position : position + size], "little", signed=signed)
+
+    def field(table: int, index: int) -> int | None:
+        """Where field `index` of the flatbuffer table at `table` is, if present."""
+        vtable = table - read(table, 4, signed=True)
+        if 4 + 2 * index >= read(vtable, 2):
+            return None
+        offset = read(vtable + 4 + 2 * index, 2)
+        return table + offset if offset else None
+
+    def child(table: int, index: int) -> int | None:
+        at = field(table, index)
+        return None if at is None else at + read(at, 4)
+
+    root = read(0, 4)
+    kind_at = field(root, 1)  # Message.header_type: 2 DictionaryBatch, 3 RecordBatch
+    kind = 0 if kind_at is None else read(kind_at, 1)
+    header = child(root, 2)
+    if header is None or kind not in (2, 3):
+        return False
+    batch = child(header, 1) if kind == 2 else header
+    return batch is not None and field(batch, 3) is not None
 
 
 def _check_arrow_types(schema: Any) -> None:
@@ -486,10 +569,43 @@ def _check_arrow_types(schema: Any) -> None:
         check(field.type, True)
 
 
+def _pandas_cost(table: Any) -> int:
+    """About the host bytes `to_pandas` and `_restore_object_columns` make of `table`, from its
+    lengths and types alone: a copy of its buffers, 8 bytes a row for a column of numbers, and a
+    Python object for every value of any other column, nested values included (a null column
+    has no buffers at all, and 50M rows of it are 50M objects' slots)."""
+    import pyarrow.types as t
+
+    cost = table.nbytes
+    for column in table.columns:
+        kind = column.type
+        numeric = t.is_integer(kind) or t.is_floating(kind) or t.is_boolean(kind) or t.is_timestamp(kind) or t.is_duration(kind)
+        for chunk in column.chunks:
+            cost += 8 * len(chunk) if numeric else _OBJECT_COST * _values(chunk)
+    return cost
+
+
+def _values(array: Any) -> int:
+    """How many values `array` holds, its nested ones (list items, struct fields, a dictionary) included."""
+    import pyarrow as pa
+
+    if isinstance(array, pa.ExtensionArray):
+        return _values(array.storage)
+    count = len(array)
+    if isinstance(array, pa.DictionaryArray):
+        return count + _values(array.dictionary)
+    if isinstance(array, (pa.ListArray, pa.LargeListArray, pa.FixedSizeListArray)):
+        return count + _values(array.values)
+    if isinstance(array, (pa.StructArray, pa.UnionArray)):
+        return count + sum(_values(array.field(i)) for i in range(array.type.num_fields))
+    return count
+
+
 def _restore_object_columns(table: Any, frame: Any) -> None:
     """Give object columns back their Python values: pandas >= 3 turns Arrow strings into its str
     dtype, and pyarrow turns lists into numpy arrays and int columns with None into floats."""
     import pandas as pd
+    import pyarrow as pa
 
     meta = table.schema.pandas_metadata or {}
     index_fields = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
@@ -497,8 +613,10 @@ def _restore_object_columns(table: Any, frame: Any) -> None:
     if len(entries) != frame.shape[1]:
         return
     for position, entry in enumerate(entries):
-        if entry.get("numpy_type") == "object":
-            values = table.column(entry["field_name"]).to_pylist()
+        column = table.column(entry["field_name"])
+        # A dictionary column stays categorical: made whole, each row would be a new copy of its value.
+        if entry.get("numpy_type") == "object" and not pa.types.is_dictionary(column.type):
+            values = column.to_pylist()
             frame.isetitem(position, pd.Series(values, index=frame.index, dtype=object))
 
 
@@ -526,13 +644,14 @@ def _file_path(descriptor: dict[str, Any], transfer_dir: str | Path) -> Path:
 
 
 @contextmanager
-def _open_file(descriptor: dict[str, Any], transfer_dir: str | Path, max_bytes: int) -> Iterator[IO[bytes]]:
-    """Open the descriptor's file only if it is a regular, singly-linked file of the declared,
-    bounded size: a planted symlink, hard link or FIFO aimed at a host secret fails."""
+def _open_file(descriptor: dict[str, Any], transfer_dir: str | Path, budget: Budget) -> Iterator[IO[bytes]]:
+    """Open the descriptor's file only if it is a regular, singly-linked file of the declared size,
+    and charge that size to `budget` (a sparse file has it without taking disk): a planted
+    symlink, hard link or FIFO aimed at a host secret fails."""
     path = _file_path(descriptor, transfer_dir)
     size = descriptor.get("size")
-    if type(size) is not int or not 0 <= size <= max_bytes:
-        raise TransferError(f"transfer file size {_bounded_repr(size, 40)} is not an int within max_bytes={max_bytes}")
+    if type(size) is not int or size < 0:
+        raise TransferError(f"transfer file size {_bounded_repr(size, 40)} is not a non-negative int")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -545,10 +664,11 @@ def _open_file(descriptor: dict[str, Any], transfer_dir: str | Path, max_bytes: 
             raise TransferError(f"transfer file {path.name!r} is not a plain regular file")
         if st.st_size != size:
             raise TransferError(f"transfer file {path.name!r} has {st.st_size} bytes, the descriptor says {size}")
+        budget.charge(size, f"transfer file {path.name!r}")
         yield f
 
 
-_Decoder = Callable[[dict[str, Any], "str | Path", int], Any]
+_Decoder = Callable[[dict[str, Any], "str | Path", Budget], Any]
 _DECODERS: dict[str, _Decoder] = {
     "json": _decode_json,
     "bytes": _decode_bytes,

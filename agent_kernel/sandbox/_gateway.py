@@ -36,11 +36,12 @@ from tornado.websocket import (
     websocket_connect,
 )
 
-from ._client import Message, SandboxError, SandboxOptions
+from . import _messages
+from ._client import SandboxError, SandboxOptions, _parse_size
+from ._messages import Malformed, Message
 from ._launcher import GATEWAY_CONFIG_ENV
 from ._spec import KERNEL_NAME
 
-_MAX_MESSAGE = 1 << 30  # bytes of one websocket message from the gateway (a pulled DataFrame, inline)
 _GONE = ("restarting", "dead")  # statuses the gateway sends when the kernel process ended
 _V1 = "v1.kernel.websocket.jupyter.org"  # the websocket protocol of raw message parts (jupyter_server >= 2)
 _MAX_PARTS = 64  # parts of one v1 frame (header, parent header, metadata, content, buffers)
@@ -93,13 +94,18 @@ class GatewayBackend:
         self._ws: WebSocketClientConnection | None = None
         self._v1 = False  # the gateway chose the v1 protocol for this connection
         self._reader: asyncio.Task[None] | None = None
-        self._inbox: deque[dict[str, Any]] = deque()
+        self.max_reply = _messages.MAX_REPLY  # bytes of one websocket message, and of a reply parsed: see `start`
+        self._inbox: deque[tuple[Message, str | None]] = deque()  # with each, its parent's msg_id (None: unread)
+        self._inbox_bytes = 0
         self._arrived = asyncio.Event()
+        self._drained = asyncio.Event()
         self._gone: str | None = None  # "restarting" / "dead" from the gateway, "closed" for a lost websocket
 
     # -- life cycle (REST) ----------------------------------------------------------------------
     async def start(self, root: Path, options: SandboxOptions) -> None:
         self._startup_timeout = options.startup_timeout
+        # Pulled values travel inline, base64 in a reply: the largest message is the largest transfer.
+        self.max_reply = (_parse_size(options.max_transfer, "max_transfer") or 0) * 4 // 3 + _messages.MAX_REPLY
         env = {GATEWAY_CONFIG_ENV: json.dumps(options.launcher_settings(None))}
         kernel = await self._rest("POST", "", {"name": KERNEL_NAME, "env": env}, options.startup_timeout)
         if not isinstance(kernel, dict) or not isinstance(kernel.get("id"), str):
@@ -140,12 +146,13 @@ class GatewayBackend:
         request = HTTPRequest(url, headers=self.config.headers(), validate_cert=self.config.validate_cert,
                               connect_timeout=self.config.request_timeout, request_timeout=self.config.request_timeout)
         try:
-            self._ws = await websocket_connect(request, max_message_size=_MAX_MESSAGE, subprotocols=[_V1])
+            self._ws = await websocket_connect(request, max_message_size=self.max_reply, subprotocols=[_V1])
             self._ws.protocol.set_nodelay(True)  # small requests go out at once, not after a delayed ACK
             self._v1 = self._ws.selected_subprotocol == _V1
         except (OSError, HTTPClientError) as exc:
             raise SandboxError(f"could not open the kernel's channels on the gateway ({endpoint}): {exc}") from exc
         self._inbox.clear()
+        self._inbox_bytes = 0
         self._gone = None
         self._reader = asyncio.ensure_future(self._read(self._ws))
         deadline = time.perf_counter() + timeout
@@ -163,7 +170,7 @@ class GatewayBackend:
         deadline = time.perf_counter() + timeout
         heard: set[str] = set()
         while True:
-            heard.update(channel for channel, _, _ in self.drain(msg_id))
+            heard.update(msg.channel for msg in self.drain(msg_id))
             if {"shell", "iopub"} <= heard:
                 return True
             remaining = deadline - time.perf_counter()
@@ -180,14 +187,20 @@ class GatewayBackend:
         await self._send("stdin", "input_reply", {"value": text})
 
     def drain(self, msg_id: str) -> list[Message]:
+        """The waiting messages for `msg_id` (every stdin request, and those whose parent could not
+        be read); the reader, stopped at MAX_BATCH bytes of them, reads on."""
         found = []
         while self._inbox:
-            msg = self._inbox.popleft()
-            channel, msg_type, content = msg["channel"], msg["header"]["msg_type"], msg["content"]
-            if channel == "iopub" and msg_type == "status" and content.get("execution_state") in _GONE:
-                self._gone = content["execution_state"]
-            elif channel == "stdin" or msg["parent_header"].get("msg_id") == msg_id:
-                found.append((channel, msg_type, content))
+            msg, parent = self._inbox.popleft()
+            self._inbox_bytes -= msg.size
+            if msg.channel == "iopub" and msg.msg_type == "status" and isinstance(msg.content, dict):
+                state = msg.content.get("execution_state")
+                if isinstance(state, str) and state in _GONE:
+                    self._gone = state
+                    continue
+            if msg.channel == "stdin" or parent in (msg_id, None):
+                found.append(msg)
+        self._drained.set()
         return found
 
     async def wait(self, timeout: float) -> bool:
@@ -204,10 +217,17 @@ class GatewayBackend:
 
     async def _read(self, ws: WebSocketClientConnection) -> None:
         while (raw := await ws.read_message()) is not None:
-            msg = _parse_v1(raw) if self._v1 and isinstance(raw, bytes) else _parse(raw)
-            if msg is not None:
-                self._inbox.append(msg)
+            if self._v1 and isinstance(raw, bytes):
+                parsed = _parse_v1(raw, self.max_reply)
+            else:
+                parsed = _parse(raw, self.max_reply)
+            if parsed is not None:
+                self._inbox.append(parsed)
+                self._inbox_bytes += parsed[0].size
                 self._arrived.set()
+            while self._inbox_bytes > _messages.MAX_BATCH and ws is self._ws:  # a flood waits on the gateway
+                self._drained.clear()
+                await self._drained.wait()
         if ws is self._ws:  # not a connection this backend closed itself
             self._gone = "closed"
             self._arrived.set()
@@ -283,19 +303,24 @@ def _reason(body: bytes | None) -> str:
         return (body or b"").decode("utf-8", "replace")[:500]
 
 
-def _parse(raw: str | bytes) -> dict[str, Any] | None:
-    """A message from the websocket (JSON protocol), if it has the shape of one; binary frames
-    (messages with buffers) carry the JSON message first, after a table of offsets, and the buffers
-    are ignored."""
+def _parse(raw: str | bytes, reply_limit: int) -> tuple[Message, str | None] | None:
+    """A message from the websocket (JSON protocol), with its parent's msg_id; binary frames
+    (messages with buffers) carry the JSON message first, after a table of offsets, and the
+    buffers are ignored. One that would take more than `reply_limit` bytes parsed is not parsed."""
     try:
         if isinstance(raw, bytes):
             count = struct.unpack_from("!I", raw)[0]
             offsets = struct.unpack_from(f"!{count}I", raw, 4)
             raw = raw[offsets[0] : offsets[1] if count > 1 else None]
+        size = _messages.json_cost(raw)
+        if size > reply_limit:  # its channel is unknown yet: measured against the larger bound
+            return Message("iopub", "?", Malformed(_messages.too_big(size)), size), None
         msg = json.loads(raw)
     except (ValueError, struct.error, IndexError, RecursionError):
         return None
-    return _checked(msg)
+    if not isinstance(msg, dict) or not isinstance(msg.get("channel"), str):
+        return None
+    return _message(msg["channel"], msg.get("header"), msg.get("parent_header"), msg.get("content"), size, reply_limit)
 
 
 def _frame_v1(channel: str, parts: list[bytes]) -> bytes:
@@ -308,25 +333,38 @@ def _frame_v1(channel: str, parts: list[bytes]) -> bytes:
     return b"".join([struct.pack(f"<{len(offsets) + 1}Q", len(offsets), *offsets), *chunks])
 
 
-def _parse_v1(raw: bytes) -> dict[str, Any] | None:
-    """A message from a v1 frame, if it has the shape of one (metadata and buffers are not read)."""
+def _parse_v1(raw: bytes, reply_limit: int) -> tuple[Message, str | None] | None:
+    """A message from a v1 frame, with its parent's msg_id (metadata and buffers are not read).
+    Its parts are weighed before they are parsed."""
     try:
         count = struct.unpack_from("<Q", raw)[0]
         if not 6 <= count <= _MAX_PARTS:  # channel, header, parent header, metadata, content: 6 offsets at least
             return None
         offsets = struct.unpack_from(f"<{count}Q", raw, 8)
-        part = [raw[start:end] for start, end in itertools.pairwise(offsets)]
-        msg = {"channel": part[0].decode(), "header": json.loads(part[1]), "parent_header": json.loads(part[2]),
-               "content": json.loads(part[4])}
+        channel, header, parent, _, content = (raw[start:end] for start, end in itertools.islice(
+            itertools.pairwise(offsets), 5))
+        channel_name = channel.decode()
+        size = sum(map(_messages.json_cost, (header, parent, content)))
+        if size > _limit(channel_name, reply_limit):
+            return Message(channel_name, "?", Malformed(_messages.too_big(size)), size), None
+        return _message(channel_name, json.loads(header), json.loads(parent), json.loads(content), size, reply_limit)
     except (ValueError, struct.error, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
-    return _checked(msg)
 
 
-def _checked(msg: Any) -> dict[str, Any] | None:
-    """`msg` if it has the fields this backend reads, with the types it expects."""
-    if (not isinstance(msg, dict) or not isinstance(msg.get("channel"), str)
-            or not isinstance(msg.get("header"), dict) or not isinstance(msg["header"].get("msg_type"), str)
-            or not isinstance(msg.get("parent_header"), dict) or not isinstance(msg.get("content"), dict)):
+def _limit(channel: str, reply_limit: int) -> int:
+    """Parsed bytes one message may take: a reply carries pulled values inline."""
+    return reply_limit if channel == "shell" else _messages.MAX_ITEM
+
+
+def _message(
+    channel: str, header: Any, parent: Any, content: Any, size: int, reply_limit: int
+) -> tuple[Message, str | None] | None:
+    """The message, if it has the header and parent header this backend reads (its content is
+    checked by `_messages.check`)."""
+    if not isinstance(header, dict) or not isinstance(header.get("msg_type"), str) or not isinstance(parent, dict):
         return None
-    return msg
+    parent_id = parent.get("msg_id")
+    if size > _limit(channel, reply_limit):
+        content = Malformed(_messages.too_big(size))
+    return Message(channel, header["msg_type"], content, size), parent_id if isinstance(parent_id, str) else ""

@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from . import _codec
+from ._messages import MAX_ITEM
 from ._records import Isolation
 from ._transfer import Transfer
 
 CALL_MARKER = "\x00agent_kernel:call\x00"  # prefix of an input_request that is a host-function call
 FINAL_ANSWER_PAYLOAD = "agent_kernel.final_answer"  # the execute_reply payload carrying final_answer(x)
 CUT_MARK = "characters of output cut ...]"  # ends the note that replaces cut output
+DROP_MARK = "from the sandbox dropped:"  # in the note that says outputs were dropped
 HANDLE = "__ak__"  # the hidden object the host calls; each of its host-facing methods returns JSON text
 
 # Data-analysis defaults; `imports=[...]` widens them, "*" lifts the policy.
@@ -163,7 +165,8 @@ class Bridge:
 
 
 def install(
-    shell: Any, imports: list[str], isolation: Isolation, transfer_dir: str, max_output: int, inline: bool = False
+    shell: Any, imports: list[str], isolation: Isolation, transfer_dir: str, max_output: int, inline: bool = False,
+    max_output_bytes: int = 64 * 1024**2,
 ) -> Bridge:
     bridge = Bridge(shell, transfer_dir, isolation, inline)
     shell.user_ns[HANDLE] = bridge
@@ -171,6 +174,7 @@ def install(
     bridge._expose("final_answer", bridge.final_answer)
     if "*" not in imports:
         _install_import_policy(DEFAULT_IMPORTS | set(imports))
+    _cap_displays(shell, max_output_bytes)  # first: its note is written before the output cap's tail
     _cap_output(shell, max_output)
     _keep_no_output_history(shell)
     _describe_figures(shell)
@@ -230,6 +234,42 @@ def _cap_output(shell: Any, max_chars: int) -> None:
         stream.write = capped(name)
     shell.events.register("pre_run_cell", reset)
     shell.events.register("post_run_cell", flush_tail)
+
+
+def _cap_displays(shell: Any, max_bytes: int) -> None:
+    """Drop displays inside the kernel, and say so: one over MAX_ITEM (the host would not read it),
+    and an execution's past `max_bytes` of their data (a flood of them would otherwise queue in
+    this process while the host reads and cuts them)."""
+    publish = shell.display_pub.publish
+    left = max_bytes
+    dropped: dict[str, int] = {}
+
+    def capped(data: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal left
+        values = data.values() if isinstance(data, dict) else ()
+        size = sum(len(v) if isinstance(v, (str, bytes)) else 64 for v in values)
+        if size > MAX_ITEM:
+            why = f"each over the {MAX_ITEM // 1024**2} MiB one display may take"
+        elif size > left:
+            why = f"over the {max_bytes / 1024**2:.1f} MiB of outputs an execution may hold (max_output_bytes)"
+        else:
+            left -= size
+            publish(data, *args, **kwargs)
+            return
+        dropped[why] = dropped.get(why, 0) + 1
+
+    def reset(*_: Any) -> None:
+        nonlocal left
+        left = max_bytes
+        dropped.clear()
+
+    def say(*_: Any) -> None:
+        for why, count in dropped.items():
+            sys.stderr.write(f"\n[... {count} display{'s' * (count > 1)} {DROP_MARK} {why}]\n")
+
+    shell.display_pub.publish = capped
+    shell.events.register("pre_run_cell", reset)
+    shell.events.register("post_run_cell", say)
 
 
 def _keep_no_output_history(shell: Any) -> None:

@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None, *, zygote: str | None = None, parent_han
         isolation=isolation,
         transfer_dir=transfer_dir,
         max_output=settings.get("max_output", 100_000),
+        max_output_bytes=settings.get("max_output_bytes", 64 * 1024**2),
         inline=bool(settings.get("inline", False)),
     )
     _wait_for_heartbeat(app)

@@ -34,7 +34,7 @@ class Execution:
     duration: float = 0.0
     has_final_answer: bool = False
     final_answer: Any = None
-    truncated: bool = False  # an output flood was cut (head and tail kept)
+    truncated: bool = False  # outputs were cut (head and tail of printed text kept) or dropped (over a bound), as a note says
     restarted: bool = False  # the kernel died or hung and was replaced: sandbox state was lost
 
     def _stream(self, name: str) -> str:

@@ -40,9 +40,11 @@ class Transfer:
         descriptor = {k: v for k, v in descriptor.items() if k != "file"}
         return descriptor | {_PAYLOAD: base64.b64encode(data).decode("ascii"), "size": len(data)}
 
-    def decode(self, descriptor: Any, max_bytes: int = _codec.MAX_BYTES) -> Any:
-        """The value, never unpickled; raises _codec.TransferError for anything malformed."""
-        return _codec.decode(self._materialise(descriptor, max_bytes), self.directory, max_bytes=max_bytes)
+    def decode(self, descriptor: Any, max_bytes: int = _codec.MAX_BYTES, budget: _codec.Budget | None = None) -> Any:
+        """The value, never unpickled; raises _codec.TransferError for anything malformed, or over
+        `budget` (shared by the values of one call; else `max_bytes` for this one)."""
+        budget = _codec.Budget(max_bytes) if budget is None else budget
+        return _codec.decode(self._materialise(descriptor, budget.left), self.directory, budget=budget)
 
     def cleanup(self, descriptor: Any) -> None:
         """Delete the file of a descriptor that will not be decoded (inline ones have none here)."""
