@@ -1,0 +1,62 @@
+"""The notebook as an analyst sees it: JupyterLab in chromium, cells typed and run, light and dark."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from browser_lab import DARK, Lab, Notebook, chromium
+from playwright.sync_api import Browser, expect
+from scripted_server import ScriptedServer, text
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ScriptedServer]:
+    with ScriptedServer() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def lab(server: ScriptedServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    root = tmp_path_factory.mktemp("lab") / "root"
+    root.mkdir()
+    lab = Lab(root, {"AGENT_KERNEL_MODEL": "openai/scripted", "AGENT_KERNEL_API_BASE": server.url,
+                     "OPENAI_API_KEY": "sk-scripted", "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+    yield lab
+    lab.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def notebook(lab: Lab, browser: Browser, request: pytest.FixtureRequest) -> Iterator[Notebook]:
+    nb = Notebook(lab, browser, request.node.name.replace("[", "-").replace("]", ""))
+    yield nb
+    nb.close()
+
+
+SETUP = "%load_ext agent_kernel\nimport pandas as pd\nsales = pd.DataFrame({'week': [1, 2, 3], 'amount': [5, 7, 9]})"
+
+
+def test_a_finished_run_reads_well_in_light_and_dark(notebook: Notebook, server: ScriptedServer) -> None:
+    server.script([text(
+        "Thought: I will total the amounts per week and plot the trend so that the analyst can read it.\n"
+        "```python\ntotals = sales.set_index('week')['amount']\nprint(totals.sum())\nfinal_answer(int(totals.sum()))\n```\n"
+    )], key="plot the trend")
+    notebook.run(SETUP)
+    cell = notebook.run("%%agent code --in sales\nTotal {sales} by week, plot the trend of the amount over the weeks, "
+                        "and set_index on week before anything else so the chart reads in order")
+    output = cell.locator(".jp-OutputArea")
+    expect(output).to_contain_text("Final answer")
+    expect(output).to_contain_text("success")
+    notebook.screenshot("run-light", cell)
+    notebook.theme(DARK)
+    notebook.screenshot("run-dark", cell)
+    assert notebook.dialogs == []
