@@ -33,8 +33,21 @@ from .memory import (
     StepStarted,
     TaskStep,
     TextDelta,
-    ToolCall,
     Usage,
+)
+from .observation import (
+    Call,
+    Code,
+    Failure,
+    Note,
+    Output,
+    Part,
+    Proposed,
+    Thought,
+    describe,
+    format_call,
+    format_footer,
+    review_label,
 )
 from .sandbox._records import MimeBundle
 
@@ -144,27 +157,6 @@ def _joined(value: Any) -> str:
 # Shared formatting
 
 
-def format_call(call: ToolCall) -> str:
-    """A tool call as the Python a reader expects: `search(query='x', limit=3)`."""
-    args = call.arguments if isinstance(call.arguments, dict) else {"arguments": call.arguments}
-    if all(isinstance(k, str) and k.isidentifier() for k in args):
-        inner = ", ".join(f"{k}={v!r}" for k, v in args.items())
-    else:
-        inner = f"**{args!r}"
-    name = call.name if call.name.isidentifier() else f"<tool {call.name!r}>"
-    return f"{name}({inner})"
-
-
-def format_footer(usage: Usage, steps: int, duration: float, state: str = "") -> str:
-    parts = [
-        f"{steps} step{'s' if steps != 1 else ''}",
-        f"{duration:.1f} s",
-        f"{usage.total_tokens:,} tokens ({usage.input_tokens:,} in / {usage.output_tokens:,} out)",
-        f"${usage.cost:.4f}",
-    ]
-    return " · ".join(parts + ([state] if state else []))
-
-
 def provenance(run: Run, step: Step | None = None) -> dict[str, Any]:
     """Display metadata saying what produced an output: the model, the run and the step (its index
     for an action; task, plan, final, or run for the rest), so a reader can tell model work apart."""
@@ -198,16 +190,6 @@ def _step_header(step: ActionStep) -> str:
     if step.usage.total_tokens:
         detail.append(f"{step.usage.total_tokens:,} tokens")
     return f"Step {step.index}" + (f" ({', '.join(detail)})" if detail else "") + review_label(step)
-
-
-def review_label(step: ActionStep) -> str:
-    """How the reviewer's decision reads after the step header ("" when nobody reviewed it)."""
-    review = step.review
-    if review is None:
-        return ""
-    reason = f": {review.reason}" if review.reason else ""
-    return {"run": " · reviewed", "edit": " · edited by the reviewer before it ran",
-            "skip": f" · declined by the reviewer{reason}", "stop": f" · stopped by the reviewer{reason}"}[review.decision]
 
 
 def _closing_label(run: Run) -> str:
@@ -260,25 +242,31 @@ def _step_text(step: Step, with_model_text: bool = True) -> str:
     if isinstance(step, FinalAnswerStep):
         return f"── Final answer\n{_summarised(_value_text(step.output))}"
     lines = [f"── {_step_header(step)}"] if with_model_text else []
-    if with_model_text and step.thought:
-        lines.append(step.thought.strip())
-    if with_model_text and step.code:
-        lines.append(_indent(step.code.rstrip()))
-        if step.review is not None and step.review.original is not None:
-            lines.append("The model had proposed:\n" + _indent(step.review.original.rstrip()))
-    for call in step.tool_calls:
-        lines.append(f"→ {format_call(call)}")
-        outcome = f"error: {call.error}" if call.error else _value_text(call.result)
-        lines.append(_indent(_summarised(outcome)))
-    if step.execution is not None:
-        lines.extend(_indent(_summarised(t)) for t in map(_output_text, step.execution.outputs) if t)
-        if step.execution.truncated:
-            lines.append("  [output flood cut by the sandbox]")
-        if step.execution.restarted:
-            lines.append("  [sandbox restarted: its variables were lost]")
-    if step.error and not (step.execution and step.execution.error):
-        lines.append(f"Error: {step.error}")
+    for part in describe(step):
+        if with_model_text or not isinstance(part, (Thought, Code, Proposed)):
+            lines.extend(_part_text(part))
     return "\n".join(lines)
+
+
+def _part_text(part: Part) -> list[str]:
+    if isinstance(part, Thought):
+        return [part.text]
+    if isinstance(part, Code):
+        return [_indent(part.source.rstrip())]
+    if isinstance(part, Proposed):
+        return ["The model had proposed:\n" + _indent(part.source.rstrip())]
+    if isinstance(part, Call):
+        call = part.call
+        outcome = f"error: {call.error}" if call.error else _value_text(call.result)
+        return [f"→ {format_call(call)}", _indent(_summarised(outcome))]
+    if isinstance(part, Output):
+        text = _output_text(part.output)
+        return [_indent(_summarised(text))] if text else []
+    if isinstance(part, Note):
+        return [f"  [{part.text}]"]
+    if isinstance(part, Failure):
+        return [f"Error: {part.text}"]
+    return []  # ExecutionFailure (its error output shows it), FinalValue (the final answer step shows it)
 
 
 def _output_text(output: dict[str, Any]) -> str:
@@ -369,28 +357,28 @@ def _step_html(step: Step) -> str:
         return f'<div style="{_STEP}"><b>Plan</b>{_prose(step.plan)}</div>'
     if isinstance(step, FinalAnswerStep):
         return f'<div style="{_STEP} border-left-color: #2da44e;"><b>Final answer</b>{_value_html(step.output)}</div>'
-    parts = [f"<div><b>{_esc(_step_header(step))}</b></div>"]
-    if step.thought:
-        parts.append(_prose(step.thought))
-    if step.code:
-        parts.append(_code(step.code))
-        if step.review is not None and step.review.original is not None:
-            parts.append(f"<details><summary>The model had proposed</summary>{_code(step.review.original)}</details>")
-    for call in step.tool_calls:
-        parts.append(_code(format_call(call)))
-        if call.error:
-            parts.append(_collapsible(clean_text(call.error), _ERROR))
-        else:
-            parts.append(_value_html(call.result))
-    if step.execution is not None:
-        parts.extend(_output_html(o) for o in step.execution.outputs)
-        if step.execution.truncated:
-            parts.append(f'<div style="{_MUTED}">[output flood cut by the sandbox]</div>')
-        if step.execution.restarted:
-            parts.append(f'<div style="{_ERROR}">[sandbox restarted: its variables were lost]</div>')
-    if step.error and not (step.execution and step.execution.error):
-        parts.append(_collapsible(clean_text(step.error), _ERROR))
+    parts = [f"<div><b>{_esc(_step_header(step))}</b></div>", *map(_part_html, describe(step))]
     return f'<div style="{_STEP}">{"".join(parts)}</div>'
+
+
+def _part_html(part: Part) -> str:
+    if isinstance(part, Thought):
+        return _prose(part.text)
+    if isinstance(part, Code):
+        return _code(part.source)
+    if isinstance(part, Proposed):
+        return f"<details><summary>The model had proposed</summary>{_code(part.source)}</details>"
+    if isinstance(part, Call):
+        call = part.call
+        outcome = _collapsible(clean_text(call.error), _ERROR) if call.error else _value_html(call.result)
+        return _code(format_call(call)) + outcome
+    if isinstance(part, Output):
+        return _output_html(part.output)
+    if isinstance(part, Note):
+        return f'<div style="{_ERROR if part.kind == "restarted" else _MUTED}">[{_esc(part.text)}]</div>'
+    if isinstance(part, Failure):
+        return _collapsible(clean_text(part.text), _ERROR)
+    return ""  # ExecutionFailure (its error output shows it), FinalValue (the final answer step shows it)
 
 
 def _output_html(output: dict[str, Any]) -> str:

@@ -24,14 +24,9 @@ from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from ._safe import clean_text
-from .display import (
-    format_call,
-    format_footer,
-    provenance,
-    review_label,
-    safe_bundle,
-)
+from .display import provenance, safe_bundle
 from .memory import ActionStep, FinalAnswerStep, PlanningStep, Run, TaskStep, ToolCall
+from .observation import Call, Code, Failure, Note, Proposed, Thought, describe, format_call, format_footer, review_label
 
 _WARNING = (
     "*The code below was written by a model and ran in agent_kernel's restricted sandbox. "
@@ -168,17 +163,22 @@ def _step_cells(step: Any, run: Run, counter: _Counter) -> list[NotebookNode]:
         return [new_markdown_cell("### Plan\n\n" + safe_markdown(step.plan))]
     if isinstance(step, FinalAnswerStep):
         return []  # the answer cells at the end show it
-    header = f"### Step {step.index}{safe_markdown(review_label(step))}\n\n{safe_markdown(step.thought)}".rstrip()
-    if step.review is not None and step.review.original is not None:
-        header += "\n\nThe reviewer edited the action before it ran; the model had proposed:\n\n" + _fenced(
-            step.review.original, "python" if step.code is not None else "json")
+    parts = describe(step)
+    thought = next((p.text for p in parts if isinstance(p, Thought)), "")
+    header = f"### Step {step.index}{safe_markdown(review_label(step))}\n\n{safe_markdown(thought)}".rstrip()
     cells = [new_markdown_cell(header)]
-    if step.code is not None:
-        cells.append(_action_cell(step, counter))
-    if run.agent == "tools":
-        cells.extend(_tool_cell(call, counter) for call in step.tool_calls if call.name != "final_answer")
-    if step.error and not (step.execution and step.execution.error):
-        cells.append(new_markdown_cell("**Error**\n\n" + _fenced(step.error)))
+    for part in parts:
+        if isinstance(part, Proposed):
+            cells[0].source += ("\n\nThe reviewer edited the action before it ran; the model had proposed:\n\n"
+                                + _fenced(part.source, part.language))
+        elif isinstance(part, Code):
+            cells.append(_action_cell(step, counter))
+        elif isinstance(part, Call) and run.agent == "tools" and part.call.name != "final_answer":
+            cells.append(_tool_cell(part.call, counter))
+        elif isinstance(part, Note):
+            cells.append(new_markdown_cell(f"*[{part.text}]*"))
+        elif isinstance(part, Failure):
+            cells.append(new_markdown_cell("**Error**\n\n" + _fenced(part.text)))
     return cells
 
 
@@ -190,7 +190,7 @@ def _action_cell(step: ActionStep, counter: _Counter) -> NotebookNode:
         return new_markdown_cell("This code was not run:\n\n" + _fenced(step.code, "python"))
     if ex.restarted:
         return new_markdown_cell(
-            "This code crashed or hung the sandbox (which restarted), so it is not runnable here:\n\n"
+            "This code crashed or hung the sandbox, so it is not runnable here:\n\n"
             + _fenced(step.code, "python")
         )
     count = counter.next()
