@@ -334,7 +334,8 @@ def _closing_html(run: Run, live_tail: str = "") -> str:
     """The HTML twin of _closing_text, after an optional live tail (the step being written)."""
     parts = [live_tail]
     if run.error:
-        parts.append(f'<div style="{_ERROR}"><b>{_closing_label(run)}</b> {_pre(run.error)}</div>')
+        style = _MUTED if run.state in STOPPED_STATES else _ERROR  # a stop on purpose is not a failure
+        parts.append(f'<div style="{style}"><b>{_closing_label(run)}</b> {_pre(run.error)}</div>')
     if run.output is not None and not any(isinstance(s, FinalAnswerStep) for s in run.steps):
         parts.append(_step_html(FinalAnswerStep(run.output)))
     footer = format_footer(run.usage, len(run.action_steps), run.duration, run.state)

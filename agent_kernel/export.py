@@ -173,7 +173,7 @@ def _step_cells(step: Any, run: Run, counter: _Counter) -> list[NotebookNode]:
                                 + _fenced(part.source, part.language))
         elif isinstance(part, Code):
             cells.append(_action_cell(step, counter))
-        elif isinstance(part, Call) and run.agent == "tools" and part.call.name != "final_answer":
+        elif isinstance(part, Call) and run.agent == "tools":
             cells.append(_tool_cell(part.call, counter))
         elif isinstance(part, Note):
             cells.append(new_markdown_cell(f"*[{part.text}]*"))

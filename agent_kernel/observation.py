@@ -109,7 +109,8 @@ def describe(step: ActionStep) -> list[Part]:
         parts.append(Code(step.code))
     if step.review is not None and step.review.original is not None:
         parts.append(Proposed(step.review.original, "python" if step.code is not None else "json"))
-    parts.extend(Call(call) for call in step.tool_calls)
+    # A ToolCallingAgent's final_answer call is the answer, which the run shows once, as its answer.
+    parts.extend(Call(call) for call in step.tool_calls if call.name != "final_answer")
     if step.execution is not None:
         parts.extend(execution_parts(step.execution))
     if step.error and not (step.execution and step.execution.error):

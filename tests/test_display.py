@@ -335,3 +335,17 @@ def test_backstop_pass_keeps_our_markup_and_drops_the_rest() -> None:
         '<a rel="noopener noreferrer nofollow">a</a><a href="https://ok.example/" rel="noopener noreferrer nofollow">b</a>'
         "<details><summary>more</summary><pre>x</pre></details></div>"
     )
+
+
+def test_a_tool_calling_agents_answer_is_shown_once() -> None:
+    answer = "Lyon is in Auvergne-Rhone-Alpes"
+    step = ActionStep(index=1, tool_calls=[ToolCall("final_answer", {"answer": answer}, result=answer)], is_final=True)
+    run = Run(task="where", agent="tools", model="m", steps=[step, FinalAnswerStep(answer)], output=answer, state="success")
+    assert render_text(run).count(answer) == 1
+    assert render_html(run).count(answer) == 1
+
+
+def test_a_stop_on_purpose_is_not_shown_as_an_error() -> None:
+    run = Run(task="t", agent="code", model="m", state="stopped", error="stopped by the reviewer: I have what I need")
+    assert "Stopped: stopped by the reviewer" in render_text(run) and "Error" not in render_text(run)
+    assert "#cf222e" not in render_html(run)  # not in the error colour

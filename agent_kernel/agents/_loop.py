@@ -68,7 +68,7 @@ class UnpricedModelWarning(UserWarning):
 class _RunEnded(Exception):
     """A guard ended the run on purpose (budget, repetition, the reviewer): the steps so far are kept."""
 
-    def __init__(self, state: Literal["budget_exceeded", "stuck", "interrupted"], reason: str) -> None:
+    def __init__(self, state: Literal["budget_exceeded", "stuck", "stopped"], reason: str) -> None:
         super().__init__(reason)
         self.state = state
         self.reason = reason
@@ -414,19 +414,21 @@ class MultiStepAgent:
             self._abandon(run, current, "interrupted", sink)
         except _RunEnded as ended:
             run.state, run.error = ended.state, ended.reason
-            self._abandon(run, current, ended.reason, sink)
+            # A reviewer's stop is the step's review (its header says it), not the step's error.
+            self._abandon(run, current, None if ended.state == "stopped" else ended.reason, sink)
         except Exception as exc:  # the run records why it stopped; the caller decides what to do
             run.state, run.error = "error", f"{type(exc).__name__}: {exc}"
             self._abandon(run, current, run.error, sink)
-        run.duration = time.perf_counter() - started
+        run.duration = time.perf_counter() - started - self._clock.waited  # not the wait for the reviewer
         if sink is not None:
             sink(RunCompleted(run))
         return run
 
-    def _abandon(self, run: Run, current: list[ActionStep], reason: str, sink: Sink | None) -> None:
+    def _abandon(self, run: Run, current: list[ActionStep], reason: str | None, sink: Sink | None) -> None:
         """Keep the step that was in progress when the run stopped, marked with why."""
         if current:
-            current[0].error = reason
+            if reason is not None:
+                current[0].error = reason
             self._record(run, current[0], sink)
             current.clear()
 
@@ -448,7 +450,7 @@ class MultiStepAgent:
         current[:] = [step]
         if sink is not None:
             sink(StepStarted(index))
-        started = time.perf_counter()
+        started, waited = time.perf_counter(), self._clock.waited
         messages = self._messages()
         if final:
             messages.append({"role": "user", "content": self._max_steps_prompt})
@@ -468,7 +470,7 @@ class MultiStepAgent:
         repeats = 0 if step.is_final else _repeats(run.action_steps, step)
         if repeats == REPEAT_NOTE_AT:
             step.observation = _join(step.observation, _prompts.REPEATING.format(times=repeats))
-        step.duration = time.perf_counter() - started
+        step.duration = time.perf_counter() - started - (self._clock.waited - waited)  # not the review's wait
         current.clear()
         self._record(run, step, sink)
         if repeats >= STUCK_AT:
@@ -536,7 +538,7 @@ class MultiStepAgent:
         decision = await self._decide(step)
         if decision.action == "stop":
             step.review = Review("stop", reason=decision.reason)
-            raise _RunEnded("interrupted", "stopped by the reviewer" + (f": {decision.reason}" if decision.reason else ""))
+            raise _RunEnded("stopped", "stopped by the reviewer" + (f": {decision.reason}" if decision.reason else ""))
         if decision.action == "skip":
             step.review = Review("skip", reason=decision.reason)
             self._decline(step, decision.reason)
