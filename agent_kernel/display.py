@@ -93,7 +93,7 @@ _STYLE_PROPERTIES = {
     "color", "background-color", "font-weight", "font-style", "font-family", "font-size",
     "text-decoration", "white-space", "margin", "margin-top", "margin-bottom", "padding",
     "padding-left", "border-left", "border-left-color", "border-top", "border-radius", "overflow-x", "max-width",
-    "line-height", "opacity", "display",
+    "line-height", "opacity", "display", "word-break", "overflow-wrap", "overflow", "text-overflow",
 }  # fmt: skip
 
 
@@ -171,11 +171,7 @@ def stamp(model: str, run_id: str, step: int | str) -> dict[str, Any]:
 
 def render_diff(diff: str) -> dict[str, str]:
     """A unified diff as a mime bundle: coloured, sanitised HTML and the plain diff."""
-    from pygments import highlight
-    from pygments.formatters import HtmlFormatter
-    from pygments.lexers import DiffLexer
-
-    spans = highlight(clean_text(diff), DiffLexer(), HtmlFormatter(noclasses=True, nowrap=True))
+    spans = _highlighted(diff, "diff")
     return {"text/plain": clean_text(diff), "text/html": _boxed(_backstop(f'<pre style="{_CODE_PRE}">{spans}</pre>'))}
 
 
@@ -301,15 +297,54 @@ def _indent(text: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # HTML
 
-_BOX = "font-family: var(--jp-ui-font-family, sans-serif); font-size: 13px; line-height: 1.4;"
-_STEP = "border-left: 3px solid #8aa4c8; padding-left: 10px; margin: 8px 0;"
+# Colours are JupyterLab's theme variables (so the run follows light and dark themes), each with the
+# light theme's value as the fallback for frontends without them (classic Notebook, VS Code, nbviewer).
+# JupyterLab sets `word-break: break-all` on outputs; the run's text breaks between words instead.
+_WRAP = "word-break: normal; overflow-wrap: anywhere;"
+_BOX = f"font-family: var(--jp-ui-font-family, sans-serif); font-size: 13px; line-height: 1.4; {_WRAP}"
+_STEP = "border-left: 3px solid var(--jp-brand-color2, #8aa4c8); padding-left: 10px; margin: 8px 0;"
+_ANSWER_BORDER = "border-left-color: var(--jp-success-color1, #2da44e);"
 _PRE = (
-    "white-space: pre-wrap; margin: 4px 0; padding: 6px; border-radius: 4px; "
+    f"white-space: pre-wrap; {_WRAP} margin: 4px 0; padding: 6px; border-radius: 4px; "
     "font-family: var(--jp-code-font-family, monospace); font-size: 12px;"
 )
-_CODE_PRE = _PRE + " background-color: #f6f8fa; color: #1f2328;"
-_MUTED = "color: #6e7781;"
-_ERROR = "color: #cf222e;"
+_CODE_PRE = (_PRE + " background-color: var(--jp-cell-editor-background, #f6f8fa);"
+             " color: var(--jp-content-font-color1, #1f2328);")
+_MUTED = "color: var(--jp-content-font-color2, #6e7781);"
+_ERROR = "color: var(--jp-error-color1, #cf222e);"
+_TEXT = f"white-space: pre-wrap; {_WRAP} margin: 4px 0;"
+
+# Code highlighting in CodeMirror's own theme colours: pygments tokens, coloured by JupyterLab's variables.
+_TOKEN_COLOURS = {
+    "Keyword": "var(--jp-mirror-editor-keyword-color, #008000)",
+    "Name.Builtin": "var(--jp-mirror-editor-builtin-color, #008000)",
+    "Name.Function": "var(--jp-mirror-editor-def-color, #0000ff)",
+    "Name.Class": "var(--jp-mirror-editor-def-color, #0000ff)",
+    "Name.Decorator": "var(--jp-mirror-editor-meta-color, #aa22ff)",
+    "Literal.String": "var(--jp-mirror-editor-string-color, #ba2121)",
+    "Literal.Number": "var(--jp-mirror-editor-number-color, #008800)",
+    "Comment": "var(--jp-mirror-editor-comment-color, #408080)",
+    "Operator": "var(--jp-mirror-editor-operator-color, #aa22ff)",
+    "Generic.Inserted": "var(--jp-success-color1, #2da44e)",
+    "Generic.Deleted": "var(--jp-error-color1, #cf222e)",
+    "Generic.Heading": "var(--jp-content-font-color2, #6e7781)",
+    "Generic.Subheading": "var(--jp-content-font-color2, #6e7781)",
+}
+
+
+def _highlighted(code: str, language: str) -> str:
+    """Escaped code with coloured spans (inline styles: a notebook output cannot bring a stylesheet)."""
+    from pygments.lexers import DiffLexer, PythonLexer
+
+    lexer = PythonLexer() if language == "python" else DiffLexer()
+    spans = []
+    for token, value in lexer.get_tokens(clean_text(code)):
+        while token.parent is not None and str(token)[6:] not in _TOKEN_COLOURS:  # "Token.Keyword" -> "Keyword"
+            token = token.parent
+        colour = _TOKEN_COLOURS.get(str(token)[6:])
+        text = html.escape(value, quote=False)
+        spans.append(f'<span style="color: {colour}">{text}</span>' if colour else text)
+    return "".join(spans)
 
 
 def render_html(obj: Renderable) -> str:
@@ -353,11 +388,11 @@ def _boxed(body: str) -> str:
 
 def _step_html(step: Step) -> str:
     if isinstance(step, TaskStep):
-        return f"<div><b>Task</b>{_pre(step.task, style='white-space: pre-wrap; margin: 2px 0;')}</div>"
+        return f"<div><b>Task</b>{_pre(step.task, style=_TEXT)}</div>"
     if isinstance(step, PlanningStep):
         return f'<div style="{_STEP}"><b>Plan</b>{_prose(step.plan)}</div>'
     if isinstance(step, FinalAnswerStep):
-        return f'<div style="{_STEP} border-left-color: #2da44e;"><b>Final answer</b>{_value_html(step.output)}</div>'
+        return f'<div style="{_STEP} {_ANSWER_BORDER}"><b>Final answer</b>{_value_html(step.output)}</div>'
     parts = [f"<div><b>{_esc(_step_header(step))}</b></div>", *map(_part_html, describe(step))]
     return f'<div style="{_STEP}">{"".join(parts)}</div>'
 
@@ -437,16 +472,11 @@ def _collapsible(text: str, style: str = "") -> str:
 
 
 def _code(code: str) -> str:
-    from pygments import highlight
-    from pygments.formatters import HtmlFormatter
-    from pygments.lexers import PythonLexer
-
-    spans = highlight(clean_text(code), PythonLexer(), HtmlFormatter(noclasses=True, nowrap=True))
-    return f'<pre style="{_CODE_PRE}">{spans}</pre>'
+    return f'<pre style="{_CODE_PRE}">{_highlighted(code, "python")}</pre>'
 
 
 def _prose(text: str) -> str:
-    return f'<div style="white-space: pre-wrap; margin: 4px 0;">{_esc(text.strip())}</div>'
+    return f'<div style="{_TEXT}">{_esc(text.strip())}</div>'
 
 
 def _pre(text: str, style: str = _PRE) -> str:

@@ -189,3 +189,37 @@ def mid_word_breaks(target: Locator) -> list[str]:
         return found;
     }"""
     )
+
+
+def contrast_problems(target: Locator) -> list[str]:
+    """Text whose colour is too close to the background it is drawn on (WCAG contrast below 3),
+    each with its colours; the background is the nearest ancestor's that is not transparent."""
+    return target.evaluate(
+        """root => {
+        const rgb = c => (c.match(/[\\d.]+/g) || []).map(Number);
+        const lum = c => { const [r, g, b] = rgb(c).slice(0, 3).map(v => { v /= 255;
+            return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+            return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+        const background = el => { for (; el; el = el.parentElement) {
+            const c = getComputedStyle(el).backgroundColor, a = rgb(c);
+            if (a.length && !(a.length === 4 && a[3] === 0)) return c; } return "rgb(255, 255, 255)"; };
+        const found = [];
+        const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            if (!node.textContent.trim()) continue;
+            const el = node.parentElement, fg = getComputedStyle(el).color, bg = background(el);
+            const [hi, lo] = [lum(fg), lum(bg)].sort((a, b) => b - a);
+            const ratio = (hi + 0.05) / (lo + 0.05);
+            if (ratio < 3) found.push(`${node.textContent.trim().slice(0, 20)}: ${fg} on ${bg} (${ratio.toFixed(1)})`);
+        }
+        return found;
+    }"""
+    )
+
+
+def luminance(target: Locator, prop: str = "backgroundColor") -> float:
+    """The relative luminance (0 black .. 1 white) of a computed colour of the element."""
+    return target.evaluate(
+        """(el, prop) => { const [r, g, b] = getComputedStyle(el)[prop].match(/[\\d.]+/g).map(Number)
+            .map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+            return 0.2126 * r + 0.7152 * g + 0.0722 * b; }""", prop)

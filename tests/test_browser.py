@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_lab import DARK, Lab, Notebook, chromium
+from browser_lab import DARK, Lab, Notebook, chromium, contrast_problems, luminance, mid_word_breaks
 from playwright.sync_api import Browser, expect
 from scripted_server import ScriptedServer, text
 
@@ -57,6 +57,11 @@ def test_a_finished_run_reads_well_in_light_and_dark(notebook: Notebook, server:
     expect(output).to_contain_text("Final answer")
     expect(output).to_contain_text("success")
     notebook.screenshot("run-light", cell)
+    assert mid_word_breaks(output) == []  # JupyterLab's break-all on outputs cut "rea|ds"
+    assert contrast_problems(output) == []
     notebook.theme(DARK)
     notebook.screenshot("run-dark", cell)
+    code = output.locator("pre", has_text="set_index").first
+    assert luminance(code) < 0.1  # the code block follows the theme: no bright box on black
+    assert contrast_problems(output) == []  # and its highlighting stays readable on it
     assert notebook.dialogs == []
