@@ -45,6 +45,7 @@ from .observation import (
     Proposed,
     Thought,
     describe,
+    describe_streamed,
     format_call,
     format_footer,
     review_label,
@@ -221,13 +222,17 @@ def _run_text(run: Run) -> str:
     return clean_text("\n\n".join(p for p in [*parts, _closing_text(run)] if p))
 
 
-def _closing_text(run: Run) -> str:
+def _footer(run: Run, writing: bool = False) -> str:
+    """The run's footer; `writing`: a step is in progress, and counts."""
+    return format_footer(run.usage, len(run.action_steps) + writing, run.duration, run.state)
+
+
+def _closing_text(run: Run, writing: bool = False) -> str:
     """What ends a run's text: its error, the answer unless a step showed it, the footer."""
     parts = [f"{_closing_label(run)}: {run.error}"] if run.error else []
     if run.output is not None and not any(isinstance(s, FinalAnswerStep) for s in run.steps):
         parts.append(_step_text(FinalAnswerStep(run.output)))
-    footer = format_footer(run.usage, len(run.action_steps), run.duration, run.state)
-    return "\n\n".join([*parts, f"── {footer}"])
+    return "\n\n".join([*parts, f"── {_footer(run, writing)}"])
 
 
 def _step_text(step: Step, with_model_text: bool = True) -> str:
@@ -373,8 +378,7 @@ def _closing_html(run: Run, live_tail: str = "") -> str:
         parts.append(f'<div style="{style}"><b>{_closing_label(run)}</b> {_pre(run.error)}</div>')
     if run.output is not None and not any(isinstance(s, FinalAnswerStep) for s in run.steps):
         parts.append(_step_html(FinalAnswerStep(run.output)))
-    footer = format_footer(run.usage, len(run.action_steps), run.duration, run.state)
-    parts.append(f'<div style="{_MUTED} margin-top: 6px;">{_esc(footer)}</div>')
+    parts.append(f'<div style="{_MUTED} margin-top: 6px;">{_esc(_footer(run, bool(live_tail)))}</div>')
     return _backstop("".join(parts))
 
 
@@ -664,14 +668,13 @@ class LiveRun:
         """The step being written (its latest tokens) and the footer so far."""
         run = self.run
         run.duration = self._clock() - self._start
-        writing = clean_text(self._streamed[-COLLAPSE_CHARS:])
-        tail = (
-            f'<div style="{_STEP}"><b>Step {self._current}</b> <span style="{_MUTED}">writing…</span>'
-            + (_pre(writing) if writing else "")
-            + "</div>"
-        )
-        text = f"── Step {self._current} (writing…)\n{writing}\n\n{clean_text(_closing_text(run))}"
-        return {"text/plain": text, "text/html": _boxed(_closing_html(run, tail))}
+        parts = describe_streamed(self._streamed)
+        header = f"Step {self._current}"
+        tail = (f'<div style="{_STEP}"><b>{header}</b> <span style="{_MUTED}">writing…</span>'
+                + "".join(map(_part_html, parts)) + "</div>")
+        body = "\n".join(line for part in parts for line in _part_text(part))
+        text = f"── {header} (writing…)\n{body}\n\n{clean_text(_closing_text(run, writing=True))}"
+        return {"text/plain": clean_text(text), "text/html": _boxed(_closing_html(run, tail))}
 
     def _print(self, text: str) -> None:
         if text:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -118,6 +119,26 @@ def describe(step: ActionStep) -> list[Part]:
     return parts
 
 
+_OPEN_FENCE = re.compile(r"```[ \t]*[\w+-]*[^\n]*\n")
+_CLOSE_FENCE = re.compile(r"\n[ \t]*```")
+
+
+def describe_streamed(text: str) -> list[Part]:
+    """A reply still being written, as the step it is becoming: the thought so far, then the code
+    so far once its fence has opened (the view shows them as it will show the finished step)."""
+    opened = _OPEN_FENCE.search(text)
+    before = text if opened is None else text[: opened.start()]
+    thought = re.sub(r"^\s*Thought:\s*", "", before.strip()).rstrip("`").strip()  # `` of a fence to come
+    parts: list[Part] = [Thought(thought)] if thought else []
+    if opened is not None:
+        code = text[opened.end():]
+        closed = _CLOSE_FENCE.search(code)
+        code = re.sub(r"\n[ \t]*`{1,2}\Z", "", code) if closed is None else code[: closed.start()]  # a fence closing
+        if code.strip():
+            parts.append(Code(code))
+    return parts
+
+
 def execution_parts(execution: Execution) -> list[Part]:
     """What running code produced: outputs in order, the sandbox's notes, the error, the answer."""
     parts: list[Part] = [Output(o) for o in execution.outputs]
@@ -149,12 +170,12 @@ def format_call(call: ToolCall) -> str:
 
 
 def format_footer(usage: Usage, steps: int, duration: float, state: str = "") -> str:
-    parts = [
-        f"{steps} step{'s' if steps != 1 else ''}",
-        f"{duration:.1f} s",
-        f"{usage.total_tokens:,} tokens ({usage.input_tokens:,} in / {usage.output_tokens:,} out)",
-        f"${usage.cost:.4f}",
-    ]
+    """Steps, time, tokens, cost and state. While running, `steps` counts the step in progress,
+    and tokens are left out until a reply has counted some (a reply's usage comes at its end)."""
+    parts = [f"{steps} step{'s' if steps != 1 else ''}", f"{duration:.1f} s"]
+    if state != "running" or usage.total_tokens:
+        parts += [f"{usage.total_tokens:,} tokens ({usage.input_tokens:,} in / {usage.output_tokens:,} out)",
+                  f"${usage.cost:.4f}"]
     return " · ".join(parts + ([state] if state else []))
 
 

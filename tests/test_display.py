@@ -349,3 +349,37 @@ def test_a_stop_on_purpose_is_not_shown_as_an_error() -> None:
     run = Run(task="t", agent="code", model="m", state="stopped", error="stopped by the reviewer: I have what I need")
     assert "Stopped: stopped by the reviewer" in render_text(run) and "Error" not in render_text(run)
     assert "#cf222e" not in render_html(run)  # not in the error colour
+
+
+_STREAMING_CODE = """
+import time
+from agent_kernel.display import LiveRun
+from agent_kernel.memory import StepStarted, TextDelta
+
+live = LiveRun("Plot the trend", model="openai/scripted", max_rate=1000)
+live.update(StepStarted(1))
+for piece in ["Thought: I will plot", " the trend.\\n```py", "thon\\nax = sales.plot()\\n`"]:
+    time.sleep(0.002)
+    live.update(TextDelta(1, piece))
+live.close()
+"""
+
+
+def test_a_step_streams_as_thought_and_highlighted_code_with_a_footer_that_counts_it() -> None:
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    messages: list[dict] = []
+    try:
+        reply = kc.execute_interactive(_STREAMING_CODE, output_hook=messages.append, timeout=60)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    last = [m["content"]["data"] for m in messages if m["msg_type"] == "update_display_data"][-1]
+    assert "```" not in last["text/html"] and "Thought:" not in last["text/html"]
+    assert "I will plot the trend." in last["text/html"]
+    assert "color:var(--jp-mirror-editor-operator-color" in last["text/html"]  # highlighted code: `=`
+    assert "ax = sales.plot()\n`" not in last["text/plain"]  # nor the backtick of the closing fence
+    footer = last["text/plain"].rsplit("── ", 1)[-1]
+    assert footer.startswith("1 step · ") and "tokens" not in footer and footer.endswith("running")
