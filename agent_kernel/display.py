@@ -664,16 +664,31 @@ class LiveRun:
 
         return display(bundle, raw=True, display_id=True, metadata=provenance(self.run, step))
 
+    def reviewing(self, approve: Callable[[ActionStep], Any]) -> Callable[[ActionStep], Any]:
+        """`approve`, after the step's display shows the whole step it is asked about (the
+        rate-limited stream may have left it a few tokens in): the reviewer reads thought and code."""
+
+        def shown_then_asked(step: ActionStep) -> Any:
+            if self.rich and self._handle is not None:
+                bundle = self._step_bundle(describe(step), "waiting for your review")
+                self._handle.update(bundle, raw=True, metadata=provenance(self.run, step))
+                self._dirty, self.updates = False, self.updates + 1
+            return approve(step)
+
+        return shown_then_asked
+
     def _live_bundle(self) -> dict[str, str]:
         """The step being written (its latest tokens) and the footer so far."""
+        return self._step_bundle(describe_streamed(self._streamed), "writing…")
+
+    def _step_bundle(self, parts: list[Part], doing: str) -> dict[str, str]:
         run = self.run
         run.duration = self._clock() - self._start
-        parts = describe_streamed(self._streamed)
         header = f"Step {self._current}"
-        tail = (f'<div style="{_STEP}"><b>{header}</b> <span style="{_MUTED}">writing…</span>'
+        tail = (f'<div style="{_STEP}"><b>{header}</b> <span style="{_MUTED}">{doing}</span>'
                 + "".join(map(_part_html, parts)) + "</div>")
         body = "\n".join(line for part in parts for line in _part_text(part))
-        text = f"── {header} (writing…)\n{body}\n\n{clean_text(_closing_text(run, writing=True))}"
+        text = f"── {header} ({doing})\n{body}\n\n{clean_text(_closing_text(run, writing=True))}"
         return {"text/plain": clean_text(text), "text/html": _boxed(_closing_html(run, tail))}
 
     def _print(self, text: str) -> None:

@@ -65,3 +65,31 @@ def test_a_finished_run_reads_well_in_light_and_dark(notebook: Notebook, server:
     assert luminance(code) < 0.1  # the code block follows the theme: no bright box on black
     assert contrast_problems(output) == []  # and its highlighting stays readable on it
     assert notebook.dialogs == []
+
+
+REVIEWED = ("Thought: Weekly totals first; the analyst should see this reasoning before deciding.\n"
+            "```python\nweekly = sales.groupby('week')['amount'].sum()\nprint(weekly)\n```\n")
+
+
+def test_review_shows_the_whole_step_and_stop_reads_as_a_stop(notebook: Notebook, server: ScriptedServer) -> None:
+    server.script([text(REVIEWED, chunk_delay=0.01)], key="weekly review")
+    notebook.run(SETUP)
+    cell = notebook.run("%%agent code --in sales --review\nweekly review of {sales}", wait=False)
+    output = cell.locator(".jp-OutputArea")
+    stop = output.get_by_role("button", name="Stop")
+    expect(stop).to_be_visible(timeout=120_000)
+    step = output.locator(".jp-OutputArea-child", has_text="Step 1").first
+    expect(step).to_contain_text("the analyst should see this reasoning before deciding.")
+    expect(step).to_contain_text("print(weekly)")
+    expect(step).to_contain_text("waiting for your review")
+    box = output.locator("textarea").bounding_box()
+    area = output.bounding_box()
+    assert box is not None and area is not None and box["x"] + box["width"] <= area["x"] + area["width"]
+    output.get_by_placeholder("why (skip or stop)").fill("I have what I need")
+    stop.click()
+    notebook.wait_done(cell)
+    expect(output).to_contain_text("Stopped")
+    assert output.inner_text().count("I have what I need") == 2  # the step's header, the run's end
+    assert "Error" not in output.inner_text()
+    notebook.screenshot("review-stopped", cell)
+    assert notebook.dialogs == []

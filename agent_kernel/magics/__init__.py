@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -222,6 +223,8 @@ class AgentMagics(Magics):
         from ..memory import RunCompleted
 
         live = None if options.quiet or self.quiet else LiveRun(task, model=agent.model.model_id, agent=agent.kind)
+        if live is not None and agent.approve is not None and not inspect.iscoroutinefunction(agent.approve):
+            agent.approve = live.reviewing(agent.approve)  # set again by each cell's _controls
         events = agent.run(task, variables=inputs, reset=not follow_up, stream=True)
         run: Run | None = None
 

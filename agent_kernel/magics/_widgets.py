@@ -156,8 +156,8 @@ def review_prompt(step: ActionStep) -> Decision:
     what = "code" if step.code is not None else "tool calls (JSON)"
     original = proposal(step)
     lines = min(original.count("\n") + 2, 30)
-    editor = w.Textarea(value=original, layout=w.Layout(width="100%", height=f"{lines * 1.5 + 1:.1f}em"))
-    reason = w.Text(placeholder="why (skip or stop): the agent is told", layout=w.Layout(width="100%"))
+    editor = w.Textarea(value=original, layout=w.Layout(width="auto", height=f"{lines * 1.5 + 1:.1f}em"))
+    reason = w.Text(placeholder="why (skip or stop): the agent is told", layout=w.Layout(width="auto"))
     buttons = {
         "run": w.Button(description="Run", button_style="success", tooltip="run the action as the agent wrote it"),
         "run my edit": w.Button(description="Run my edit", button_style="info",
