@@ -176,6 +176,31 @@ def render_diff(diff: str) -> dict[str, str]:
     return {"text/plain": clean_text(diff), "text/html": _boxed(_backstop(f'<pre style="{_CODE_PRE}">{spans}</pre>'))}
 
 
+TASK_COLUMN = 60  # characters of a task in the text table of runs
+
+
+def render_runs(runs: list[tuple[Run, str]]) -> dict[str, str]:
+    """`%agent runs`: each run (and the label it is listed by) as a table row. In text a longer task
+    is cut with an ellipsis; in HTML no cell wraps, and the task column ends in an ellipsis to fit."""
+    head = ["#", "agent", "state", "steps", "tokens", "cost", "time", "task"]
+    rows = []
+    for number, (run, label) in enumerate(runs, 1):
+        task = " ".join(clean_text(label).split())
+        rows.append([str(number), run.agent, run.state, str(len(run.action_steps)), f"{run.usage.total_tokens:,}",
+                     f"${run.usage.cost:.4f}", f"{run.duration:.1f}s", task])
+    cut = [[*r[:-1], r[-1] if len(r[-1]) <= TASK_COLUMN else r[-1][: TASK_COLUMN - 1] + "…"] for r in rows]
+    widths = [max(len(r[i]) for r in [head, *cut]) for i in range(len(head) - 1)]
+    right = {0, 3, 4, 5, 6}
+    text = "\n".join("  ".join([*(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))),
+                                  r[-1]]) for r in [head, *cut])
+    cell = "white-space: nowrap; padding: 2px 8px;"
+    task_cell = f"{cell} max-width: 40em; overflow: hidden; text-overflow: ellipsis;"
+    header = "".join(f'<th style="{cell}">{_esc(h)}</th>' for h in head)
+    body = "".join("<tr>" + "".join(f'<td style="{task_cell if i == 7 else cell}" title="{_esc(c) if i == 7 else ""}">'
+                                    f"{_esc(c)}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return {"text/plain": text, "text/html": _boxed(_backstop(f"<table><tr>{header}</tr>{body}</table>"))}
+
+
 def render_prose(title: str, text: str) -> dict[str, str]:
     """Model-written prose (an explanation) as escaped HTML and plain text."""
     body = _backstop(f"<div><b>{_esc(title)}</b></div>{_prose(text)}")

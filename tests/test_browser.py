@@ -59,6 +59,9 @@ def test_a_finished_run_reads_well_in_light_and_dark(notebook: Notebook, server:
     notebook.screenshot("run-light", cell)
     assert mid_word_breaks(output) == []  # JupyterLab's break-all on outputs cut "rea|ds"
     assert contrast_problems(output) == []
+    runs = notebook.run("%agent runs").locator(".jp-OutputArea")
+    expect(runs.locator("td", has_text="success")).to_have_count(1)
+    assert mid_word_breaks(runs) == []
     notebook.theme(DARK)
     notebook.screenshot("run-dark", cell)
     code = output.locator("pre", has_text="set_index").first

@@ -455,6 +455,7 @@ def test_fix_and_explain_the_last_error_without_touching_the_notebook(tmp_path: 
             "%agent fix",
             "print('total' in globals(), df.equals(snapshot), list(df.columns), _agent_fix.verified)",
             "%agent fix --apply",
+            "%agent runs",
         ], tmp_path)
         fixing = [r for r in server.requests if "Reproduce the error" in json.dumps(r["messages"][:2])]
         explaining = [r for r in server.requests if r not in fixing]
@@ -481,3 +482,6 @@ def test_fix_and_explain_the_last_error_without_touching_the_notebook(tmp_path: 
     payload = replies[5]["content"]["payload"]
     assert [(p["source"], p["text"]) for p in payload] == [("set_next_input", fixed)]
     assert "the fixed cell is in the next cell" in _stdout(nb.cells[5])
+    # `%agent runs` lists the fix by the cell it fixed, not by the agent's internal prompt
+    listed = _displays(nb.cells[6])[0].data["text/plain"]
+    assert '%agent fix: total = df["amount"].sum() print(total)' in listed and "A cell in the user" not in listed

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from agent_kernel.display import LiveRun, mime_bundle, render_html, render_text
+from agent_kernel.display import LiveRun, mime_bundle, render_html, render_runs, render_text
 from agent_kernel.memory import (
     ActionStep,
     FinalAnswerStep,
@@ -383,3 +383,11 @@ def test_a_step_streams_as_thought_and_highlighted_code_with_a_footer_that_count
     assert "ax = sales.plot()\n`" not in last["text/plain"]  # nor the backtick of the closing fence
     footer = last["text/plain"].rsplit("── ", 1)[-1]
     assert footer.startswith("1 step · ") and "tokens" not in footer and footer.endswith("running")
+
+
+def test_the_runs_table_cuts_long_tasks_with_an_ellipsis_and_never_wraps() -> None:
+    long_task = "Summarise the weekly sales by region and plot the trend of revenue against last year " * 2
+    bundle = render_runs([(Run(task=long_task, agent="code", model="m", state="success"), long_task)])
+    row = bundle["text/plain"].splitlines()[1]
+    assert row.endswith("…") and "Summarise the weekly sales" in row
+    assert "white-space:nowrap" in bundle["text/html"] and "text-overflow:ellipsis" in bundle["text/html"]

@@ -50,6 +50,7 @@ class _Record:
 
     run: Run
     inputs: dict[str, Any] = field(default_factory=dict)
+    label: str = ""  # how `%agent runs` lists it, when not by its task (a fix: by the cell it fixed)
 
 
 @magics_class
@@ -318,15 +319,11 @@ class AgentMagics(Magics):
         if not self.runs:
             print("no runs yet")
             return
-        rows = [f"{'#':>3}  {'agent':5}  {'state':15}  {'steps':>5}  {'tokens':>8}  {'cost':>8}  {'time':>7}  task"]
-        for i, record in enumerate(self.runs, 1):
-            r = record.run
-            task = " ".join(r.task.split())[:60]
-            rows.append(
-                f"{i:>3}  {r.agent:5}  {r.state:15}  {len(r.action_steps):>5}  {r.usage.total_tokens:>8,}  "
-                f"{'$' + format(r.usage.cost, '.4f'):>8}  {r.duration:>6.1f}s  {task}"
-            )
-        print(clean_text("\n".join(rows)))  # task text may carry terminal escapes
+        from IPython.display import display
+
+        from ..display import render_runs
+
+        display(render_runs([(r.run, r.label or r.run.task) for r in self.runs]), raw=True)
 
     def _cmd_show(self, args: list[str]) -> None:
         from IPython.display import display
@@ -354,7 +351,7 @@ class AgentMagics(Magics):
             print("reproducing and fixing the error in a sandbox, on copies of the variables…")
             self._fix = fix.fix(cell, model, max_steps=options.max_steps, max_cost=max_cost)
             self.spent += self._fix.run.usage.cost
-            self.runs.append(_Record(self._fix.run, {}))
+            self.runs.append(_Record(self._fix.run, {}, label=f"%agent fix: {cell.source}"))
         found = self._fix
         self.shell.user_ns["_agent_fix"] = found
         if not found.verified:
