@@ -130,6 +130,9 @@ class Notebook:
         self.page.goto(f"{lab.url}/lab/workspaces/{name}/tree/{name}.ipynb?reset&token={lab.token}")
         expect(self.page.locator(".jp-Notebook .jp-Cell").first).to_be_visible(timeout=60_000)
         self.page.evaluate("window.jupyterapp.shell.collapseLeft()")  # the file browser: room for the run
+        # The kernel is connected and idle (the status bar says so) before anything is typed.
+        expect(self.page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\| Idle"))).to_have_count(
+            1, timeout=90_000)
 
     @property
     def cells(self) -> Locator:
@@ -142,6 +145,7 @@ class Notebook:
         editor.click()
         self.page.keyboard.press("ControlOrMeta+a")
         self.page.keyboard.insert_text(source)  # no keystrokes: no auto-closed brackets or auto-indent
+        expect(editor).to_contain_text(source.splitlines()[0])  # typed into this cell, not elsewhere
         self.page.keyboard.press("Shift+Enter")
         if wait:
             self.wait_done(cell, timeout)
