@@ -113,15 +113,31 @@ class _Counter:
 # Markdown from untrusted text
 
 
+# A code span on one line and one table cell: `` `a < b` `` renders its text as written, so it keeps
+# it. Not after a backslash or a backtick (an escaped or longer run opens no span), no newline (a span
+# cannot cross blocks) and no pipe (GFM splits table cells first): a match is always a real span.
+_CODE_SPAN = re.compile(r"(?<![`\\])(`+)(?!`)[^\n|]+?(?<!`)\1(?!`)")
+
+
 def safe_markdown(text: str) -> str:
     """Model text as markdown that renders as written but cannot carry HTML or links.
 
-    A zero-width space after `<` stops raw HTML and autolinks, and one inside `](` / `]:` stops
-    inline links, images and link definitions (so no javascript: URLs, no tracking pixels). Unlike
-    backslash or entity escapes, this also reads right inside code spans.
+    Outside code spans, `<` becomes `&lt;` (no raw HTML, no autolinks) and the `(` / `:` after `]`
+    an entity (no inline links, images or link definitions: no javascript: URLs, no tracking
+    pixels); entities never open markdown structure, and they read and copy as the characters.
+    Inside code spans, where markdown keeps text as written, nothing changes.
     """
-    text = clean_text(text).replace("<", "<\u200b")
-    return re.sub(r"\](?=[(:])", "]\u200b", text)
+    text = clean_text(text)
+    pieces, start = [], 0
+    for span in _CODE_SPAN.finditer(text):
+        pieces += [_defused(text[start:span.start()]), span.group()]
+        start = span.end()
+    return "".join([*pieces, _defused(text[start:])])
+
+
+def _defused(text: str) -> str:
+    text = text.replace("<", "&lt;")
+    return re.sub(r"\]([(:])", lambda m: "]&#40;" if m[1] == "(" else "]&#58;", text)
 
 
 def _title(run: Run) -> str:

@@ -147,7 +147,15 @@ def test_thoughts_become_markdown_without_html_or_links() -> None:
     rendered = "".join(md.render(c.source) for c in nb.cells if c.cell_type == "markdown")
     assert "<script" not in rendered and "<img" not in rendered and "<a " not in rendered
     assert "javascript:alert" in rendered  # still readable as text
-    assert "<code>a <\u200b b</code>" in md.render(safe_markdown("`a < b`")).replace("&lt;", "<")
+    assert "<code>a &lt; b</code>" in md.render(safe_markdown("`a < b`"))  # as written, nothing inserted
+    assert md.render(safe_markdown("if a < b: see [x](y)")) == "<p>if a &lt; b: see [x](y)</p>\n"
+    assert not any("\u200b" in c.source for c in nb.cells)  # reads and copies cleanly
+    tables = MarkdownIt("commonmark", {"html": True}).enable("table")
+    for attack in ("```<img src=x onerror=alert(1)>``", "\\`<img src=x onerror=alert(1)>`",
+                   "| a | b |\n|---|---|\n| `a | <img src=x onerror=alert(1)>` |", "`a\n\n<img src=x onerror=alert(1)>`",
+                   "# `a\n<img src=x onerror=alert(1)>`", "`x` [y](javascript:alert(1)) `z`"):
+        rendered = tables.render(safe_markdown(attack))
+        assert "<img" not in rendered and "<a " not in rendered, (attack, rendered)
     assert md.render(safe_markdown("**bold** and a [plain] bracket")) == "<p><strong>bold</strong> and a [plain] bracket</p>\n"
 
 
