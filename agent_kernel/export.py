@@ -28,9 +28,10 @@ from .display import provenance, safe_bundle
 from .memory import ActionStep, FinalAnswerStep, PlanningStep, Run, TaskStep, ToolCall
 from .observation import Call, Code, Failure, Note, Proposed, Thought, describe, format_call, format_footer, review_label
 
+_KERNELS = {"python3": "Python 3 (ipykernel)", "agent-sandbox": "agent_kernel sandbox"}
 _WARNING = (
-    "*The code below was written by a model and ran in agent_kernel's restricted sandbox. "
-    "Running this notebook runs it in your kernel, without the sandbox: read it first.*"
+    "*The code below was written by a model and ran in agent_kernel's restricted sandbox. This notebook "
+    "is set to run in the `{kernel}` kernel{where}: read the code before you run it.*"
 )
 _FINAL_ANSWER_DEF = '''\
 answer = None
@@ -51,9 +52,15 @@ def _replay(tool):
 
 
 def run_to_notebook(
-    run: Run, path: str | os.PathLike[str] | None = None, inputs: Mapping[str, Any] | None = None
+    run: Run,
+    path: str | os.PathLike[str] | None = None,
+    inputs: Mapping[str, Any] | None = None,
+    kernel: str = "python3",
 ) -> NotebookNode:
     """Export `run` as a notebook; with `path`, write it there and save `inputs` beside it.
+
+    `kernel` is the kernelspec it is set to re-run in (the analyst's own, python3, by default); its
+    first cell says which, and whether that is the sandbox.
 
     `inputs` maps the notebook variables the agent was given to their values; they are saved in
     `<notebook stem>_inputs/` and the first code cell loads them back.
@@ -61,7 +68,9 @@ def run_to_notebook(
     if inputs and path is None:
         raise ValueError("inputs are saved beside the notebook: pass path='name.ipynb' as well")
     target = Path(path) if path is not None else None
-    cells = [_stamped(new_markdown_cell(_title(run)), run, None)]
+    if not re.fullmatch(r"[\w.-]+", kernel):
+        raise ValueError(f"kernel {kernel!r} is not a kernelspec name (jupyter kernelspec list)")
+    cells = [_stamped(new_markdown_cell(_title(run, kernel)), run, None)]
     setup = []
     if inputs:
         assert target is not None
@@ -76,7 +85,7 @@ def run_to_notebook(
         cells.extend(_stamped(cell, run, step) for cell in _step_cells(step, run, counter))
     cells.extend(_stamped(cell, run, FinalAnswerStep(run.output)) for cell in _answer_cells(run, counter))
 
-    nb = new_notebook(cells=cells, metadata=_metadata(run))
+    nb = new_notebook(cells=cells, metadata=_metadata(run, kernel))
     nbformat.validate(nb)
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +149,7 @@ def _defused(text: str) -> str:
     return re.sub(r"\]([(:])", lambda m: "]&#40;" if m[1] == "(" else "]&#58;", text)
 
 
-def _title(run: Run) -> str:
+def _title(run: Run, kernel: str) -> str:
     footer = format_footer(run.usage, len(run.action_steps), run.duration, run.state)
     agent = "CodeAgent" if run.agent == "code" else "ToolCallingAgent"
     lines = [
@@ -150,7 +159,7 @@ def _title(run: Run) -> str:
         "",
         f"{agent} · model `{_code_span(run.model)}` · {footer}",
         "",
-        _WARNING,
+        _WARNING.format(kernel=kernel, where=" (the sandbox)" if kernel == "agent-sandbox" else ", without the sandbox"),
     ]
     return "\n".join(lines)
 
@@ -373,9 +382,9 @@ def _save_input(name: str, value: Any, folder: Path) -> tuple[str, str]:
     return "import json", f"{name} = json.loads((_inputs / {name + '.json'!r}).read_text(encoding='utf-8'))"
 
 
-def _metadata(run: Run) -> dict[str, Any]:
+def _metadata(run: Run, kernel: str) -> dict[str, Any]:
     return {
-        "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
+        "kernelspec": {"name": kernel, "display_name": _KERNELS.get(kernel, kernel), "language": "python"},
         "language_info": {"name": "python"},
         "agent_kernel": {
             "run_id": run.id,

@@ -230,3 +230,14 @@ def test_inputs_need_a_path() -> None:
     run, inputs = _code_run()
     with pytest.raises(ValueError, match="pass path="):
         run_to_notebook(run, inputs=inputs)
+
+
+def test_the_first_cell_says_which_kernel_the_export_runs_in() -> None:
+    run, _ = _code_run()
+    nb = run_to_notebook(run)
+    assert nb.metadata.kernelspec.name == "python3"
+    assert "set to run in the `python3` kernel, without the sandbox" in nb.cells[0].source
+    sandboxed = run_to_notebook(run, kernel="agent-sandbox")
+    assert sandboxed.metadata.kernelspec.name == "agent-sandbox" and "(the sandbox)" in sandboxed.cells[0].source
+    with pytest.raises(ValueError, match="kernelspec name"):
+        run_to_notebook(run, kernel="python3; rm")
