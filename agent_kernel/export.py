@@ -119,6 +119,67 @@ class _Counter:
 
 
 # ---------------------------------------------------------------------------------------------
+# The run as one notebook cell
+
+
+def run_as_cell(run: Run, number: int | None = None, answer: str = "answer") -> str | None:
+    """The run's work as one cell of the analyst's notebook, to read and then run there: the code of
+    every step that ran cleanly, in order (failed, declined and unfinished steps left out), on the
+    notebook's own variables (the sandbox had them under the same names), with `final_answer(x)`
+    as `answer = x`. A ToolCallingAgent's run becomes its successful calls. None: nothing ran."""
+    if not answer.isidentifier() or keyword.iskeyword(answer):
+        raise ValueError(f"{answer!r} is not a Python name")
+    pieces, dropped = [], 0
+    for step in run.action_steps:
+        if step.code is not None:
+            ex = step.execution
+            if ex is None or ex.error is not None or ex.restarted:
+                dropped += 1
+                continue
+            pieces.append(_answer_assigned(step.code, answer))
+            continue
+        for call in step.tool_calls:
+            if call.error is not None:
+                dropped += 1
+            elif call.name == "final_answer":
+                value = call.arguments.get("answer") if isinstance(call.arguments, dict) else call.arguments
+                pieces.append(f"{answer} = {_literal(value)[0]}")
+            else:
+                pieces.append(format_call(call))
+    if not pieces:
+        return None
+    task = " ".join(clean_text(run.task).split())
+    head = [f"# From agent run {number if number is not None else run.id}: {task[:70]}{'…' if len(task) > 70 else ''}"]
+    if dropped:
+        head.append(f"# ({dropped} step{'s' if dropped != 1 else ''} that failed or did not run left out)")
+    return "\n".join(head) + "\n" + "\n\n".join(clean_text(p).rstrip() for p in pieces) + "\n"
+
+
+def _answer_assigned(code: str, answer: str) -> str:
+    """`final_answer(x)` statements as `answer = x`, the rest of the code (comments too) as written."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code
+    lines = code.splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+    spans = []
+    for node in ast.walk(tree):
+        call = node.value if isinstance(node, ast.Expr) else None
+        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "final_answer"
+                and len(call.args) == 1 and not call.keywords):
+            value = ast.get_source_segment(code, call.args[0])
+            begin = starts[node.lineno - 1] + node.col_offset
+            end = starts[(node.end_lineno or node.lineno) - 1] + (node.end_col_offset or 0)
+            spans.append((begin, end, f"{answer} = {value}"))
+    for begin, end, text in sorted(spans, reverse=True):
+        code = code[:begin] + text + code[end:]
+    return code
+
+
+# ---------------------------------------------------------------------------------------------
 # Markdown from untrusted text
 
 

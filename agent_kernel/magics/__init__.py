@@ -51,6 +51,7 @@ class _Record:
     run: Run
     inputs: dict[str, Any] = field(default_factory=dict)
     label: str = ""  # how `%agent runs` lists it, when not by its task (a fix: by the cell it fixed)
+    out: str | None = None  # the --out name: the answer's name in `%agent cell`
 
 
 @magics_class
@@ -115,9 +116,11 @@ class AgentMagics(Magics):
         self._controls(agent, options)
         run = self._run(agent, options, describe_task(cell.strip()), inputs, follow_up)
         self.spent += run.usage.cost
-        self.runs.append(_Record(run, inputs))
+        self.runs.append(_Record(run, inputs, out=options.out))
         self.shell.user_ns["_agent_run"] = run
         self._bind(run, options)
+        if options.to_cell:
+            self._to_cell(self.runs[-1], len(self.runs))
         return None
 
     def _inputs(self, options: CellOptions, task: str) -> dict[str, Any]:
@@ -324,6 +327,23 @@ class AgentMagics(Magics):
         from ..display import render_runs
 
         display(render_runs([(r.run, r.label or r.run.task) for r in self.runs]), raw=True)
+
+    def _cmd_cell(self, args: list[str]) -> None:
+        """`%agent cell [N]`: run N's code as the next cell, on the notebook's variables, not run."""
+        if len(args) > 1:
+            raise UsageError("usage: %agent cell [N]")
+        record = self._record(args[0] if args else None)
+        self._to_cell(record, self.runs.index(record) + 1)
+
+    def _to_cell(self, record: _Record, number: int) -> None:
+        from ..export import run_as_cell
+
+        code = run_as_cell(record.run, number, answer=record.out or "answer")
+        if code is None:
+            print(f"run {number} has no code that ran cleanly: nothing to put in a cell")
+            return
+        self.shell.set_next_input(code, replace=False)
+        print(f"run {number}'s code is in the next cell: read it, then run it")
 
     def _cmd_show(self, args: list[str]) -> None:
         from IPython.display import display

@@ -28,6 +28,7 @@ CELL_USAGE = """\
   --read PATH           let the sandbox read PATH (repeatable; code only)
   --continue            follow up on the last run: same sandbox and memory
   --quiet               no live display
+  --to-cell             afterwards, put the run's code in the next cell (as %agent cell does)
   --review              show each action before it runs: run, edit, skip (the agent is told why) or stop
                         (a prompt with buttons where ipywidgets can show, else input(): %agent config
                         review_ui=input; %config AgentMagics.approver = "f" uses a notebook
@@ -45,6 +46,8 @@ m = %agent model [NAME]            that model as a Model, to build agents in Pyt
 %agent alias NAME=MODEL            a short name for a model
 %agent runs                        past runs in this session
 %agent show [N]                    replay run N (default: the last)
+%agent cell [N]                    run N's code as the next cell, on the notebook's variables (failed
+                                   steps left out, final_answer(x) as answer = x, or the --out name)
 %agent export [N] PATH.ipynb       save run N as a notebook that re-runs
 %agent sandbox                     isolation layers and variables of the last code sandbox
 %agent reset                       stop sandboxes, forget runs' memory
@@ -76,6 +79,7 @@ class CellOptions:
     read: list[str] = field(default_factory=list)
     follow_up: bool = False
     quiet: bool = False
+    to_cell: bool = False
     review: bool = False
     max_cost: float | None = None
     max_tokens: int | None = None
@@ -168,6 +172,7 @@ def _build_parser() -> _Parser:
     p.add_argument("--read", action="append", default=[])
     p.add_argument("--continue", dest="follow_up", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--to-cell", action="store_true")
     p.add_argument("--review", action="store_true")
     p.add_argument("--max-cost", type=_positive_usd)
     p.add_argument("--max-tokens", type=_positive_int)
