@@ -12,7 +12,7 @@ import nbformat
 import pexpect
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
-from scripted_server import ScriptedServer, text
+from scripted_server import ScriptedServer, text, tool_calls
 
 FAILING = "Thought: by week.\n```python\nweekly = sales.groupby('wk')['amount'].sum()\n```\n"
 WORKING = ("Thought: the column is week.\n```python\n# totals per week\nweekly = sales.groupby('week')['amount'].sum()\n"
@@ -82,3 +82,20 @@ def test_agent_cell_fills_the_next_prompt_in_terminal_ipython(tmp_path: Path) ->
         finally:
             shell.sendline("exit")
             shell.close(force=True)
+
+
+def test_the_agent_sees_the_notebooks_last_cells_and_the_cells_a_task_names(tmp_path: Path) -> None:
+    with ScriptedServer() as server:
+        server.script([tool_calls([("final_answer", {"answer": "fixed"})])], key="Fix the chart above")
+        nb, _ = _notebook([
+            SETUP.format(url=server.url),
+            "weekly = sales.groupby('week')['amount'].sum()\nweekly",
+            "weekly.plot(kind='barh', colour='red')",
+            "%%agent tools --context 2\nFix the chart above; the totals were {Out[2]} from {In[2]}",
+        ], tmp_path)
+        asked = next(m["content"] for m in server.requests[0]["messages"] if m["role"] == "user")
+    assert [o.ename for o in nb.cells[2].outputs if o.output_type == "error"] == ["AttributeError"]
+    assert "In [3]:\n```python\nweekly.plot(kind='barh', colour='red')\n```\nIt raised AttributeError" in asked
+    assert "In [2]:" in asked and "In [1]:" not in asked  # the last two cells only
+    assert "the totals were \n```\nweek\n1    12\n2     9" in asked  # {Out[2]}: the output's repr
+    assert "from \n```\nweekly = sales.groupby('week')['amount'].sum()\nweekly\n```" in asked  # {In[2]}: as typed

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import inspect
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,9 @@ from ._options import (
 )
 
 _CONFIGURABLE = ("model", "api_base", "max_steps", "timeout", "imports", "network", "quiet", "session_max_cost",
-                 "approver", "review_ui")
+                 "approver", "review_ui", "context")
+_CONTEXT_CHARS = 4000  # of one cell's source, output or error shown to the agent
+_CONTEXT_KEPT = 200  # cells' errors remembered for --context
 
 
 @dataclass
@@ -64,6 +67,8 @@ class AgentMagics(Magics):
     imports = List(Unicode(), help="modules the sandbox may import beyond its defaults").tag(config=True)
     network = Bool(False, help="let the sandbox use the network").tag(config=True)
     quiet = Bool(False, help="no live display").tag(config=True)
+    context = Int(0, help="notebook cells before a %%agent cell that its agent sees (source and errors); "
+                  "--context N sets it per cell").tag(config=True)
     api_base = Unicode(
         None, allow_none=True, help="OpenAI-compatible endpoint, e.g. a local server; $AGENT_KERNEL_API_BASE if set"
     ).tag(config=True)
@@ -99,6 +104,7 @@ class AgentMagics(Magics):
         self._mcp: Any = None  # agent_kernel.mcp.MCPServers, made at the first `%agent mcp`
         self.spent = 0.0  # US dollars spent by every run, fix and explanation of this session
         self._failure: tuple[str, BaseException] | None = None  # the last cell that raised, and what
+        self._errors: dict[int, str] = {}  # execution count -> the error that cell raised (--context)
         self._fix: Any = None  # the last agent_kernel.fix.Fix, for `%agent fix --apply` without a rerun
 
     # -- %%agent ---------------------------------------------------------------------------------
@@ -114,7 +120,8 @@ class AgentMagics(Magics):
         inputs = self._inputs(options, cell)
         agent, follow_up = self._agent_for(options)
         self._controls(agent, options)
-        run = self._run(agent, options, describe_task(cell.strip()), inputs, follow_up)
+        task = describe_task(self._cells_referenced(cell.strip()))
+        run = self._run(agent, options, task + self._context(options), inputs, follow_up)
         self.spent += run.usage.cost
         self.runs.append(_Record(run, inputs, out=options.out))
         self.shell.user_ns["_agent_run"] = run
@@ -122,6 +129,34 @@ class AgentMagics(Magics):
         if options.to_cell:
             self._to_cell(self.runs[-1], len(self.runs))
         return None
+
+    def _cells_referenced(self, task: str) -> str:
+        """`{In[3]}` / `{Out[3]}` in a task: that cell's source, or the repr of its output."""
+        def cell(match: re.Match[str]) -> str:
+            kind, number = match[1], int(match[2])
+            found = self.shell.history_manager.input_hist_raw if kind == "In" else self.shell.user_ns.get("Out", {})
+            try:
+                value = found[number]
+            except (IndexError, KeyError):
+                raise UsageError(f"{{{kind}[{number}]}}: the notebook has no {kind}[{number}]") from None
+            shown = value if kind == "In" else repr(value)
+            return f"\n```\n{shown[:_CONTEXT_CHARS].rstrip()}\n```\n"
+
+        return re.sub(r"\{(In|Out)\[(\d+)\]\}", cell, task)
+
+    def _context(self, options: CellOptions) -> str:
+        """--context N: the notebook's last N cells before this one, with their errors, for the agent."""
+        count = self.context if options.context is None else options.context
+        sources = self.shell.history_manager.input_hist_raw[1:-1]  # as typed; [0] is empty, the last is this cell
+        shown = list(enumerate(sources, 1))[-count:] if count else []
+        if not shown:
+            return ""
+        cells = []
+        for number, source in shown:
+            error = self._errors.get(number)
+            cells.append(f"In [{number}]:\n```python\n{source[:_CONTEXT_CHARS].rstrip()}\n```"
+                         + (f"\nIt raised {error}" if error else ""))
+        return "\n\nThe notebook so far (its last cells, which the task may refer to):\n\n" + "\n\n".join(cells)
 
     def _inputs(self, options: CellOptions, task: str) -> dict[str, Any]:
         names = list(dict.fromkeys([*options.inputs, *task_references(task)]))
@@ -419,9 +454,14 @@ class AgentMagics(Magics):
         return fix.failed_cell(source, error, self.shell.user_ns, self.shell.transform_cell)
 
     def note_failure(self, result: Any) -> None:
-        """post_run_cell hook: remember the last cell that raised (not the agent's own cells)."""
+        """post_run_cell hook: remember the last cell that raised (not the agent's own cells), and
+        each cell's error by execution count (for --context)."""
         error = result.error_in_exec or result.error_before_exec
         source = getattr(result.info, "raw_cell", "") or ""
+        if error is not None and isinstance(result.execution_count, int):
+            self._errors[result.execution_count] = f"{type(error).__name__}: {error}"[:_CONTEXT_CHARS]
+            while len(self._errors) > _CONTEXT_KEPT:
+                self._errors.pop(min(self._errors))
         if error is not None and not source.lstrip().startswith(("%agent", "%%agent")):
             self._failure = (source, error)
 
