@@ -136,7 +136,8 @@ def run_as_cell(run: Run, number: int | None = None, answer: str = "answer") -> 
             if ex is None or ex.error is not None or ex.restarted:
                 dropped += 1
                 continue
-            pieces.append(_answer_assigned(step.code, answer))
+            answers = [c.result for c in step.tool_calls if c.name == "ask_user" and c.error is None]
+            pieces.append(_rewritten(step.code, answer, answers))
             continue
         for call in step.tool_calls:
             if call.error is not None:
@@ -155,27 +156,38 @@ def run_as_cell(run: Run, number: int | None = None, answer: str = "answer") -> 
     return "\n".join(head) + "\n" + "\n\n".join(clean_text(p).rstrip() for p in pieces) + "\n"
 
 
-def _answer_assigned(code: str, answer: str) -> str:
-    """`final_answer(x)` statements as `answer = x`, the rest of the code (comments too) as written."""
+def _rewritten(code: str, answer: str, asked: list[Any]) -> str:
+    """The code for the notebook, comments and all: `final_answer(x)` statements as `answer = x`,
+    and each `ask_user(...)` (a tool only the agent had) as the analyst's recorded answer."""
     try:
         tree = ast.parse(code)
     except SyntaxError:
         return code
-    lines = code.splitlines(keepends=True)
     starts = [0]
-    for line in lines:
+    for line in code.splitlines(keepends=True):
         starts.append(starts[-1] + len(line))
-    spans = []
+
+    def span(node: ast.AST) -> tuple[int, int]:
+        end_line = node.end_lineno or node.lineno  # type: ignore[attr-defined]
+        return (starts[node.lineno - 1] + node.col_offset,  # type: ignore[attr-defined]
+                starts[end_line - 1] + (node.end_col_offset or 0))  # type: ignore[attr-defined]
+
+    edits = []
+    calls = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)),
+                   key=lambda n: (n.lineno, n.col_offset))
+    replies = iter(asked)
+    for call in calls:
+        name = call.func.id  # type: ignore[attr-defined]
+        if name == "ask_user":
+            edits.append((*span(call), repr(next(replies, None))))
     for node in ast.walk(tree):
         call = node.value if isinstance(node, ast.Expr) else None
         if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "final_answer"
                 and len(call.args) == 1 and not call.keywords):
-            value = ast.get_source_segment(code, call.args[0])
-            begin = starts[node.lineno - 1] + node.col_offset
-            end = starts[(node.end_lineno or node.lineno) - 1] + (node.end_col_offset or 0)
-            spans.append((begin, end, f"{answer} = {value}"))
-    for begin, end, text in sorted(spans, reverse=True):
-        code = code[:begin] + text + code[end:]
+            edits.append((*span(node), f"{answer} = {ast.get_source_segment(code, call.args[0])}"))
+    for begin, end, text in sorted(edits, reverse=True):
+        if not any(b < begin < e or b < end < e for b, e, _ in edits if (b, e) != (begin, end)):
+            code = code[:begin] + text + code[end:]
     return code
 
 

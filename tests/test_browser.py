@@ -96,3 +96,31 @@ def test_review_shows_the_whole_step_and_stop_reads_as_a_stop(notebook: Notebook
     assert "Error" not in output.inner_text()
     notebook.screenshot("review-stopped", cell)
     assert notebook.dialogs == []
+
+
+ASKING = "Thought: which column?\n```python\ncolumn = ask_user('Which column is the revenue?')\nprint(column)\n```\n"
+ANSWERING = ("Thought: use it.\n```python\nweekly = sales.groupby('week')[column.strip()].sum()\n"
+             "final_answer(int(weekly.max()))\n```\n")
+
+
+def test_the_agent_sees_the_notebook_asks_and_leaves_its_code_as_the_next_cell(
+        notebook: Notebook, server: ScriptedServer) -> None:
+    server.script([text(ASKING), text(ANSWERING)], key="Fix the peak above")
+    notebook.run(SETUP)
+    notebook.run("peak = sales.groupby('wk')['amount'].sum().max()")  # fails: the column is week
+    cell = notebook.run("%%agent code --in sales --context 2 --ask --to-cell\nFix the peak above", wait=False)
+    output = cell.locator(".jp-OutputArea")
+    expect(output).to_contain_text("The agent asks: Which column is the revenue?", timeout=120_000)
+    output.get_by_placeholder("your answer").fill("amount")
+    output.get_by_role("button", name="Answer").click()
+    notebook.wait_done(cell)
+    expect(output).to_contain_text("success")
+    asked = next(m["content"] for r in server.requests for m in r["messages"]
+                 if m["role"] == "user" and "Fix the peak above" in str(m["content"]))
+    assert "peak = sales.groupby('wk')" in asked and "KeyError" in asked  # --context: the failed cell, its error
+    follow = notebook.cells.nth(3)  # --to-cell: JupyterLab put the code right below the agent's cell
+    expect(follow.locator(".cm-content")).to_contain_text("answer = int(weekly.max())")
+    expect(follow.locator(".cm-content")).to_contain_text("column = 'amount'")  # the answer, not ask_user
+    expect(follow.locator(".jp-InputArea-prompt")).to_have_text("[ ]:")  # not run until the analyst runs it
+    notebook.screenshot("ask-and-cell", cell)
+    assert notebook.dialogs == []

@@ -99,3 +99,16 @@ def test_the_agent_sees_the_notebooks_last_cells_and_the_cells_a_task_names(tmp_
     assert "In [2]:" in asked and "In [1]:" not in asked  # the last two cells only
     assert "the totals were \n```\nweek\n1    12\n2     9" in asked  # {Out[2]}: the output's repr
     assert "from \n```\nweekly = sales.groupby('week')['amount'].sum()\nweekly\n```" in asked  # {In[2]}: as typed
+
+
+def test_ask_user_headless_gets_no_answer_and_states_its_assumption(tmp_path: Path) -> None:
+    with ScriptedServer() as server:
+        server.script([tool_calls([("ask_user", {"question": "Which column is revenue?"})]),
+                       tool_calls([("final_answer", {"answer": "assumed amount"})])], key="Total revenue")
+        nb, _ = _notebook([SETUP.format(url=server.url) + "\n%agent config review_ui=input",
+                           "%%agent tools --ask --out said\nTotal revenue of {sales}", "print(said)"], tmp_path)
+        told = [m for m in server.requests[1]["messages"] if m["role"] == "tool"]
+        offered = [t["function"]["name"] for t in server.requests[0]["tools"]]
+    assert "ask_user" in offered
+    assert told and told[0]["content"] == "no answer: state the assumption you make and go on"
+    assert nb.cells[2].outputs[0].text == "assumed amount\n"

@@ -127,18 +127,19 @@ class _WorkClock:
 
 
 class _CallerJob:
-    """An approver call handed to the thread that called the sync API (it is waiting on the event
-    queue anyway), so `input()` and widgets run where the user is, not on the background loop."""
+    """A call that asks the user (an approver, ask_user) handed to the thread that called the sync
+    API (it is waiting on the event queue anyway), so `input()` and widgets run where the user is,
+    not on the background loop."""
 
-    def __init__(self, approve: Callable[[ActionStep], Any], step: ActionStep) -> None:
-        self.approve, self.step = approve, step
+    def __init__(self, ask: Callable[[Any], Any], arg: Any) -> None:
+        self.ask, self.arg = ask, arg
         self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
     def run_here(self, agent: MultiStepAgent) -> None:
         if not self.future.set_running_or_notify_cancel():
             return
         try:
-            self.future.set_result(self.approve(self.step))
+            self.future.set_result(self.ask(self.arg))
         except KeyboardInterrupt:  # Ctrl-C at the prompt interrupts the run
             agent.interrupt()
             self.future.set_exception(asyncio.CancelledError())
@@ -553,15 +554,21 @@ class MultiStepAgent:
     async def _decide(self, step: ActionStep) -> _review.Decision:
         approve = self.approve
         assert approve is not None
-        with self._clock.paused():  # the reviewer's thinking time is not the agent's working time
-            if inspect.iscoroutinefunction(approve):
+        if inspect.iscoroutinefunction(approve):
+            with self._clock.paused():  # the reviewer's thinking time is not the agent's working time
                 return _review.checked(await approve(step))
+        decision = await self.ask_user(approve, step)
+        return _review.checked(await decision if inspect.isawaitable(decision) else decision)
+
+    async def ask_user(self, ask: Callable[[Any], Any], arg: Any) -> Any:
+        """`ask(arg)` where the user is: in the sync API's calling thread (input() and notebook
+        widgets work there), else in a worker thread. The wait is not the run's working time."""
+        with self._clock.paused():
             if self._caller is not None:  # the sync API: the caller's thread is waiting on the event queue
-                job = _CallerJob(approve, step)
+                job = _CallerJob(ask, arg)
                 self._caller(job)
-                return _review.checked(await asyncio.wrap_future(job.future))
-            decision = await asyncio.to_thread(approve, step)
-            return _review.checked(await decision if inspect.isawaitable(decision) else decision)
+                return await asyncio.wrap_future(job.future)
+            return await asyncio.to_thread(ask, arg)
 
     async def _check_answer(self, answer: Any, run: Run) -> str | None:
         """None when every check passes, else the reason to show the model."""

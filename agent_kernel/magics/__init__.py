@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 from .. import _aio
 from .._safe import clean_text
-from . import _widgets
+from . import _ask, _widgets
 from ._options import (
     CELL_USAGE,
     LINE_USAGE,
@@ -197,8 +197,9 @@ class AgentMagics(Magics):
             return self._agents[options.kind], True
         from ..agents import CodeAgent, ToolCallingAgent
 
-        common = {"tools": self._tools(options.tools), "max_steps": options.max_steps or self.max_steps,
-                  "add_base_tools": options.base_tools}
+        asker = _ask.AskUser(self._widgets()) if options.ask else None
+        tools = [*self._tools(options.tools), *([asker.tool()] if asker else [])]
+        common = {"tools": tools, "max_steps": options.max_steps or self.max_steps, "add_base_tools": options.base_tools}
         try:
             model = self._model(options.model)
             if options.kind == "code":
@@ -214,6 +215,8 @@ class AgentMagics(Magics):
                 agent = ToolCallingAgent(model, **common)
         except (ValueError, TypeError) as exc:  # a bad model name, tool or sandbox option
             raise UsageError(f"{exc}\n\n{CELL_USAGE}") from None
+        if asker is not None:
+            asker.agent = agent  # its questions go where the analyst is, through the agent's run
         self._close_agents(options.kind)
         self._agents[options.kind] = agent
         return agent, False

@@ -29,6 +29,8 @@ CELL_USAGE = """\
   --continue            follow up on the last run: same sandbox and memory
   --quiet               no live display
   --to-cell             afterwards, put the run's code in the next cell (as %agent cell does)
+  --ask                 the agent may ask you (at most twice) when the task is ambiguous: a text box
+                        in the cell, else input(); unanswered, it states its assumption
   --context [N]         the agent sees the notebook's last N cells (5 without N) and their errors;
                         {In[3]} / {Out[3]} in the task insert that cell's source / output
   --review              show each action before it runs: run, edit, skip (the agent is told why) or stop
@@ -82,6 +84,7 @@ class CellOptions:
     follow_up: bool = False
     quiet: bool = False
     to_cell: bool = False
+    ask: bool = False
     context: int | None = None
     review: bool = False
     max_cost: float | None = None
@@ -182,6 +185,7 @@ def _build_parser() -> _Parser:
     p.add_argument("--continue", dest="follow_up", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--to-cell", action="store_true")
+    p.add_argument("--ask", action="store_true")
     p.add_argument("--context", type=_count, nargs="?", const=5)
     p.add_argument("--review", action="store_true")
     p.add_argument("--max-cost", type=_positive_usd)

@@ -178,6 +178,17 @@ def review_prompt(step: ActionStep) -> Decision:
     return _ask(f"Step {step.index}: the agent wants to run this {what}", [editor, reason], buttons, settle)
 
 
+def ask_text(question: str) -> str | None:
+    """ask_user in a notebook: the agent's question, a text box, Answer or Skip (None)."""
+    import ipywidgets as w
+
+    box = w.Textarea(placeholder="your answer", layout=w.Layout(width="auto", height="3.5em"))
+    buttons = {"answer": w.Button(description="Answer", button_style="success"),
+               "skip": w.Button(description="Skip", tooltip="the agent states its assumption instead")}
+    return _ask(f"The agent asks: {question}", [box], buttons,
+                lambda choice: (box.value.strip() or None) if choice == "answer" else None)
+
+
 def offer_fix() -> bool:
     """Under `%agent fix`'s diff: True when the analyst wants the fixed cell put in the next cell."""
     import ipywidgets as w
