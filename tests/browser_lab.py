@@ -114,12 +114,15 @@ def chromium() -> Iterator[Browser]:
 class Notebook:
     """One notebook open in its own page (and its own JupyterLab workspace, so tabs do not pile up)."""
 
-    def __init__(self, lab: Lab, browser: Browser, name: str, width: int = 1200) -> None:
+    def __init__(self, lab: Lab, browser: Browser, name: str, width: int = 1200, existing: bool = False) -> None:
+        """A new empty notebook `name`.ipynb, or (`existing`) the one already in the root."""
         self.lab, self.name = lab, name
-        lab.api("PUT", f"/api/contents/{name}.ipynb", {"type": "notebook", "format": "json", "content": {
-            "cells": [], "nbformat": 4, "nbformat_minor": 5,
-            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}},
-        }})
+        if not existing:
+            lab.api("PUT", f"/api/contents/{name}.ipynb", {"type": "notebook", "format": "json", "content": {
+                "cells": [], "nbformat": 4, "nbformat_minor": 5,
+                "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                            "language": "python"}},
+            }})
         # A kernel session first: the page attaches to it instead of asking which kernel to start.
         lab.api("POST", "/api/sessions", {"path": f"{name}.ipynb", "type": "notebook", "name": f"{name}.ipynb",
                                           "kernel": {"name": "python3"}})
@@ -154,6 +157,11 @@ class Notebook:
     @staticmethod
     def wait_done(cell: Locator, timeout: int = RUN_TIMEOUT_MS) -> None:
         expect(cell.locator(".jp-InputArea-prompt")).to_have_text(re.compile(r"\[\d+\]:"), timeout=timeout)
+
+    def run_all(self, timeout: int = RUN_TIMEOUT_MS) -> None:
+        """Run > Run All Cells, then wait until the last cell has run."""
+        self.page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        self.wait_done(self.cells.nth(self.cells.count() - 1), timeout)
 
     def theme(self, name: str) -> None:
         self.page.evaluate("name => window.jupyterapp.commands.execute('apputils:change-theme', {theme: name})", name)

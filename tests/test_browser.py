@@ -124,3 +124,50 @@ def test_the_agent_sees_the_notebook_asks_and_leaves_its_code_as_the_next_cell(
     expect(follow.locator(".jp-InputArea-prompt")).to_have_text("[ ]:")  # not run until the analyst runs it
     notebook.screenshot("ask-and-cell", cell)
     assert notebook.dialogs == []
+
+
+HOSTILE = ("Thought: <script>alert('thought')</script><img src=x onerror=\"alert('img')\">\n```python\n"
+           "from IPython.display import HTML, Javascript, display\n"
+           "display(Javascript(\"alert('js')\"))\n"
+           "display(HTML(\"<img src=x onerror=alert('html')><script>alert('script')</script><b>bold</b>\"))\n"
+           "print('<script>alert(1)</script>')\nfinal_answer('<img src=x onerror=alert(2)>')\n```\n")
+
+
+def test_hostile_model_and_sandbox_output_fires_nothing_now_or_after_a_reload(
+        notebook: Notebook, server: ScriptedServer, lab: Lab) -> None:
+    server.script([text(HOSTILE)], key="Be hostile")
+    notebook.run(SETUP)
+    cell = notebook.run("%%agent code\nBe hostile", wait=True)
+    output = cell.locator(".jp-OutputArea")
+    expect(output).to_contain_text("success")
+    expect(output.locator("b", has_text="bold")).to_have_count(1)  # the sandbox's harmless HTML shows
+    assert output.locator("script").count() == 0 and output.locator("img[onerror]").count() == 0
+    notebook.page.keyboard.press("ControlOrMeta+s")  # saved, so trusted: what would run on a reload
+    expect(notebook.page.locator(".jp-mod-dirty")).to_have_count(0)
+    notebook.page.reload()
+    expect(notebook.cells.first).to_be_visible(timeout=60_000)
+    expect(notebook.cells.nth(1).locator(".jp-OutputArea")).to_contain_text("success")
+    assert notebook.dialogs == []
+
+
+def test_an_exported_run_re_runs_with_run_all(notebook: Notebook, server: ScriptedServer, lab: Lab,
+                                              browser: Browser) -> None:
+    server.script([text(
+        "Thought: peak week.\n```python\nweekly = sales.groupby('week')['amount'].sum()\nprint(weekly.max())\n"
+        "final_answer(int(weekly.idxmax()))\n```\n")], key="Peak week for export")
+    notebook.run(SETUP)
+    notebook.run("%%agent code --in sales\nPeak week for export of {sales}")
+    expect(notebook.run("%agent export exported.ipynb").locator(".jp-OutputArea")).to_contain_text("saved")
+    exported = Notebook(lab, browser, "exported", existing=True)
+    try:
+        expect(exported.cells.first).to_contain_text("is set to run in the `python3` kernel")
+        exported.run_all()
+        code = exported.cells.locator(".jp-InputArea-editor", has_text="print(weekly.max())")
+        expect(code).to_have_count(1)
+        last = exported.cells.nth(exported.cells.count() - 1)
+        expect(last.locator(".jp-OutputArea-output")).to_have_text("3")  # the answer, reproduced
+        expect(exported.page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
+                                     has_text="Error")).to_have_count(0)
+        assert exported.dialogs == []
+    finally:
+        exported.close()
