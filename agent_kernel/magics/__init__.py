@@ -121,9 +121,9 @@ class AgentMagics(Magics):
         agent, follow_up = self._agent_for(options)
         self._controls(agent, options)
         task = describe_task(self._cells_referenced(cell.strip()))
-        run = self._run(agent, options, task + self._context(options), inputs, follow_up)
+        run = self._run(agent, options, task, inputs, follow_up, context=self._context(options))
         self.spent += run.usage.cost
-        self.runs.append(_Record(run, inputs, out=options.out))
+        self.runs.append(_Record(run, inputs, label=task, out=options.out))
         self.shell.user_ns["_agent_run"] = run
         self._bind(run, options)
         if options.to_cell:
@@ -258,7 +258,8 @@ class AgentMagics(Magics):
                              f"AgentMagics.session_max_cost = ${self.session_max_cost:g}; raise it to go on")
         return left if max_cost is None else min(max_cost, left)
 
-    def _run(self, agent: Any, options: CellOptions, task: str, inputs: dict[str, Any], follow_up: bool) -> Run:
+    def _run(self, agent: Any, options: CellOptions, task: str, inputs: dict[str, Any], follow_up: bool,
+             context: str = "") -> Run:
         """Stream the run into the live display. Kernel > Interrupt stops the agent, and the stream
         still delivers the stopped step and the interrupted run (see MultiStepAgent.run)."""
         from ..display import LiveRun
@@ -267,7 +268,8 @@ class AgentMagics(Magics):
         live = None if options.quiet or self.quiet else LiveRun(task, model=agent.model.model_id, agent=agent.kind)
         if live is not None and agent.approve is not None and not inspect.iscoroutinefunction(agent.approve):
             agent.approve = live.reviewing(agent.approve)  # set again by each cell's _controls
-        events = agent.run(task, variables=inputs, reset=not follow_up, stream=True)
+        # The agent reads the notebook's cells after the task (--context); the cell shows the task.
+        events = agent.run(task + context, variables=inputs, reset=not follow_up, stream=True)
         run: Run | None = None
 
         def show(event: Event) -> None:
