@@ -33,8 +33,22 @@ from .memory import (
     StepStarted,
     TaskStep,
     TextDelta,
-    ToolCall,
     Usage,
+)
+from .observation import (
+    Call,
+    Code,
+    Failure,
+    Note,
+    Output,
+    Part,
+    Proposed,
+    Thought,
+    describe,
+    describe_streamed,
+    format_call,
+    format_footer,
+    review_label,
 )
 from .sandbox._records import MimeBundle
 
@@ -80,7 +94,7 @@ _STYLE_PROPERTIES = {
     "color", "background-color", "font-weight", "font-style", "font-family", "font-size",
     "text-decoration", "white-space", "margin", "margin-top", "margin-bottom", "padding",
     "padding-left", "border-left", "border-left-color", "border-top", "border-radius", "overflow-x", "max-width",
-    "line-height", "opacity", "display",
+    "line-height", "opacity", "display", "word-break", "overflow-wrap", "overflow", "text-overflow",
 }  # fmt: skip
 
 
@@ -144,27 +158,6 @@ def _joined(value: Any) -> str:
 # Shared formatting
 
 
-def format_call(call: ToolCall) -> str:
-    """A tool call as the Python a reader expects: `search(query='x', limit=3)`."""
-    args = call.arguments if isinstance(call.arguments, dict) else {"arguments": call.arguments}
-    if all(isinstance(k, str) and k.isidentifier() for k in args):
-        inner = ", ".join(f"{k}={v!r}" for k, v in args.items())
-    else:
-        inner = f"**{args!r}"
-    name = call.name if call.name.isidentifier() else f"<tool {call.name!r}>"
-    return f"{name}({inner})"
-
-
-def format_footer(usage: Usage, steps: int, duration: float, state: str = "") -> str:
-    parts = [
-        f"{steps} step{'s' if steps != 1 else ''}",
-        f"{duration:.1f} s",
-        f"{usage.total_tokens:,} tokens ({usage.input_tokens:,} in / {usage.output_tokens:,} out)",
-        f"${usage.cost:.4f}",
-    ]
-    return " · ".join(parts + ([state] if state else []))
-
-
 def provenance(run: Run, step: Step | None = None) -> dict[str, Any]:
     """Display metadata saying what produced an output: the model, the run and the step (its index
     for an action; task, plan, final, or run for the rest), so a reader can tell model work apart."""
@@ -179,12 +172,33 @@ def stamp(model: str, run_id: str, step: int | str) -> dict[str, Any]:
 
 def render_diff(diff: str) -> dict[str, str]:
     """A unified diff as a mime bundle: coloured, sanitised HTML and the plain diff."""
-    from pygments import highlight
-    from pygments.formatters import HtmlFormatter
-    from pygments.lexers import DiffLexer
-
-    spans = highlight(clean_text(diff), DiffLexer(), HtmlFormatter(noclasses=True, nowrap=True))
+    spans = _highlighted(diff, "diff")
     return {"text/plain": clean_text(diff), "text/html": _boxed(_backstop(f'<pre style="{_CODE_PRE}">{spans}</pre>'))}
+
+
+TASK_COLUMN = 60  # characters of a task in the text table of runs
+
+
+def render_runs(runs: list[tuple[Run, str]]) -> dict[str, str]:
+    """`%agent runs`: each run (and the label it is listed by) as a table row. In text a longer task
+    is cut with an ellipsis; in HTML no cell wraps, and the task column ends in an ellipsis to fit."""
+    head = ["#", "agent", "state", "steps", "tokens", "cost", "time", "task"]
+    rows = []
+    for number, (run, label) in enumerate(runs, 1):
+        task = " ".join(clean_text(label).split())
+        rows.append([str(number), run.agent, run.state, str(len(run.action_steps)), f"{run.usage.total_tokens:,}",
+                     f"${run.usage.cost:.4f}", f"{run.duration:.1f}s", task])
+    cut = [[*r[:-1], r[-1] if len(r[-1]) <= TASK_COLUMN else r[-1][: TASK_COLUMN - 1] + "…"] for r in rows]
+    widths = [max(len(r[i]) for r in [head, *cut]) for i in range(len(head) - 1)]
+    right = {0, 3, 4, 5, 6}
+    text = "\n".join("  ".join([*(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))),
+                                  r[-1]]) for r in [head, *cut])
+    cell = "white-space: nowrap; padding: 2px 8px;"
+    task_cell = f"{cell} max-width: 40em; overflow: hidden; text-overflow: ellipsis;"
+    header = "".join(f'<th style="{cell}">{_esc(h)}</th>' for h in head)
+    body = "".join("<tr>" + "".join(f'<td style="{task_cell if i == 7 else cell}" title="{_esc(c) if i == 7 else ""}">'
+                                    f"{_esc(c)}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return {"text/plain": text, "text/html": _boxed(_backstop(f"<table><tr>{header}</tr>{body}</table>"))}
 
 
 def render_prose(title: str, text: str) -> dict[str, str]:
@@ -198,16 +212,6 @@ def _step_header(step: ActionStep) -> str:
     if step.usage.total_tokens:
         detail.append(f"{step.usage.total_tokens:,} tokens")
     return f"Step {step.index}" + (f" ({', '.join(detail)})" if detail else "") + review_label(step)
-
-
-def review_label(step: ActionStep) -> str:
-    """How the reviewer's decision reads after the step header ("" when nobody reviewed it)."""
-    review = step.review
-    if review is None:
-        return ""
-    reason = f": {review.reason}" if review.reason else ""
-    return {"run": " · reviewed", "edit": " · edited by the reviewer before it ran",
-            "skip": f" · declined by the reviewer{reason}", "stop": f" · stopped by the reviewer{reason}"}[review.decision]
 
 
 def _closing_label(run: Run) -> str:
@@ -243,13 +247,17 @@ def _run_text(run: Run) -> str:
     return clean_text("\n\n".join(p for p in [*parts, _closing_text(run)] if p))
 
 
-def _closing_text(run: Run) -> str:
+def _footer(run: Run, writing: bool = False) -> str:
+    """The run's footer; `writing`: a step is in progress, and counts."""
+    return format_footer(run.usage, len(run.action_steps) + writing, run.duration, run.state)
+
+
+def _closing_text(run: Run, writing: bool = False) -> str:
     """What ends a run's text: its error, the answer unless a step showed it, the footer."""
     parts = [f"{_closing_label(run)}: {run.error}"] if run.error else []
     if run.output is not None and not any(isinstance(s, FinalAnswerStep) for s in run.steps):
         parts.append(_step_text(FinalAnswerStep(run.output)))
-    footer = format_footer(run.usage, len(run.action_steps), run.duration, run.state)
-    return "\n\n".join([*parts, f"── {footer}"])
+    return "\n\n".join([*parts, f"── {_footer(run, writing)}"])
 
 
 def _step_text(step: Step, with_model_text: bool = True) -> str:
@@ -260,25 +268,31 @@ def _step_text(step: Step, with_model_text: bool = True) -> str:
     if isinstance(step, FinalAnswerStep):
         return f"── Final answer\n{_summarised(_value_text(step.output))}"
     lines = [f"── {_step_header(step)}"] if with_model_text else []
-    if with_model_text and step.thought:
-        lines.append(step.thought.strip())
-    if with_model_text and step.code:
-        lines.append(_indent(step.code.rstrip()))
-        if step.review is not None and step.review.original is not None:
-            lines.append("The model had proposed:\n" + _indent(step.review.original.rstrip()))
-    for call in step.tool_calls:
-        lines.append(f"→ {format_call(call)}")
-        outcome = f"error: {call.error}" if call.error else _value_text(call.result)
-        lines.append(_indent(_summarised(outcome)))
-    if step.execution is not None:
-        lines.extend(_indent(_summarised(t)) for t in map(_output_text, step.execution.outputs) if t)
-        if step.execution.truncated:
-            lines.append("  [output flood cut by the sandbox]")
-        if step.execution.restarted:
-            lines.append("  [sandbox restarted: its variables were lost]")
-    if step.error and not (step.execution and step.execution.error):
-        lines.append(f"Error: {step.error}")
+    for part in describe(step):
+        if with_model_text or not isinstance(part, (Thought, Code, Proposed)):
+            lines.extend(_part_text(part))
     return "\n".join(lines)
+
+
+def _part_text(part: Part) -> list[str]:
+    if isinstance(part, Thought):
+        return [part.text]
+    if isinstance(part, Code):
+        return [_indent(part.source.rstrip())]
+    if isinstance(part, Proposed):
+        return ["The model had proposed:\n" + _indent(part.source.rstrip())]
+    if isinstance(part, Call):
+        call = part.call
+        outcome = f"error: {call.error}" if call.error else _value_text(call.result)
+        return [f"→ {format_call(call)}", _indent(_summarised(outcome))]
+    if isinstance(part, Output):
+        text = _output_text(part.output)
+        return [_indent(_summarised(text))] if text else []
+    if isinstance(part, Note):
+        return [f"  [{part.text}]"]
+    if isinstance(part, Failure):
+        return [f"Error: {part.text}"]
+    return []  # ExecutionFailure (its error output shows it), FinalValue (the final answer step shows it)
 
 
 def _output_text(output: dict[str, Any]) -> str:
@@ -313,15 +327,54 @@ def _indent(text: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # HTML
 
-_BOX = "font-family: var(--jp-ui-font-family, sans-serif); font-size: 13px; line-height: 1.4;"
-_STEP = "border-left: 3px solid #8aa4c8; padding-left: 10px; margin: 8px 0;"
+# Colours are JupyterLab's theme variables (so the run follows light and dark themes), each with the
+# light theme's value as the fallback for frontends without them (classic Notebook, VS Code, nbviewer).
+# JupyterLab sets `word-break: break-all` on outputs; the run's text breaks between words instead.
+_WRAP = "word-break: normal; overflow-wrap: anywhere;"
+_BOX = f"font-family: var(--jp-ui-font-family, sans-serif); font-size: 13px; line-height: 1.4; {_WRAP}"
+_STEP = "border-left: 3px solid var(--jp-brand-color2, #8aa4c8); padding-left: 10px; margin: 8px 0;"
+_ANSWER_BORDER = "border-left-color: var(--jp-success-color1, #2da44e);"
 _PRE = (
-    "white-space: pre-wrap; margin: 4px 0; padding: 6px; border-radius: 4px; "
+    f"white-space: pre-wrap; {_WRAP} margin: 4px 0; padding: 6px; border-radius: 4px; "
     "font-family: var(--jp-code-font-family, monospace); font-size: 12px;"
 )
-_CODE_PRE = _PRE + " background-color: #f6f8fa; color: #1f2328;"
-_MUTED = "color: #6e7781;"
-_ERROR = "color: #cf222e;"
+_CODE_PRE = (_PRE + " background-color: var(--jp-cell-editor-background, #f6f8fa);"
+             " color: var(--jp-content-font-color1, #1f2328);")
+_MUTED = "color: var(--jp-content-font-color2, #6e7781);"
+_ERROR = "color: var(--jp-error-color1, #cf222e);"
+_TEXT = f"white-space: pre-wrap; {_WRAP} margin: 4px 0;"
+
+# Code highlighting in CodeMirror's own theme colours: pygments tokens, coloured by JupyterLab's variables.
+_TOKEN_COLOURS = {
+    "Keyword": "var(--jp-mirror-editor-keyword-color, #008000)",
+    "Name.Builtin": "var(--jp-mirror-editor-builtin-color, #008000)",
+    "Name.Function": "var(--jp-mirror-editor-def-color, #0000ff)",
+    "Name.Class": "var(--jp-mirror-editor-def-color, #0000ff)",
+    "Name.Decorator": "var(--jp-mirror-editor-meta-color, #aa22ff)",
+    "Literal.String": "var(--jp-mirror-editor-string-color, #ba2121)",
+    "Literal.Number": "var(--jp-mirror-editor-number-color, #008800)",
+    "Comment": "var(--jp-mirror-editor-comment-color, #408080)",
+    "Operator": "var(--jp-mirror-editor-operator-color, #aa22ff)",
+    "Generic.Inserted": "var(--jp-success-color1, #2da44e)",
+    "Generic.Deleted": "var(--jp-error-color1, #cf222e)",
+    "Generic.Heading": "var(--jp-content-font-color2, #6e7781)",
+    "Generic.Subheading": "var(--jp-content-font-color2, #6e7781)",
+}
+
+
+def _highlighted(code: str, language: str) -> str:
+    """Escaped code with coloured spans (inline styles: a notebook output cannot bring a stylesheet)."""
+    from pygments.lexers import DiffLexer, PythonLexer
+
+    lexer = PythonLexer() if language == "python" else DiffLexer()
+    spans = []
+    for token, value in lexer.get_tokens(clean_text(code)):
+        while token.parent is not None and str(token)[6:] not in _TOKEN_COLOURS:  # "Token.Keyword" -> "Keyword"
+            token = token.parent
+        colour = _TOKEN_COLOURS.get(str(token)[6:])
+        text = html.escape(value, quote=False)
+        spans.append(f'<span style="color: {colour}">{text}</span>' if colour else text)
+    return "".join(spans)
 
 
 def render_html(obj: Renderable) -> str:
@@ -346,11 +399,11 @@ def _closing_html(run: Run, live_tail: str = "") -> str:
     """The HTML twin of _closing_text, after an optional live tail (the step being written)."""
     parts = [live_tail]
     if run.error:
-        parts.append(f'<div style="{_ERROR}"><b>{_closing_label(run)}</b> {_pre(run.error)}</div>')
+        style = _MUTED if run.state in STOPPED_STATES else _ERROR  # a stop on purpose is not a failure
+        parts.append(f'<div style="{style}"><b>{_closing_label(run)}</b> {_pre(run.error)}</div>')
     if run.output is not None and not any(isinstance(s, FinalAnswerStep) for s in run.steps):
         parts.append(_step_html(FinalAnswerStep(run.output)))
-    footer = format_footer(run.usage, len(run.action_steps), run.duration, run.state)
-    parts.append(f'<div style="{_MUTED} margin-top: 6px;">{_esc(footer)}</div>')
+    parts.append(f'<div style="{_MUTED} margin-top: 6px;">{_esc(_footer(run, bool(live_tail)))}</div>')
     return _backstop("".join(parts))
 
 
@@ -364,33 +417,33 @@ def _boxed(body: str) -> str:
 
 def _step_html(step: Step) -> str:
     if isinstance(step, TaskStep):
-        return f"<div><b>Task</b>{_pre(step.task, style='white-space: pre-wrap; margin: 2px 0;')}</div>"
+        return f"<div><b>Task</b>{_pre(step.task, style=_TEXT)}</div>"
     if isinstance(step, PlanningStep):
         return f'<div style="{_STEP}"><b>Plan</b>{_prose(step.plan)}</div>'
     if isinstance(step, FinalAnswerStep):
-        return f'<div style="{_STEP} border-left-color: #2da44e;"><b>Final answer</b>{_value_html(step.output)}</div>'
-    parts = [f"<div><b>{_esc(_step_header(step))}</b></div>"]
-    if step.thought:
-        parts.append(_prose(step.thought))
-    if step.code:
-        parts.append(_code(step.code))
-        if step.review is not None and step.review.original is not None:
-            parts.append(f"<details><summary>The model had proposed</summary>{_code(step.review.original)}</details>")
-    for call in step.tool_calls:
-        parts.append(_code(format_call(call)))
-        if call.error:
-            parts.append(_collapsible(clean_text(call.error), _ERROR))
-        else:
-            parts.append(_value_html(call.result))
-    if step.execution is not None:
-        parts.extend(_output_html(o) for o in step.execution.outputs)
-        if step.execution.truncated:
-            parts.append(f'<div style="{_MUTED}">[output flood cut by the sandbox]</div>')
-        if step.execution.restarted:
-            parts.append(f'<div style="{_ERROR}">[sandbox restarted: its variables were lost]</div>')
-    if step.error and not (step.execution and step.execution.error):
-        parts.append(_collapsible(clean_text(step.error), _ERROR))
+        return f'<div style="{_STEP} {_ANSWER_BORDER}"><b>Final answer</b>{_value_html(step.output)}</div>'
+    parts = [f"<div><b>{_esc(_step_header(step))}</b></div>", *map(_part_html, describe(step))]
     return f'<div style="{_STEP}">{"".join(parts)}</div>'
+
+
+def _part_html(part: Part) -> str:
+    if isinstance(part, Thought):
+        return _prose(part.text)
+    if isinstance(part, Code):
+        return _code(part.source)
+    if isinstance(part, Proposed):
+        return f"<details><summary>The model had proposed</summary>{_code(part.source)}</details>"
+    if isinstance(part, Call):
+        call = part.call
+        outcome = _collapsible(clean_text(call.error), _ERROR) if call.error else _value_html(call.result)
+        return _code(format_call(call)) + outcome
+    if isinstance(part, Output):
+        return _output_html(part.output)
+    if isinstance(part, Note):
+        return f'<div style="{_ERROR if part.kind == "restarted" else _MUTED}">[{_esc(part.text)}]</div>'
+    if isinstance(part, Failure):
+        return _collapsible(clean_text(part.text), _ERROR)
+    return ""  # ExecutionFailure (its error output shows it), FinalValue (the final answer step shows it)
 
 
 def _output_html(output: dict[str, Any]) -> str:
@@ -448,16 +501,11 @@ def _collapsible(text: str, style: str = "") -> str:
 
 
 def _code(code: str) -> str:
-    from pygments import highlight
-    from pygments.formatters import HtmlFormatter
-    from pygments.lexers import PythonLexer
-
-    spans = highlight(clean_text(code), PythonLexer(), HtmlFormatter(noclasses=True, nowrap=True))
-    return f'<pre style="{_CODE_PRE}">{spans}</pre>'
+    return f'<pre style="{_CODE_PRE}">{_highlighted(code, "python")}</pre>'
 
 
 def _prose(text: str) -> str:
-    return f'<div style="white-space: pre-wrap; margin: 4px 0;">{_esc(text.strip())}</div>'
+    return f'<div style="{_TEXT}">{_esc(text.strip())}</div>'
 
 
 def _pre(text: str, style: str = _PRE) -> str:
@@ -641,18 +689,32 @@ class LiveRun:
 
         return display(bundle, raw=True, display_id=True, metadata=provenance(self.run, step))
 
+    def reviewing(self, approve: Callable[[ActionStep], Any]) -> Callable[[ActionStep], Any]:
+        """`approve`, after the step's display shows the whole step it is asked about (the
+        rate-limited stream may have left it a few tokens in): the reviewer reads thought and code."""
+
+        def shown_then_asked(step: ActionStep) -> Any:
+            if self.rich and self._handle is not None:
+                bundle = self._step_bundle(describe(step), "waiting for your review")
+                self._handle.update(bundle, raw=True, metadata=provenance(self.run, step))
+                self._dirty, self.updates = False, self.updates + 1
+            return approve(step)
+
+        return shown_then_asked
+
     def _live_bundle(self) -> dict[str, str]:
         """The step being written (its latest tokens) and the footer so far."""
+        return self._step_bundle(describe_streamed(self._streamed), "writing…")
+
+    def _step_bundle(self, parts: list[Part], doing: str) -> dict[str, str]:
         run = self.run
         run.duration = self._clock() - self._start
-        writing = clean_text(self._streamed[-COLLAPSE_CHARS:])
-        tail = (
-            f'<div style="{_STEP}"><b>Step {self._current}</b> <span style="{_MUTED}">writing…</span>'
-            + (_pre(writing) if writing else "")
-            + "</div>"
-        )
-        text = f"── Step {self._current} (writing…)\n{writing}\n\n{clean_text(_closing_text(run))}"
-        return {"text/plain": text, "text/html": _boxed(_closing_html(run, tail))}
+        header = f"Step {self._current}"
+        tail = (f'<div style="{_STEP}"><b>{header}</b> <span style="{_MUTED}">{doing}</span>'
+                + "".join(map(_part_html, parts)) + "</div>")
+        body = "\n".join(line for part in parts for line in _part_text(part))
+        text = f"── {header} ({doing})\n{body}\n\n{clean_text(_closing_text(run, writing=True))}"
+        return {"text/plain": clean_text(text), "text/html": _boxed(_closing_html(run, tail))}
 
     def _print(self, text: str) -> None:
         if text:

@@ -24,18 +24,14 @@ from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from ._safe import clean_text
-from .display import (
-    format_call,
-    format_footer,
-    provenance,
-    review_label,
-    safe_bundle,
-)
+from .display import provenance, safe_bundle
 from .memory import ActionStep, FinalAnswerStep, PlanningStep, Run, TaskStep, ToolCall
+from .observation import Call, Code, Failure, Note, Proposed, Thought, describe, format_call, format_footer, review_label
 
+_KERNELS = {"python3": "Python 3 (ipykernel)", "agent-sandbox": "agent_kernel sandbox"}
 _WARNING = (
-    "*The code below was written by a model and ran in agent_kernel's restricted sandbox. "
-    "Running this notebook runs it in your kernel, without the sandbox: read it first.*"
+    "*The code below was written by a model and ran in agent_kernel's restricted sandbox. This notebook "
+    "is set to run in the `{kernel}` kernel{where}: read the code before you run it.*"
 )
 _FINAL_ANSWER_DEF = '''\
 answer = None
@@ -56,9 +52,15 @@ def _replay(tool):
 
 
 def run_to_notebook(
-    run: Run, path: str | os.PathLike[str] | None = None, inputs: Mapping[str, Any] | None = None
+    run: Run,
+    path: str | os.PathLike[str] | None = None,
+    inputs: Mapping[str, Any] | None = None,
+    kernel: str = "python3",
 ) -> NotebookNode:
     """Export `run` as a notebook; with `path`, write it there and save `inputs` beside it.
+
+    `kernel` is the kernelspec it is set to re-run in (the analyst's own, python3, by default); its
+    first cell says which, and whether that is the sandbox.
 
     `inputs` maps the notebook variables the agent was given to their values; they are saved in
     `<notebook stem>_inputs/` and the first code cell loads them back.
@@ -66,7 +68,9 @@ def run_to_notebook(
     if inputs and path is None:
         raise ValueError("inputs are saved beside the notebook: pass path='name.ipynb' as well")
     target = Path(path) if path is not None else None
-    cells = [_stamped(new_markdown_cell(_title(run)), run, None)]
+    if not re.fullmatch(r"[\w.-]+", kernel):
+        raise ValueError(f"kernel {kernel!r} is not a kernelspec name (jupyter kernelspec list)")
+    cells = [_stamped(new_markdown_cell(_title(run, kernel)), run, None)]
     setup = []
     if inputs:
         assert target is not None
@@ -81,7 +85,7 @@ def run_to_notebook(
         cells.extend(_stamped(cell, run, step) for cell in _step_cells(step, run, counter))
     cells.extend(_stamped(cell, run, FinalAnswerStep(run.output)) for cell in _answer_cells(run, counter))
 
-    nb = new_notebook(cells=cells, metadata=_metadata(run))
+    nb = new_notebook(cells=cells, metadata=_metadata(run, kernel))
     nbformat.validate(nb)
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -115,21 +119,110 @@ class _Counter:
 
 
 # ---------------------------------------------------------------------------------------------
+# The run as one notebook cell
+
+
+def run_as_cell(run: Run, number: int | None = None, answer: str = "answer") -> str | None:
+    """The run's work as one cell of the analyst's notebook, to read and then run there: the code of
+    every step that ran cleanly, in order (failed, declined and unfinished steps left out), on the
+    notebook's own variables (the sandbox had them under the same names), with `final_answer(x)`
+    as `answer = x`. A ToolCallingAgent's run becomes its successful calls. None: nothing ran."""
+    if not answer.isidentifier() or keyword.iskeyword(answer):
+        raise ValueError(f"{answer!r} is not a Python name")
+    pieces, dropped = [], 0
+    for step in run.action_steps:
+        if step.code is not None:
+            ex = step.execution
+            if ex is None or ex.error is not None or ex.restarted:
+                dropped += 1
+                continue
+            answers = [c.result for c in step.tool_calls if c.name == "ask_user" and c.error is None]
+            pieces.append(_rewritten(step.code, answer, answers))
+            continue
+        for call in step.tool_calls:
+            if call.error is not None:
+                dropped += 1
+            elif call.name == "final_answer":
+                value = call.arguments.get("answer") if isinstance(call.arguments, dict) else call.arguments
+                pieces.append(f"{answer} = {_literal(value)[0]}")
+            else:
+                pieces.append(format_call(call))
+    if not pieces:
+        return None
+    task = " ".join(clean_text(run.task).split())
+    head = [f"# From agent run {number if number is not None else run.id}: {task[:70]}{'…' if len(task) > 70 else ''}"]
+    if dropped:
+        head.append(f"# ({dropped} step{'s' if dropped != 1 else ''} that failed or did not run left out)")
+    return "\n".join(head) + "\n" + "\n\n".join(clean_text(p).rstrip() for p in pieces) + "\n"
+
+
+def _rewritten(code: str, answer: str, asked: list[Any]) -> str:
+    """The code for the notebook, comments and all: `final_answer(x)` statements as `answer = x`,
+    and each `ask_user(...)` (a tool only the agent had) as the analyst's recorded answer."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code
+    starts = [0]
+    for line in code.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+
+    def span(node: ast.AST) -> tuple[int, int]:
+        end_line = node.end_lineno or node.lineno  # type: ignore[attr-defined]
+        return (starts[node.lineno - 1] + node.col_offset,  # type: ignore[attr-defined]
+                starts[end_line - 1] + (node.end_col_offset or 0))  # type: ignore[attr-defined]
+
+    edits = []
+    calls = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)),
+                   key=lambda n: (n.lineno, n.col_offset))
+    replies = iter(asked)
+    for call in calls:
+        name = call.func.id  # type: ignore[attr-defined]
+        if name == "ask_user":
+            edits.append((*span(call), repr(next(replies, None))))
+    for node in ast.walk(tree):
+        call = node.value if isinstance(node, ast.Expr) else None
+        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "final_answer"
+                and len(call.args) == 1 and not call.keywords):
+            edits.append((*span(node), f"{answer} = {ast.get_source_segment(code, call.args[0])}"))
+    for begin, end, text in sorted(edits, reverse=True):
+        if not any(b < begin < e or b < end < e for b, e, _ in edits if (b, e) != (begin, end)):
+            code = code[:begin] + text + code[end:]
+    return code
+
+
+# ---------------------------------------------------------------------------------------------
 # Markdown from untrusted text
+
+
+# A code span on one line and one table cell: `` `a < b` `` renders its text as written, so it keeps
+# it. Not after a backslash or a backtick (an escaped or longer run opens no span), no newline (a span
+# cannot cross blocks) and no pipe (GFM splits table cells first): a match is always a real span.
+_CODE_SPAN = re.compile(r"(?<![`\\])(`+)(?!`)[^\n|]+?(?<!`)\1(?!`)")
 
 
 def safe_markdown(text: str) -> str:
     """Model text as markdown that renders as written but cannot carry HTML or links.
 
-    A zero-width space after `<` stops raw HTML and autolinks, and one inside `](` / `]:` stops
-    inline links, images and link definitions (so no javascript: URLs, no tracking pixels). Unlike
-    backslash or entity escapes, this also reads right inside code spans.
+    Outside code spans, `<` becomes `&lt;` (no raw HTML, no autolinks) and the `(` / `:` after `]`
+    an entity (no inline links, images or link definitions: no javascript: URLs, no tracking
+    pixels); entities never open markdown structure, and they read and copy as the characters.
+    Inside code spans, where markdown keeps text as written, nothing changes.
     """
-    text = clean_text(text).replace("<", "<\u200b")
-    return re.sub(r"\](?=[(:])", "]\u200b", text)
+    text = clean_text(text)
+    pieces, start = [], 0
+    for span in _CODE_SPAN.finditer(text):
+        pieces += [_defused(text[start:span.start()]), span.group()]
+        start = span.end()
+    return "".join([*pieces, _defused(text[start:])])
 
 
-def _title(run: Run) -> str:
+def _defused(text: str) -> str:
+    text = text.replace("<", "&lt;")
+    return re.sub(r"\]([(:])", lambda m: "]&#40;" if m[1] == "(" else "]&#58;", text)
+
+
+def _title(run: Run, kernel: str) -> str:
     footer = format_footer(run.usage, len(run.action_steps), run.duration, run.state)
     agent = "CodeAgent" if run.agent == "code" else "ToolCallingAgent"
     lines = [
@@ -139,7 +232,7 @@ def _title(run: Run) -> str:
         "",
         f"{agent} · model `{_code_span(run.model)}` · {footer}",
         "",
-        _WARNING,
+        _WARNING.format(kernel=kernel, where=" (the sandbox)" if kernel == "agent-sandbox" else ", without the sandbox"),
     ]
     return "\n".join(lines)
 
@@ -168,17 +261,22 @@ def _step_cells(step: Any, run: Run, counter: _Counter) -> list[NotebookNode]:
         return [new_markdown_cell("### Plan\n\n" + safe_markdown(step.plan))]
     if isinstance(step, FinalAnswerStep):
         return []  # the answer cells at the end show it
-    header = f"### Step {step.index}{safe_markdown(review_label(step))}\n\n{safe_markdown(step.thought)}".rstrip()
-    if step.review is not None and step.review.original is not None:
-        header += "\n\nThe reviewer edited the action before it ran; the model had proposed:\n\n" + _fenced(
-            step.review.original, "python" if step.code is not None else "json")
+    parts = describe(step)
+    thought = next((p.text for p in parts if isinstance(p, Thought)), "")
+    header = f"### Step {step.index}{safe_markdown(review_label(step))}\n\n{safe_markdown(thought)}".rstrip()
     cells = [new_markdown_cell(header)]
-    if step.code is not None:
-        cells.append(_action_cell(step, counter))
-    if run.agent == "tools":
-        cells.extend(_tool_cell(call, counter) for call in step.tool_calls if call.name != "final_answer")
-    if step.error and not (step.execution and step.execution.error):
-        cells.append(new_markdown_cell("**Error**\n\n" + _fenced(step.error)))
+    for part in parts:
+        if isinstance(part, Proposed):
+            cells[0].source += ("\n\nThe reviewer edited the action before it ran; the model had proposed:\n\n"
+                                + _fenced(part.source, part.language))
+        elif isinstance(part, Code):
+            cells.append(_action_cell(step, counter))
+        elif isinstance(part, Call) and run.agent == "tools":
+            cells.append(_tool_cell(part.call, counter))
+        elif isinstance(part, Note):
+            cells.append(new_markdown_cell(f"*[{part.text}]*"))
+        elif isinstance(part, Failure):
+            cells.append(new_markdown_cell("**Error**\n\n" + _fenced(part.text)))
     return cells
 
 
@@ -190,7 +288,7 @@ def _action_cell(step: ActionStep, counter: _Counter) -> NotebookNode:
         return new_markdown_cell("This code was not run:\n\n" + _fenced(step.code, "python"))
     if ex.restarted:
         return new_markdown_cell(
-            "This code crashed or hung the sandbox (which restarted), so it is not runnable here:\n\n"
+            "This code crashed or hung the sandbox, so it is not runnable here:\n\n"
             + _fenced(step.code, "python")
         )
     count = counter.next()
@@ -357,9 +455,9 @@ def _save_input(name: str, value: Any, folder: Path) -> tuple[str, str]:
     return "import json", f"{name} = json.loads((_inputs / {name + '.json'!r}).read_text(encoding='utf-8'))"
 
 
-def _metadata(run: Run) -> dict[str, Any]:
+def _metadata(run: Run, kernel: str) -> dict[str, Any]:
     return {
-        "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
+        "kernelspec": {"name": kernel, "display_name": _KERNELS.get(kernel, kernel), "language": "python"},
         "language_info": {"name": "python"},
         "agent_kernel": {
             "run_id": run.id,

@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:  # the sandbox package imports jupyter_client: keep records cheap to import
     from .sandbox._records import Execution
 
-RunState = Literal["running", "success", "max_steps", "error", "interrupted", "budget_exceeded", "stuck"]
-STOPPED_STATES = ("budget_exceeded", "stuck")  # ended on purpose by a guard: `Run.error` says why, not a failure
+# running: not finished; success: answered; max_steps: the step limit came first; error: a failure
+# (`Run.error` says which); interrupted: Kernel > Interrupt or `agent.interrupt()`; stopped: the reviewer
+# chose Stop; budget_exceeded, stuck: a guard ended it.
+RunState = Literal["running", "success", "max_steps", "error", "interrupted", "stopped", "budget_exceeded", "stuck"]
+STOPPED_STATES = ("stopped", "budget_exceeded", "stuck")  # ended on purpose: `Run.error` says why, not a failure
 
 
 @dataclass

@@ -20,7 +20,7 @@ from nbclient import NotebookClient
 from scripted_server import Reply, text, tool_calls
 
 from agent_kernel.agents import CodeAgent, ToolCallingAgent
-from agent_kernel.agents._code import extract_code, render_observation
+from agent_kernel.agents._code import extract_code
 from agent_kernel.agents._loop import truncate
 from agent_kernel.agents._tool_calling import parse_json_calls
 from agent_kernel.memory import (
@@ -34,6 +34,7 @@ from agent_kernel.memory import (
     TextDelta,
     Usage,
 )
+from agent_kernel.observation import render_observation
 from agent_kernel.sandbox._records import Execution, ExecutionError
 from agent_kernel.tools import Tool, tool
 

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from agent_kernel.display import LiveRun, mime_bundle, render_html, render_text
+from agent_kernel.display import LiveRun, mime_bundle, render_html, render_runs, render_text
 from agent_kernel.memory import (
     ActionStep,
     FinalAnswerStep,
@@ -335,3 +335,59 @@ def test_backstop_pass_keeps_our_markup_and_drops_the_rest() -> None:
         '<a rel="noopener noreferrer nofollow">a</a><a href="https://ok.example/" rel="noopener noreferrer nofollow">b</a>'
         "<details><summary>more</summary><pre>x</pre></details></div>"
     )
+
+
+def test_a_tool_calling_agents_answer_is_shown_once() -> None:
+    answer = "Lyon is in Auvergne-Rhone-Alpes"
+    step = ActionStep(index=1, tool_calls=[ToolCall("final_answer", {"answer": answer}, result=answer)], is_final=True)
+    run = Run(task="where", agent="tools", model="m", steps=[step, FinalAnswerStep(answer)], output=answer, state="success")
+    assert render_text(run).count(answer) == 1
+    assert render_html(run).count(answer) == 1
+
+
+def test_a_stop_on_purpose_is_not_shown_as_an_error() -> None:
+    run = Run(task="t", agent="code", model="m", state="stopped", error="stopped by the reviewer: I have what I need")
+    assert "Stopped: stopped by the reviewer" in render_text(run) and "Error" not in render_text(run)
+    assert "#cf222e" not in render_html(run)  # not in the error colour
+
+
+_STREAMING_CODE = """
+import time
+from agent_kernel.display import LiveRun
+from agent_kernel.memory import StepStarted, TextDelta
+
+live = LiveRun("Plot the trend", model="openai/scripted", max_rate=1000)
+live.update(StepStarted(1))
+for piece in ["Thought: I will plot", " the trend.\\n```py", "thon\\nax = sales.plot()\\n`"]:
+    time.sleep(0.002)
+    live.update(TextDelta(1, piece))
+live.close()
+"""
+
+
+def test_a_step_streams_as_thought_and_highlighted_code_with_a_footer_that_counts_it() -> None:
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    messages: list[dict] = []
+    try:
+        reply = kc.execute_interactive(_STREAMING_CODE, output_hook=messages.append, timeout=60)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    last = [m["content"]["data"] for m in messages if m["msg_type"] == "update_display_data"][-1]
+    assert "```" not in last["text/html"] and "Thought:" not in last["text/html"]
+    assert "I will plot the trend." in last["text/html"]
+    assert "color:var(--jp-mirror-editor-operator-color" in last["text/html"]  # highlighted code: `=`
+    assert "ax = sales.plot()\n`" not in last["text/plain"]  # nor the backtick of the closing fence
+    footer = last["text/plain"].rsplit("── ", 1)[-1]
+    assert footer.startswith("1 step · ") and "tokens" not in footer and footer.endswith("running")
+
+
+def test_the_runs_table_cuts_long_tasks_with_an_ellipsis_and_never_wraps() -> None:
+    long_task = "Summarise the weekly sales by region and plot the trend of revenue against last year " * 2
+    bundle = render_runs([(Run(task=long_task, agent="code", model="m", state="success"), long_task)])
+    row = bundle["text/plain"].splitlines()[1]
+    assert row.endswith("…") and "Summarise the weekly sales" in row
+    assert "white-space:nowrap" in bundle["text/html"] and "text-overflow:ellipsis" in bundle["text/html"]

@@ -147,7 +147,15 @@ def test_thoughts_become_markdown_without_html_or_links() -> None:
     rendered = "".join(md.render(c.source) for c in nb.cells if c.cell_type == "markdown")
     assert "<script" not in rendered and "<img" not in rendered and "<a " not in rendered
     assert "javascript:alert" in rendered  # still readable as text
-    assert "<code>a <\u200b b</code>" in md.render(safe_markdown("`a < b`")).replace("&lt;", "<")
+    assert "<code>a &lt; b</code>" in md.render(safe_markdown("`a < b`"))  # as written, nothing inserted
+    assert md.render(safe_markdown("if a < b: see [x](y)")) == "<p>if a &lt; b: see [x](y)</p>\n"
+    assert not any("\u200b" in c.source for c in nb.cells)  # reads and copies cleanly
+    tables = MarkdownIt("commonmark", {"html": True}).enable("table")
+    for attack in ("```<img src=x onerror=alert(1)>``", "\\`<img src=x onerror=alert(1)>`",
+                   "| a | b |\n|---|---|\n| `a | <img src=x onerror=alert(1)>` |", "`a\n\n<img src=x onerror=alert(1)>`",
+                   "# `a\n<img src=x onerror=alert(1)>`", "`x` [y](javascript:alert(1)) `z`"):
+        rendered = tables.render(safe_markdown(attack))
+        assert "<img" not in rendered and "<a " not in rendered, (attack, rendered)
     assert md.render(safe_markdown("**bold** and a [plain] bracket")) == "<p><strong>bold</strong> and a [plain] bracket</p>\n"
 
 
@@ -222,3 +230,14 @@ def test_inputs_need_a_path() -> None:
     run, inputs = _code_run()
     with pytest.raises(ValueError, match="pass path="):
         run_to_notebook(run, inputs=inputs)
+
+
+def test_the_first_cell_says_which_kernel_the_export_runs_in() -> None:
+    run, _ = _code_run()
+    nb = run_to_notebook(run)
+    assert nb.metadata.kernelspec.name == "python3"
+    assert "set to run in the `python3` kernel, without the sandbox" in nb.cells[0].source
+    sandboxed = run_to_notebook(run, kernel="agent-sandbox")
+    assert sandboxed.metadata.kernelspec.name == "agent-sandbox" and "(the sandbox)" in sandboxed.cells[0].source
+    with pytest.raises(ValueError, match="kernelspec name"):
+        run_to_notebook(run, kernel="python3; rm")

@@ -74,7 +74,7 @@ def test_code_and_tools_cells_bind_values_show_steps_and_export(tmp_path: Path) 
     assert _stdout(nb.cells[5]).strip() == "Rhone success openai/scripted-fast"  # the alias resolved
     assert _stdout(nb.cells[7]).strip() == "2"  # --continue saw `totals` from the first run's sandbox
     assert "sandbox isolation" in _stdout(nb.cells[9]) and "totals: DataFrame" in _stdout(nb.cells[9])
-    runs = _stdout(nb.cells[10]).splitlines()
+    runs = nb.cells[10].outputs[0].data["text/plain"].splitlines()  # a table, as text and HTML
     assert len(runs) == 4 and "Total the `sales` by city" in runs[1] and runs[2].split()[1:3] == ["tools", "success"]
     assert "max_steps = 3" in _stdout(nb.cells[11]) and "network = False" in _stdout(nb.cells[11])
     replay = nb.cells[12].outputs[0].data

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import ast
 import base64
-import binascii
 import dataclasses
 import inspect
 import re
-import struct
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
 from ..display import image_base64
 from ..memory import ActionStep, ToolCall
+from ..observation import png_size, render_observation
 from ..sandbox._records import Execution
 from ..sandbox._spec import gateway_url
 from ..tools import Tool
@@ -24,7 +23,6 @@ _FENCE = re.compile(r"```[ \t]*(?P<lang>[\w+-]*)[^\n]*\n(?P<code>.*?)(?:\n[ \t]*
 _CODE_TAG = re.compile(r"<code>\s*(?P<code>.*?)\s*(?:</code>|\Z)", re.S)
 _PYTHON_LANGS = {"", "python", "py", "python3", "ipython", "pycon"}
 _STOP = ["\n```\n"]  # the closing fence: the model would go on to invent the output
-_TRACEBACK_LINES = 30
 MAX_IMAGES = 3  # figures of one step sent to a model that can see: the last few
 IMAGE_MAX_SIDE = 768  # pixels; larger figures are scaled down (cheaper, and enough to read a plot)
 _MAX_DECODE_PIXELS = 40_000_000  # a PNG claiming more is not decoded at all (decompression bombs)
@@ -288,56 +286,6 @@ def _check_executor(name: str, sandbox_options: dict[str, Any]) -> None:
                      "and use executor_type='gateway'.")
 
 
-def render_observation(execution: Execution) -> str:
-    """What the model learns from an execution, in output order: text, notes for rich displays, error."""
-    parts: list[str] = []
-    for output in execution.outputs:
-        kind = output["output_type"]
-        if kind == "stream":
-            parts.append(output["text"].rstrip("\n"))
-        elif kind in ("display_data", "execute_result"):
-            note = _display_note(output.get("data", {}))
-            parts.append(f"Out: {note}" if kind == "execute_result" else note)
-    if execution.truncated:
-        parts.append("[the output was too long; the middle was cut]")
-    if execution.error is not None:
-        lines = str(execution.error).strip().splitlines()
-        if len(lines) > _TRACEBACK_LINES:
-            lines = [f"[... {len(lines) - _TRACEBACK_LINES} traceback lines cut ...]", *lines[-_TRACEBACK_LINES:]]
-        parts.append("Error:\n" + "\n".join(lines))
-    if execution.restarted:
-        parts.append("[the kernel was restarted: every variable and import is gone; redo what you need]")
-    if execution.has_final_answer:
-        parts.append(f"final_answer: {_short_repr(execution.final_answer)}")
-    return "\n".join(p for p in parts if p) or "(the code ran and printed nothing)"
-
-
-def _display_note(data: dict[str, Any]) -> str:
-    text = data.get("text/plain", "")
-    if isinstance(text, list):
-        text = "".join(text)
-    images = [m for m in data if m.startswith("image/")]
-    if images:
-        mime = images[0]
-        size = _png_size(data[mime]) if mime == "image/png" else None
-        described = f" {text.strip()}" if text.startswith("Figure (") else ""  # see _kernel_side._describe_figures
-        return f"[displayed {mime}{f' {size[0]}x{size[1]}' if size else ''}{described}]"
-    if text:
-        return text.rstrip("\n")
-    return f"[displayed {', '.join(data) or 'nothing'}]"
-
-
-def _png_size(encoded: Any) -> tuple[int, int] | None:
-    """Width and height from the PNG header, without decoding the image."""
-    try:
-        head = base64.b64decode(str(encoded)[:44])
-    except (binascii.Error, ValueError):
-        return None
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
-        return None
-    return struct.unpack(">II", head[16:24])
-
-
 def figures_for_model(execution: Execution) -> list[str]:
     """The execution's last few PNGs, checked and scaled down to IMAGE_MAX_SIDE, as base64."""
     pngs = [o["data"]["image/png"] for o in execution.outputs
@@ -349,7 +297,7 @@ def figures_for_model(execution: Execution) -> list[str]:
 def _scaled_png(encoded: Any) -> str | None:
     """A sandbox PNG made safe and small: it must really be a PNG of sane size; big ones shrink."""
     valid = image_base64("image/png", encoded)
-    size = _png_size(valid) if valid else None
+    size = png_size(valid) if valid else None
     if valid is None or size is None or size[0] * size[1] > _MAX_DECODE_PIXELS:
         return None
     if max(size) <= IMAGE_MAX_SIDE:
@@ -379,9 +327,3 @@ def _supports_vision(model: Any) -> bool:
         return bool(_litellm().supports_vision(model=str(getattr(model, "model_id", ""))))
     except Exception:  # litellm raises a bare Exception for models it does not know
         return False
-
-
-def _short_repr(value: Any, limit: int = 300) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-

@@ -68,7 +68,7 @@ class UnpricedModelWarning(UserWarning):
 class _RunEnded(Exception):
     """A guard ended the run on purpose (budget, repetition, the reviewer): the steps so far are kept."""
 
-    def __init__(self, state: Literal["budget_exceeded", "stuck", "interrupted"], reason: str) -> None:
+    def __init__(self, state: Literal["budget_exceeded", "stuck", "stopped"], reason: str) -> None:
         super().__init__(reason)
         self.state = state
         self.reason = reason
@@ -127,18 +127,19 @@ class _WorkClock:
 
 
 class _CallerJob:
-    """An approver call handed to the thread that called the sync API (it is waiting on the event
-    queue anyway), so `input()` and widgets run where the user is, not on the background loop."""
+    """A call that asks the user (an approver, ask_user) handed to the thread that called the sync
+    API (it is waiting on the event queue anyway), so `input()` and widgets run where the user is,
+    not on the background loop."""
 
-    def __init__(self, approve: Callable[[ActionStep], Any], step: ActionStep) -> None:
-        self.approve, self.step = approve, step
+    def __init__(self, ask: Callable[[Any], Any], arg: Any) -> None:
+        self.ask, self.arg = ask, arg
         self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
     def run_here(self, agent: MultiStepAgent) -> None:
         if not self.future.set_running_or_notify_cancel():
             return
         try:
-            self.future.set_result(self.approve(self.step))
+            self.future.set_result(self.ask(self.arg))
         except KeyboardInterrupt:  # Ctrl-C at the prompt interrupts the run
             agent.interrupt()
             self.future.set_exception(asyncio.CancelledError())
@@ -414,19 +415,21 @@ class MultiStepAgent:
             self._abandon(run, current, "interrupted", sink)
         except _RunEnded as ended:
             run.state, run.error = ended.state, ended.reason
-            self._abandon(run, current, ended.reason, sink)
+            # A reviewer's stop is the step's review (its header says it), not the step's error.
+            self._abandon(run, current, None if ended.state == "stopped" else ended.reason, sink)
         except Exception as exc:  # the run records why it stopped; the caller decides what to do
             run.state, run.error = "error", f"{type(exc).__name__}: {exc}"
             self._abandon(run, current, run.error, sink)
-        run.duration = time.perf_counter() - started
+        run.duration = time.perf_counter() - started - self._clock.waited  # not the wait for the reviewer
         if sink is not None:
             sink(RunCompleted(run))
         return run
 
-    def _abandon(self, run: Run, current: list[ActionStep], reason: str, sink: Sink | None) -> None:
+    def _abandon(self, run: Run, current: list[ActionStep], reason: str | None, sink: Sink | None) -> None:
         """Keep the step that was in progress when the run stopped, marked with why."""
         if current:
-            current[0].error = reason
+            if reason is not None:
+                current[0].error = reason
             self._record(run, current[0], sink)
             current.clear()
 
@@ -448,7 +451,7 @@ class MultiStepAgent:
         current[:] = [step]
         if sink is not None:
             sink(StepStarted(index))
-        started = time.perf_counter()
+        started, waited = time.perf_counter(), self._clock.waited
         messages = self._messages()
         if final:
             messages.append({"role": "user", "content": self._max_steps_prompt})
@@ -468,7 +471,7 @@ class MultiStepAgent:
         repeats = 0 if step.is_final else _repeats(run.action_steps, step)
         if repeats == REPEAT_NOTE_AT:
             step.observation = _join(step.observation, _prompts.REPEATING.format(times=repeats))
-        step.duration = time.perf_counter() - started
+        step.duration = time.perf_counter() - started - (self._clock.waited - waited)  # not the review's wait
         current.clear()
         self._record(run, step, sink)
         if repeats >= STUCK_AT:
@@ -536,7 +539,7 @@ class MultiStepAgent:
         decision = await self._decide(step)
         if decision.action == "stop":
             step.review = Review("stop", reason=decision.reason)
-            raise _RunEnded("interrupted", "stopped by the reviewer" + (f": {decision.reason}" if decision.reason else ""))
+            raise _RunEnded("stopped", "stopped by the reviewer" + (f": {decision.reason}" if decision.reason else ""))
         if decision.action == "skip":
             step.review = Review("skip", reason=decision.reason)
             self._decline(step, decision.reason)
@@ -551,15 +554,21 @@ class MultiStepAgent:
     async def _decide(self, step: ActionStep) -> _review.Decision:
         approve = self.approve
         assert approve is not None
-        with self._clock.paused():  # the reviewer's thinking time is not the agent's working time
-            if inspect.iscoroutinefunction(approve):
+        if inspect.iscoroutinefunction(approve):
+            with self._clock.paused():  # the reviewer's thinking time is not the agent's working time
                 return _review.checked(await approve(step))
+        decision = await self.ask_user(approve, step)
+        return _review.checked(await decision if inspect.isawaitable(decision) else decision)
+
+    async def ask_user(self, ask: Callable[[Any], Any], arg: Any) -> Any:
+        """`ask(arg)` where the user is: in the sync API's calling thread (input() and notebook
+        widgets work there), else in a worker thread. The wait is not the run's working time."""
+        with self._clock.paused():
             if self._caller is not None:  # the sync API: the caller's thread is waiting on the event queue
-                job = _CallerJob(approve, step)
+                job = _CallerJob(ask, arg)
                 self._caller(job)
-                return _review.checked(await asyncio.wrap_future(job.future))
-            decision = await asyncio.to_thread(approve, step)
-            return _review.checked(await decision if inspect.isawaitable(decision) else decision)
+                return await asyncio.wrap_future(job.future)
+            return await asyncio.to_thread(ask, arg)
 
     async def _check_answer(self, answer: Any, run: Run) -> str | None:
         """None when every check passes, else the reason to show the model."""

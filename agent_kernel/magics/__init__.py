@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 
 from .. import _aio
 from .._safe import clean_text
-from . import _widgets
+from . import _ask, _widgets
 from ._options import (
     CELL_USAGE,
     LINE_USAGE,
@@ -40,7 +42,9 @@ from ._options import (
 )
 
 _CONFIGURABLE = ("model", "api_base", "max_steps", "timeout", "imports", "network", "quiet", "session_max_cost",
-                 "approver", "review_ui")
+                 "approver", "review_ui", "context")
+_CONTEXT_CHARS = 4000  # of one cell's source, output or error shown to the agent
+_CONTEXT_KEPT = 200  # cells' errors remembered for --context
 
 
 @dataclass
@@ -49,6 +53,8 @@ class _Record:
 
     run: Run
     inputs: dict[str, Any] = field(default_factory=dict)
+    label: str = ""  # how `%agent runs` lists it, when not by its task (a fix: by the cell it fixed)
+    out: str | None = None  # the --out name: the answer's name in `%agent cell`
 
 
 @magics_class
@@ -61,6 +67,8 @@ class AgentMagics(Magics):
     imports = List(Unicode(), help="modules the sandbox may import beyond its defaults").tag(config=True)
     network = Bool(False, help="let the sandbox use the network").tag(config=True)
     quiet = Bool(False, help="no live display").tag(config=True)
+    context = Int(0, help="notebook cells before a %%agent cell that its agent sees (source and errors); "
+                  "--context N sets it per cell").tag(config=True)
     api_base = Unicode(
         None, allow_none=True, help="OpenAI-compatible endpoint, e.g. a local server; $AGENT_KERNEL_API_BASE if set"
     ).tag(config=True)
@@ -96,6 +104,7 @@ class AgentMagics(Magics):
         self._mcp: Any = None  # agent_kernel.mcp.MCPServers, made at the first `%agent mcp`
         self.spent = 0.0  # US dollars spent by every run, fix and explanation of this session
         self._failure: tuple[str, BaseException] | None = None  # the last cell that raised, and what
+        self._errors: dict[int, str] = {}  # execution count -> the error that cell raised (--context)
         self._fix: Any = None  # the last agent_kernel.fix.Fix, for `%agent fix --apply` without a rerun
 
     # -- %%agent ---------------------------------------------------------------------------------
@@ -111,12 +120,43 @@ class AgentMagics(Magics):
         inputs = self._inputs(options, cell)
         agent, follow_up = self._agent_for(options)
         self._controls(agent, options)
-        run = self._run(agent, options, describe_task(cell.strip()), inputs, follow_up)
+        task = describe_task(self._cells_referenced(cell.strip()))
+        run = self._run(agent, options, task, inputs, follow_up, context=self._context(options))
         self.spent += run.usage.cost
-        self.runs.append(_Record(run, inputs))
+        self.runs.append(_Record(run, inputs, label=task, out=options.out))
         self.shell.user_ns["_agent_run"] = run
         self._bind(run, options)
+        if options.to_cell:
+            self._to_cell(self.runs[-1], len(self.runs))
         return None
+
+    def _cells_referenced(self, task: str) -> str:
+        """`{In[3]}` / `{Out[3]}` in a task: that cell's source, or the repr of its output."""
+        def cell(match: re.Match[str]) -> str:
+            kind, number = match[1], int(match[2])
+            found = self.shell.history_manager.input_hist_raw if kind == "In" else self.shell.user_ns.get("Out", {})
+            try:
+                value = found[number]
+            except (IndexError, KeyError):
+                raise UsageError(f"{{{kind}[{number}]}}: the notebook has no {kind}[{number}]") from None
+            shown = value if kind == "In" else repr(value)
+            return f"\n```\n{shown[:_CONTEXT_CHARS].rstrip()}\n```\n"
+
+        return re.sub(r"\{(In|Out)\[(\d+)\]\}", cell, task)
+
+    def _context(self, options: CellOptions) -> str:
+        """--context N: the notebook's last N cells before this one, with their errors, for the agent."""
+        count = self.context if options.context is None else options.context
+        sources = self.shell.history_manager.input_hist_raw[1:-1]  # as typed; [0] is empty, the last is this cell
+        shown = list(enumerate(sources, 1))[-count:] if count else []
+        if not shown:
+            return ""
+        cells = []
+        for number, source in shown:
+            error = self._errors.get(number)
+            cells.append(f"In [{number}]:\n```python\n{source[:_CONTEXT_CHARS].rstrip()}\n```"
+                         + (f"\nIt raised {error}" if error else ""))
+        return "\n\nThe notebook so far (its last cells, which the task may refer to):\n\n" + "\n\n".join(cells)
 
     def _inputs(self, options: CellOptions, task: str) -> dict[str, Any]:
         names = list(dict.fromkeys([*options.inputs, *task_references(task)]))
@@ -157,8 +197,9 @@ class AgentMagics(Magics):
             return self._agents[options.kind], True
         from ..agents import CodeAgent, ToolCallingAgent
 
-        common = {"tools": self._tools(options.tools), "max_steps": options.max_steps or self.max_steps,
-                  "add_base_tools": options.base_tools}
+        asker = _ask.AskUser(self._widgets()) if options.ask else None
+        tools = [*self._tools(options.tools), *([asker.tool()] if asker else [])]
+        common = {"tools": tools, "max_steps": options.max_steps or self.max_steps, "add_base_tools": options.base_tools}
         try:
             model = self._model(options.model)
             if options.kind == "code":
@@ -174,6 +215,8 @@ class AgentMagics(Magics):
                 agent = ToolCallingAgent(model, **common)
         except (ValueError, TypeError) as exc:  # a bad model name, tool or sandbox option
             raise UsageError(f"{exc}\n\n{CELL_USAGE}") from None
+        if asker is not None:
+            asker.agent = agent  # its questions go where the analyst is, through the agent's run
         self._close_agents(options.kind)
         self._agents[options.kind] = agent
         return agent, False
@@ -215,14 +258,18 @@ class AgentMagics(Magics):
                              f"AgentMagics.session_max_cost = ${self.session_max_cost:g}; raise it to go on")
         return left if max_cost is None else min(max_cost, left)
 
-    def _run(self, agent: Any, options: CellOptions, task: str, inputs: dict[str, Any], follow_up: bool) -> Run:
+    def _run(self, agent: Any, options: CellOptions, task: str, inputs: dict[str, Any], follow_up: bool,
+             context: str = "") -> Run:
         """Stream the run into the live display. Kernel > Interrupt stops the agent, and the stream
         still delivers the stopped step and the interrupted run (see MultiStepAgent.run)."""
         from ..display import LiveRun
         from ..memory import RunCompleted
 
         live = None if options.quiet or self.quiet else LiveRun(task, model=agent.model.model_id, agent=agent.kind)
-        events = agent.run(task, variables=inputs, reset=not follow_up, stream=True)
+        if live is not None and agent.approve is not None and not inspect.iscoroutinefunction(agent.approve):
+            agent.approve = live.reviewing(agent.approve)  # set again by each cell's _controls
+        # The agent reads the notebook's cells after the task (--context); the cell shows the task.
+        events = agent.run(task + context, variables=inputs, reset=not follow_up, stream=True)
         run: Run | None = None
 
         def show(event: Event) -> None:
@@ -315,15 +362,28 @@ class AgentMagics(Magics):
         if not self.runs:
             print("no runs yet")
             return
-        rows = [f"{'#':>3}  {'agent':5}  {'state':15}  {'steps':>5}  {'tokens':>8}  {'cost':>8}  {'time':>7}  task"]
-        for i, record in enumerate(self.runs, 1):
-            r = record.run
-            task = " ".join(r.task.split())[:60]
-            rows.append(
-                f"{i:>3}  {r.agent:5}  {r.state:15}  {len(r.action_steps):>5}  {r.usage.total_tokens:>8,}  "
-                f"{'$' + format(r.usage.cost, '.4f'):>8}  {r.duration:>6.1f}s  {task}"
-            )
-        print(clean_text("\n".join(rows)))  # task text may carry terminal escapes
+        from IPython.display import display
+
+        from ..display import render_runs
+
+        display(render_runs([(r.run, r.label or r.run.task) for r in self.runs]), raw=True)
+
+    def _cmd_cell(self, args: list[str]) -> None:
+        """`%agent cell [N]`: run N's code as the next cell, on the notebook's variables, not run."""
+        if len(args) > 1:
+            raise UsageError("usage: %agent cell [N]")
+        record = self._record(args[0] if args else None)
+        self._to_cell(record, self.runs.index(record) + 1)
+
+    def _to_cell(self, record: _Record, number: int) -> None:
+        from ..export import run_as_cell
+
+        code = run_as_cell(record.run, number, answer=record.out or "answer")
+        if code is None:
+            print(f"run {number} has no code that ran cleanly: nothing to put in a cell")
+            return
+        self.shell.set_next_input(code, replace=False)
+        print(f"run {number}'s code is in the next cell: read it, then run it")
 
     def _cmd_show(self, args: list[str]) -> None:
         from IPython.display import display
@@ -351,7 +411,7 @@ class AgentMagics(Magics):
             print("reproducing and fixing the error in a sandbox, on copies of the variables…")
             self._fix = fix.fix(cell, model, max_steps=options.max_steps, max_cost=max_cost)
             self.spent += self._fix.run.usage.cost
-            self.runs.append(_Record(self._fix.run, {}))
+            self.runs.append(_Record(self._fix.run, {}, label=f"%agent fix: {cell.source}"))
         found = self._fix
         self.shell.user_ns["_agent_fix"] = found
         if not found.verified:
@@ -399,9 +459,14 @@ class AgentMagics(Magics):
         return fix.failed_cell(source, error, self.shell.user_ns, self.shell.transform_cell)
 
     def note_failure(self, result: Any) -> None:
-        """post_run_cell hook: remember the last cell that raised (not the agent's own cells)."""
+        """post_run_cell hook: remember the last cell that raised (not the agent's own cells), and
+        each cell's error by execution count (for --context)."""
         error = result.error_in_exec or result.error_before_exec
         source = getattr(result.info, "raw_cell", "") or ""
+        if error is not None and isinstance(result.execution_count, int):
+            self._errors[result.execution_count] = f"{type(error).__name__}: {error}"[:_CONTEXT_CHARS]
+            while len(self._errors) > _CONTEXT_KEPT:
+                self._errors.pop(min(self._errors))
         if error is not None and not source.lstrip().startswith(("%agent", "%%agent")):
             self._failure = (source, error)
 

@@ -28,6 +28,11 @@ CELL_USAGE = """\
   --read PATH           let the sandbox read PATH (repeatable; code only)
   --continue            follow up on the last run: same sandbox and memory
   --quiet               no live display
+  --to-cell             afterwards, put the run's code in the next cell (as %agent cell does)
+  --ask                 the agent may ask you (at most twice) when the task is ambiguous: a text box
+                        in the cell, else input(); unanswered, it states its assumption
+  --context [N]         the agent sees the notebook's last N cells (5 without N) and their errors;
+                        {In[3]} / {Out[3]} in the task insert that cell's source / output
   --review              show each action before it runs: run, edit, skip (the agent is told why) or stop
                         (a prompt with buttons where ipywidgets can show, else input(): %agent config
                         review_ui=input; %config AgentMagics.approver = "f" uses a notebook
@@ -45,6 +50,8 @@ m = %agent model [NAME]            that model as a Model, to build agents in Pyt
 %agent alias NAME=MODEL            a short name for a model
 %agent runs                        past runs in this session
 %agent show [N]                    replay run N (default: the last)
+%agent cell [N]                    run N's code as the next cell, on the notebook's variables (failed
+                                   steps left out, final_answer(x) as answer = x, or the --out name)
 %agent export [N] PATH.ipynb       save run N as a notebook that re-runs
 %agent sandbox                     isolation layers and variables of the last code sandbox
 %agent reset                       stop sandboxes, forget runs' memory
@@ -76,6 +83,9 @@ class CellOptions:
     read: list[str] = field(default_factory=list)
     follow_up: bool = False
     quiet: bool = False
+    to_cell: bool = False
+    ask: bool = False
+    context: int | None = None
     review: bool = False
     max_cost: float | None = None
     max_tokens: int | None = None
@@ -135,6 +145,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number of cells, got {text!r}")
+    return int(text)
+
+
 def _positive_number(what: str) -> Any:
     def convert(text: str) -> float:
         try:
@@ -168,6 +184,9 @@ def _build_parser() -> _Parser:
     p.add_argument("--read", action="append", default=[])
     p.add_argument("--continue", dest="follow_up", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--to-cell", action="store_true")
+    p.add_argument("--ask", action="store_true")
+    p.add_argument("--context", type=_count, nargs="?", const=5)
     p.add_argument("--review", action="store_true")
     p.add_argument("--max-cost", type=_positive_usd)
     p.add_argument("--max-tokens", type=_positive_int)
@@ -242,6 +261,8 @@ def describe_task(task: str) -> str:
 
 def coerce(value: str, current: Any, key: str = "") -> Any:
     """A `%agent config` value as the type of the current default."""
+    if key == "context":  # cells, and 0 for none
+        return _checked(_count, value)
     if key == "session_max_cost":  # an optional cap: a dollar amount, or none to lift it
         return None if value.lower() == "none" else _checked(_positive_usd, value)
     if isinstance(current, bool):

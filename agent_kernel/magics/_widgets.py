@@ -156,8 +156,8 @@ def review_prompt(step: ActionStep) -> Decision:
     what = "code" if step.code is not None else "tool calls (JSON)"
     original = proposal(step)
     lines = min(original.count("\n") + 2, 30)
-    editor = w.Textarea(value=original, layout=w.Layout(width="100%", height=f"{lines * 1.5 + 1:.1f}em"))
-    reason = w.Text(placeholder="why (skip or stop): the agent is told", layout=w.Layout(width="100%"))
+    editor = w.Textarea(value=original, layout=w.Layout(width="auto", height=f"{lines * 1.5 + 1:.1f}em"))
+    reason = w.Text(placeholder="why (skip or stop): the agent is told", layout=w.Layout(width="auto"))
     buttons = {
         "run": w.Button(description="Run", button_style="success", tooltip="run the action as the agent wrote it"),
         "run my edit": w.Button(description="Run my edit", button_style="info",
@@ -176,6 +176,17 @@ def review_prompt(step: ActionStep) -> Decision:
         return Decision.run()
 
     return _ask(f"Step {step.index}: the agent wants to run this {what}", [editor, reason], buttons, settle)
+
+
+def ask_text(question: str) -> str | None:
+    """ask_user in a notebook: the agent's question, a text box, Answer or Skip (None)."""
+    import ipywidgets as w
+
+    box = w.Textarea(placeholder="your answer", layout=w.Layout(width="auto", height="3.5em"))
+    buttons = {"answer": w.Button(description="Answer", button_style="success"),
+               "skip": w.Button(description="Skip", tooltip="the agent states its assumption instead")}
+    return _ask(f"The agent asks: {question}", [box], buttons,
+                lambda choice: (box.value.strip() or None) if choice == "answer" else None)
 
 
 def offer_fix() -> bool:

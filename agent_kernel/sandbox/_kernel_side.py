@@ -7,6 +7,7 @@ back can run code when decoded.
 
 from __future__ import annotations
 
+import base64
 import builtins
 import contextlib
 import importlib
@@ -178,6 +179,7 @@ def install(
     _cap_output(shell, max_output)
     _keep_no_output_history(shell)
     _describe_figures(shell)
+    shell.events.register("post_run_cell", lambda result: _show_open_figures(shell))
     shell.events.register("post_run_cell", lambda result: _forget_last_error(shell, result))
     shell.events.register("post_run_cell", bridge.report)
     return bridge
@@ -202,6 +204,26 @@ def _describe_figures(shell: Any) -> None:
     # The mime-bundle formatter: configuring the inline backend drops the per-type ones for Figure.
     # By name: matplotlib is imported only by code that plots.
     shell.display_formatter.mimebundle_formatter.for_type_by_name("matplotlib.figure", "Figure", describe)
+
+
+def _show_open_figures(shell: Any) -> None:
+    """Every figure still open after an execution is shown, then closed, as the inline backend does:
+    code written for scripts switches backend (`matplotlib.use("Agg")`) or only calls `savefig`,
+    and its figures would reach neither the cell nor the model. With the inline backend they were
+    shown and closed already, so nothing shows twice."""
+    pyplot = sys.modules.get("matplotlib.pyplot")  # never imported here: only code that plots has it
+    if pyplot is None or not pyplot.get_fignums():
+        return
+    from IPython.core.pylabtools import print_figure
+    from IPython.display import display
+
+    for number in pyplot.get_fignums():
+        figure = pyplot.figure(number)
+        data, metadata = shell.display_formatter.format(figure)
+        if "image/png" not in data:  # the inline backend, which registers the PNG form, never ran
+            data["image/png"] = base64.b64encode(print_figure(figure, "png")).decode("ascii")
+        display(data, metadata=metadata, raw=True)
+    pyplot.close("all")
 
 
 def _cap_output(shell: Any, max_chars: int) -> None:

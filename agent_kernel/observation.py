@@ -1,0 +1,251 @@
+"""One description of a step: its parts in order, typed, with the wording every view shares.
+
+A step is walked here once; the plain text and HTML of display.py, the notebook cells of export.py
+and the model's observation (`render_observation`) each render these parts, so a note such as a cut
+output reads the same to the analyst, in the exported notebook and to the model. Records only: no
+rendering, no sanitising (the views do that: everything here is untrusted model or sandbox text).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from .memory import ActionStep, ToolCall, Usage
+
+if TYPE_CHECKING:  # the sandbox package imports jupyter_client: keep records cheap to import
+    from .sandbox._records import Execution
+
+TRACEBACK_LINES = 30  # the model sees the last lines of a traceback
+
+
+@dataclass(frozen=True)
+class Thought:
+    """The model's prose before its action."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Code:
+    """The action's code as it ran."""
+
+    source: str
+
+
+@dataclass(frozen=True)
+class Proposed:
+    """What the model had proposed, when a reviewer edited the action before it ran."""
+
+    source: str
+    language: Literal["python", "json"]
+
+
+@dataclass(frozen=True)
+class Call:
+    """A tool call: the action of a ToolCallingAgent, or a tool the CodeAgent's code called."""
+
+    call: ToolCall
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output of the sandbox, as nbformat shapes it (stream, display_data, execute_result, error)."""
+
+    output: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ExecutionFailure:
+    """The error that ended the code, as a short traceback (the views also have it as an error Output)."""
+
+    name: str
+    value: str
+    traceback: str
+
+
+NoteKind = Literal["truncated", "restarted"]
+NOTES: dict[NoteKind, str] = {
+    "truncated": "the output was too long; the middle was cut",
+    "restarted": "the sandbox restarted: every variable and import is gone",
+}
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something the sandbox did to the run that its outputs do not show."""
+
+    kind: NoteKind
+
+    @property
+    def text(self) -> str:
+        return NOTES[self.kind]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why the step failed, when its code's error does not already say (no code, a bad tool call)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class FinalValue:
+    """The value the code passed to final_answer."""
+
+    value: Any
+
+
+Part = Thought | Code | Proposed | Call | Output | ExecutionFailure | Note | Failure | FinalValue
+
+
+def describe(step: ActionStep) -> list[Part]:
+    """The parts of an action step in the order every view shows them."""
+    parts: list[Part] = [Thought(step.thought.strip())] if step.thought.strip() else []
+    if step.code:
+        parts.append(Code(step.code))
+    if step.review is not None and step.review.original is not None:
+        parts.append(Proposed(step.review.original, "python" if step.code is not None else "json"))
+    # A ToolCallingAgent's final_answer call is the answer, which the run shows once, as its answer.
+    parts.extend(Call(call) for call in step.tool_calls if call.name != "final_answer")
+    if step.execution is not None:
+        parts.extend(execution_parts(step.execution))
+    if step.error and not (step.execution and step.execution.error):
+        parts.append(Failure(step.error))
+    return parts
+
+
+_OPEN_FENCE = re.compile(r"```[ \t]*[\w+-]*[^\n]*\n")
+_CLOSE_FENCE = re.compile(r"\n[ \t]*```")
+
+
+def describe_streamed(text: str) -> list[Part]:
+    """A reply still being written, as the step it is becoming: the thought so far, then the code
+    so far once its fence has opened (the view shows them as it will show the finished step)."""
+    opened = _OPEN_FENCE.search(text)
+    before = text if opened is None else text[: opened.start()]
+    thought = re.sub(r"^\s*Thought:\s*", "", before.strip()).rstrip("`").strip()  # `` of a fence to come
+    parts: list[Part] = [Thought(thought)] if thought else []
+    if opened is not None:
+        code = text[opened.end():]
+        closed = _CLOSE_FENCE.search(code)
+        code = re.sub(r"\n[ \t]*`{1,2}\Z", "", code) if closed is None else code[: closed.start()]  # a fence closing
+        if code.strip():
+            parts.append(Code(code))
+    return parts
+
+
+def execution_parts(execution: Execution) -> list[Part]:
+    """What running code produced: outputs in order, the sandbox's notes, the error, the answer."""
+    parts: list[Part] = [Output(o) for o in execution.outputs]
+    if execution.truncated:
+        parts.append(Note("truncated"))
+    if execution.error is not None:
+        error = execution.error
+        parts.append(ExecutionFailure(error.name, error.value, str(error)))
+    if execution.restarted:
+        parts.append(Note("restarted"))
+    if execution.has_final_answer:
+        parts.append(FinalValue(execution.final_answer))
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------
+# Wording shared by the views
+
+
+def format_call(call: ToolCall) -> str:
+    """A tool call as the Python a reader expects: `search(query='x', limit=3)`."""
+    args = call.arguments if isinstance(call.arguments, dict) else {"arguments": call.arguments}
+    if all(isinstance(k, str) and k.isidentifier() for k in args):
+        inner = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    else:
+        inner = f"**{args!r}"
+    name = call.name if call.name.isidentifier() else f"<tool {call.name!r}>"
+    return f"{name}({inner})"
+
+
+def format_footer(usage: Usage, steps: int, duration: float, state: str = "") -> str:
+    """Steps, time, tokens, cost and state. While running, `steps` counts the step in progress,
+    and tokens are left out until a reply has counted some (a reply's usage comes at its end)."""
+    parts = [f"{steps} step{'s' if steps != 1 else ''}", f"{duration:.1f} s"]
+    if state != "running" or usage.total_tokens:
+        parts += [f"{usage.total_tokens:,} tokens ({usage.input_tokens:,} in / {usage.output_tokens:,} out)",
+                  f"${usage.cost:.4f}"]
+    return " · ".join(parts + ([state] if state else []))
+
+
+def review_label(step: ActionStep) -> str:
+    """How the reviewer's decision reads after the step header ("" when nobody reviewed it)."""
+    review = step.review
+    if review is None:
+        return ""
+    reason = f": {review.reason}" if review.reason else ""
+    return {"run": " · reviewed", "edit": " · edited by the reviewer before it ran",
+            "skip": f" · declined by the reviewer{reason}", "stop": f" · stopped by the reviewer{reason}"}[review.decision]
+
+
+# ---------------------------------------------------------------------------------------------
+# The model's view
+
+
+def render_observation(execution: Execution) -> str:
+    """What the model learns from an execution, in output order: text, notes for rich displays, error."""
+    lines = [line for part in execution_parts(execution) if (line := _observed(part))]
+    return "\n".join(lines) or "(the code ran and printed nothing)"
+
+
+def _observed(part: Part) -> str:
+    if isinstance(part, Output):
+        kind = part.output["output_type"]
+        if kind == "stream":
+            return part.output["text"].rstrip("\n")
+        if kind in ("display_data", "execute_result"):
+            note = _display_note(part.output.get("data", {}))
+            return f"Out: {note}" if kind == "execute_result" else note
+        return ""  # an error output: the ExecutionFailure part says it, shorter
+    if isinstance(part, Note):
+        return f"[{part.text}{'; redo what you need' if part.kind == 'restarted' else ''}]"
+    if isinstance(part, ExecutionFailure):
+        lines = part.traceback.strip().splitlines()
+        if len(lines) > TRACEBACK_LINES:
+            lines = [f"[... {len(lines) - TRACEBACK_LINES} traceback lines cut ...]", *lines[-TRACEBACK_LINES:]]
+        return "Error:\n" + "\n".join(lines)
+    if isinstance(part, FinalValue):
+        return f"final_answer: {_short_repr(part.value)}"
+    return ""
+
+
+def _display_note(data: dict[str, Any]) -> str:
+    text = data.get("text/plain", "")
+    if isinstance(text, list):
+        text = "".join(text)
+    images = [m for m in data if m.startswith("image/")]
+    if images:
+        mime = images[0]
+        size = png_size(data[mime]) if mime == "image/png" else None
+        described = f" {text.strip()}" if text.startswith("Figure (") else ""  # see _kernel_side._describe_figures
+        return f"[displayed {mime}{f' {size[0]}x{size[1]}' if size else ''}{described}]"
+    if text:
+        return text.rstrip("\n")
+    return f"[displayed {', '.join(data) or 'nothing'}]"
+
+
+def png_size(encoded: Any) -> tuple[int, int] | None:
+    """Width and height from the PNG header, without decoding the image."""
+    try:
+        head = base64.b64decode(str(encoded)[:44])
+    except (binascii.Error, ValueError):
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    return struct.unpack(">II", head[16:24])
+
+
+def _short_repr(value: Any, limit: int = 300) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
