@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import _litellm
 from .model_fetch import DEFAULT_LOCAL_MODEL, ModelFetchError, model_path
 
 PROVIDER = "local"
@@ -408,7 +409,7 @@ async def _in_thread(make: Callable[[threading.Event], Iterator[dict[str, Any]]]
 
 def _fill(model_response: Any, chunks: list[dict[str, Any]]) -> Any:
     """A complete (non-streamed) litellm ModelResponse from the chunks of one reply."""
-    import litellm
+    litellm = _litellm.load()
 
     text = "".join(c["text"] for c in chunks)
     calls = [c["tool_use"] for c in chunks if c["tool_use"]]
@@ -469,9 +470,7 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    from .models import _litellm
-
-    litellm = _litellm()
+    litellm = _litellm.load()
     from litellm.utils import custom_llm_setup
 
     if not any(item.get("provider") == PROVIDER for item in litellm.custom_provider_map):

@@ -1,8 +1,7 @@
 """Models through litellm: one call shape for every provider, with streaming, usage, retries and
 errors that say what to do.
 
-litellm is imported on first use (it takes seconds), with its price map read from the installed
-copy and its telemetry off: a model call reaches the model's server and nothing else.
+litellm is imported on first use (it takes seconds; see `_litellm`).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from . import _aio, _gc
+from . import _aio, _litellm
 from .memory import ToolCall, Usage
 
 DEFAULT_MODEL = "openai/gpt-4o-mini"  # used when no model is given and AGENT_KERNEL_MODEL is unset
@@ -89,25 +88,6 @@ def _dump_arguments(arguments: dict[str, Any]) -> str:
     return json.dumps(arguments)
 
 
-_litellm_module: Any = None
-
-
-def _litellm() -> Any:
-    """litellm, imported once: local price map, no telemetry, no debug banners."""
-    global _litellm_module
-    if _litellm_module is None:
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
-        import litellm
-
-        litellm.telemetry = False
-        litellm.suppress_debug_info = True
-        litellm.set_verbose = False
-        _litellm_module = litellm
-        _gc.set_aside_new_imports()
-    return _litellm_module
-
-
 def _is_api_error(error: Exception) -> bool:
     import openai  # litellm's exceptions all derive from openai's
 
@@ -115,7 +95,7 @@ def _is_api_error(error: Exception) -> bool:
 
 
 def _is_retryable(error: Exception) -> bool:
-    litellm = _litellm()
+    litellm = _litellm.load()
     retryable = (
         litellm.RateLimitError,
         litellm.InternalServerError,
@@ -133,7 +113,8 @@ class Model:
     `api_base` points at any OpenAI-compatible server ("openai/<name>" with a local URL). Rate
     limits, 5xx, timeouts and dropped connections are retried `num_retries` times with exponential
     backoff starting at `retry_delay` seconds. Other keyword arguments go to `litellm.acompletion`.
-    `supports_stop` / `supports_tools` come from litellm; assign them to override a wrong guess.
+    `supports_stop` / `supports_tools` / `supports_vision` come from litellm; assign them to
+    override a wrong guess.
     """
 
     def __init__(
@@ -166,7 +147,7 @@ class Model:
     @cached_property
     def _provider(self) -> tuple[str, str]:
         """(model name, provider) as litellm resolves them."""
-        litellm = _litellm()
+        litellm = _litellm.load()
         if self.model_id.startswith("local/"):  # the embedded provider registers itself on first use
             from .local_model import register
 
@@ -183,7 +164,7 @@ class Model:
     @cached_property
     def _supported_params(self) -> frozenset[str]:
         name, provider = self._provider
-        params = _litellm().get_supported_openai_params(model=name, custom_llm_provider=provider)
+        params = _litellm.load().get_supported_openai_params(model=name, custom_llm_provider=provider)
         return frozenset(params or ())
 
     @cached_property
@@ -194,7 +175,7 @@ class Model:
     def supports_tools(self) -> bool:
         """Native function calling: litellm's model table decides for models it knows; for others
         (local servers) whether the provider accepts `tools`."""
-        litellm = _litellm()
+        litellm = _litellm.load()
         if "tools" not in self._supported_params:
             return False
         try:
@@ -203,12 +184,20 @@ class Model:
             return True
         return bool(litellm.supports_function_calling(self.model_id))
 
+    @cached_property
+    def supports_vision(self) -> bool:
+        """Whether the model takes images in its messages (litellm's model table; unknown: no)."""
+        try:
+            return bool(_litellm.load().supports_vision(model=self.model_id))
+        except Exception:  # litellm raises a bare Exception for models missing from its table
+            return False
+
     def _preflight(self) -> None:
         """Fail before any network call on an unknown provider or a key that is nowhere to be found."""
         self._provider  # noqa: B018 - resolving it raises ModelNotFound for an unknown provider
         if self.api_key is not None:
             return
-        env = _litellm().validate_environment(self.model_id, api_base=self.api_base)
+        env = _litellm.load().validate_environment(self.model_id, api_base=self.api_base)
         missing = env.get("missing_keys") or []
         if missing:
             what = " and ".join(missing)
@@ -229,8 +218,8 @@ class Model:
     ) -> ModelReply:
         """One completion. With `on_delta` the reply streams and each new piece of text is passed to
         it as it arrives; the returned content is always cut at the first stop sequence."""
-        if _litellm_module is None:  # a first import takes seconds: keep the shared loop responsive
-            await asyncio.to_thread(_litellm)
+        if not _litellm.loaded():  # a first import takes seconds: keep the shared loop responsive
+            await asyncio.to_thread(_litellm.load)
         self._preflight()
         request = self._request(messages, tools, stop)
         started = time.monotonic()
@@ -285,7 +274,7 @@ class Model:
         return request
 
     async def _complete(self, request: dict[str, Any]) -> ModelReply:
-        response = await _litellm().acompletion(**request)
+        response = await _litellm.load().acompletion(**request)
         choice = response.choices[0]
         message = choice.message
         calls = [
@@ -300,7 +289,7 @@ class Model:
         )
 
     async def _stream(self, request: dict[str, Any], streamed: _Stream) -> ModelReply:
-        response = await _litellm().acompletion(**request, stream=True, stream_options={"include_usage": True})
+        response = await _litellm.load().acompletion(**request, stream=True, stream_options={"include_usage": True})
         calls: dict[int, dict[str, str]] = {}
         usage = finish_reason = None
         async for chunk in response:
@@ -329,7 +318,7 @@ class Model:
 
     def _usage(self, usage: Any, messages: list[dict[str, Any]], content: str, calls: list[ToolCall]) -> Usage:
         """Tokens as the server counted them (litellm's count when it sent none), priced by litellm."""
-        litellm = _litellm()
+        litellm = _litellm.load()
         if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
             prompt, completion = usage.prompt_tokens or 0, usage.completion_tokens or 0
         else:
@@ -347,7 +336,7 @@ class Model:
 
     def _translate(self, error: Exception, retries: int) -> ModelError:
         """litellm's exception as ours, with what to do about it."""
-        litellm = _litellm()
+        litellm = _litellm.load()
         detail = _server_message(error)
         where = f" at {self.api_base}" if self.api_base else ""
         if isinstance(error, (litellm.AuthenticationError, litellm.PermissionDeniedError)):

@@ -279,9 +279,9 @@ def test_stop_sequences_end_the_generation(local: str) -> None:
 
 @needs_model
 def test_max_tokens_and_non_streamed_completion(local: str) -> None:
-    from agent_kernel.models import _litellm
+    from agent_kernel import _litellm
 
-    response = _litellm().completion(model=local, messages=COUNT, max_tokens=4)
+    response = _litellm.load().completion(model=local, messages=COUNT, max_tokens=4)
     assert response.choices[0].finish_reason == "length"
     assert response.usage.completion_tokens <= 4
 
@@ -289,9 +289,9 @@ def test_max_tokens_and_non_streamed_completion(local: str) -> None:
 @needs_model
 def test_the_kv_cache_of_a_shared_prefix_is_reused(local: str) -> None:
     from agent_kernel.local_model import engine
-    from agent_kernel.models import _litellm
+    from agent_kernel import _litellm
 
-    litellm = _litellm()
+    litellm = _litellm.load()
     system = {"role": "system", "content": "You are a careful data analyst. " + " ".join(
         f"Rule {i}: state units and round numbers to two decimals when reporting column {i}." for i in range(40))}
     first = [system, {"role": "user", "content": "Say OK."}]

@@ -231,6 +231,14 @@ def test_stop_is_sent_when_supported(scripted_server: ScriptedServer, model: Mod
     assert reply.content == "print(1)\n"
 
 
+def test_supports_vision_comes_from_litellms_table_and_unknown_models_cannot_see() -> None:
+    assert Model("openai/gpt-4o-mini").supports_vision is True
+    assert Model("openai/no-such-model-here", api_base="http://127.0.0.1:9").supports_vision is False
+    model = Model("openai/gpt-4o-mini")
+    model.supports_vision = False  # a wrong guess is overridden like supports_stop / supports_tools
+    assert model.supports_vision is False
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_stop_is_applied_here_when_unsupported(scripted_server: ScriptedServer, model: Model, stream: bool) -> None:
     model.supports_stop = False  # as for a provider without `stop`

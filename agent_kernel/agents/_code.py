@@ -126,8 +126,8 @@ class CodeAgent(MultiStepAgent):
     @property
     def vision(self) -> bool:
         """Whether figures are sent to the model as images (else as text notes)."""
-        if self._vision is None:
-            self._vision = _supports_vision(self.model)
+        if self._vision is None:  # the model says (agent_kernel Model: litellm's table)
+            self._vision = bool(getattr(self.model, "supports_vision", False))
         return self._vision
 
     @property
@@ -314,16 +314,3 @@ def _scaled_png(encoded: Any) -> str | None:
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
         return None
     return base64.b64encode(out.getvalue()).decode("ascii")
-
-
-def _supports_vision(model: Any) -> bool:
-    """Whether the model takes image inputs: the model says (`supports_vision`), else litellm's table."""
-    said = getattr(model, "supports_vision", None)
-    if isinstance(said, bool):
-        return said
-    from ..models import _litellm
-
-    try:
-        return bool(_litellm().supports_vision(model=str(getattr(model, "model_id", ""))))
-    except Exception:  # litellm raises a bare Exception for models it does not know
-        return False
