@@ -7,8 +7,9 @@ An approver is `callable(step) -> Decision` (or an async one). It is given the A
 run: `step.code` for a CodeAgent, `step.tool_calls` for a ToolCallingAgent; `proposal(step)` is
 that action as editable text (the code, or the calls as JSON). A sync approver called through the
 sync API (`agent.run`, the magics) runs in the caller's thread, so `input()` and the notebook's own
-output work as usual. `review=True` asks with a widget prompt in a notebook that can show
-ipywidgets (see agent_kernel.magics._widgets), and with `input()` elsewhere.
+output work as usual. `review=True` and the magic's `--review` ask through `approver(ui)`, the one
+place that chooses between the widget prompt (a notebook that can show ipywidgets, see
+agent_kernel._widgets) and `input()`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import _widgets
+
 if TYPE_CHECKING:
     from .memory import ActionStep
 
 Approver = Callable[["ActionStep"], "Decision | Awaitable[Decision]"]
+ReviewUI = Literal["auto", "widgets", "input"]  # how the analyst is asked; auto: widgets where they show
 
 
 @dataclass(frozen=True)
@@ -75,11 +79,30 @@ def proposal(step: ActionStep) -> str:
 # -- the interactive approvers (review=True) ---------------------------------------------------------
 
 
-def interactive(step: ActionStep) -> Decision:
-    """review=True: the widget prompt where a notebook can show it, else `input()`."""
-    from .magics import _widgets
+class WidgetsUnavailable(ValueError):
+    """ui="widgets" where widgets cannot show (no ipywidgets, not an ipykernel's main thread)."""
 
-    return _widgets.review_prompt(step) if _widgets.usable() else ask(step)
+
+def uses_widgets(ui: ReviewUI = "auto") -> bool:
+    """Whether the analyst is asked through widgets: never for "input", where they can show for
+    "auto"; "widgets" where they cannot raises WidgetsUnavailable."""
+    if ui == "input":
+        return False
+    usable = _widgets.usable()
+    if ui == "widgets" and not usable:
+        raise WidgetsUnavailable("review_ui = 'widgets' needs ipywidgets (pip install 'agent_kernel[widgets]') "
+                                 "and a Jupyter kernel")
+    return usable
+
+
+def approver(ui: ReviewUI = "auto") -> Callable[[ActionStep], Decision]:
+    """The analyst as reviewer: the widget prompt or `input()`, as `uses_widgets(ui)` decides."""
+    return widget_prompt if uses_widgets(ui) else ask
+
+
+def interactive(step: ActionStep) -> Decision:
+    """review=True: chooses at each step (the same agent may run in a notebook and a terminal)."""
+    return approver()(step)
 
 
 _CHOICES = {"r": "run", "run": "run", "": "run", "e": "edit", "edit": "edit", "s": "skip", "skip": "skip",
@@ -108,3 +131,34 @@ def ask(step: ActionStep, read: Callable[[str], str] = input, write: Callable[[s
                 lines.append(line)
             return Decision.edit("\n".join(lines))
         write("Answer r, e, s or t.")
+
+
+def widget_prompt(step: ActionStep) -> Decision:
+    """The review in a notebook: the action in an editable box; run it, run the edit, skip or stop.
+    Model text only goes into plain-text widgets (Textarea), never into HTML."""
+    import ipywidgets as w
+
+    what = "code" if step.code is not None else "tool calls (JSON)"
+    original = proposal(step)
+    lines = min(original.count("\n") + 2, 30)
+    editor = w.Textarea(value=original, layout=w.Layout(width="auto", height=f"{lines * 1.5 + 1:.1f}em"))
+    reason = w.Text(placeholder="why (skip or stop): the agent is told", layout=w.Layout(width="auto"))
+    buttons = {
+        "run": w.Button(description="Run", button_style="success", tooltip="run the action as the agent wrote it"),
+        "run my edit": w.Button(description="Run my edit", button_style="info",
+                                tooltip="run the text in the box instead (the run records your edit)"),
+        "skip": w.Button(description="Skip", button_style="warning", tooltip="do not run it; tell the agent why"),
+        "stop": w.Button(description="Stop", button_style="danger", tooltip="end the run here"),
+    }
+
+    def settle(choice: str) -> Decision:
+        if choice == "run my edit":
+            return Decision.edit(editor.value)
+        if choice == "skip":
+            return Decision.skip(reason.value.strip())
+        if choice == "stop":
+            return Decision.stop(reason.value.strip())
+        return Decision.run()
+
+    return _widgets.ask_with_buttons(f"Step {step.index}: the agent wants to run this {what}", [editor, reason],
+                                     buttons, settle)

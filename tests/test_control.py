@@ -160,6 +160,15 @@ def test_input_prompt_reads_each_choice() -> None:
     assert ask(step, read=lambda prompt: next(answers), write=shown.append) == Decision.skip("too slow")
 
 
+def test_one_chooser_decides_widgets_or_input_for_the_agent_and_the_magic() -> None:
+    from agent_kernel import review
+
+    assert review.approver("input") is ask and review.approver("auto") is ask  # no ipykernel here: input()
+    assert not review.uses_widgets("auto") and not review.uses_widgets("input")
+    with pytest.raises(review.WidgetsUnavailable, match="needs ipywidgets"):
+        review.uses_widgets("widgets")
+
+
 def test_an_approver_that_does_not_decide_fails_the_run_clearly(scripted_server: Any) -> None:
     scripted_server.script([tool_calls([("lookup", {"city": "Lyon"})])])
     run = ToolCallingAgent(scripted_server.model(), tools=[lookup], approve=lambda step: True).run("x")

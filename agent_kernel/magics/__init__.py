@@ -15,7 +15,8 @@ import os
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
@@ -25,9 +26,10 @@ if TYPE_CHECKING:
     from ..memory import Event, Run
     from ..models import Model
 
-from .. import _aio
+from .. import _aio, _widgets
+from .. import review as _review
 from .._safe import clean_text
-from . import _ask, _widgets
+from . import _ask
 from ._options import (
     CELL_USAGE,
     LINE_USAGE,
@@ -41,6 +43,7 @@ from ._options import (
     task_references,
 )
 
+T = TypeVar("T")
 _CONFIGURABLE = ("model", "api_base", "max_steps", "timeout", "imports", "network", "quiet", "session_max_cost",
                  "approver", "review_ui", "context")
 _CONTEXT_CHARS = 4000  # of one cell's source, output or error shown to the agent
@@ -197,7 +200,7 @@ class AgentMagics(Magics):
             return self._agents[options.kind], True
         from ..agents import CodeAgent, ToolCallingAgent
 
-        asker = _ask.AskUser(self._widgets()) if options.ask else None
+        asker = _ask.AskUser(self._asking(_review.uses_widgets)) if options.ask else None
         tools = [*self._tools(options.tools), *([asker.tool()] if asker else [])]
         common = {"tools": tools, "max_steps": options.max_steps or self.max_steps, "add_base_tools": options.base_tools}
         try:
@@ -230,23 +233,19 @@ class AgentMagics(Magics):
     def _approver(self) -> Any:
         """The reviewer for --review: a notebook function named by config, else the analyst."""
         if not self.approver:
-            from ..review import ask
-
-            return _widgets.review_prompt if self._widgets() else ask
+            return self._asking(_review.approver)
         approve = self.shell.user_ns.get(self.approver)
         if not callable(approve):
             raise UsageError(f"AgentMagics.approver = {self.approver!r} is not a function defined in the notebook; "
                              "define it (f(step) -> Decision) or set it to '' to be asked with input()")
         return approve
 
-    def _widgets(self) -> bool:
-        """Whether to ask through widgets (review_ui), refusing `widgets` where they cannot show."""
-        if self.review_ui == "input":
-            return False
-        if self.review_ui == "widgets" and not _widgets.usable():
-            raise UsageError("review_ui = 'widgets' needs ipywidgets (pip install 'agent_kernel[widgets]') and a "
-                             "Jupyter kernel; or `%agent config review_ui=input` for text prompts")
-        return _widgets.usable()
+    def _asking(self, choose: Callable[[_review.ReviewUI], T]) -> T:
+        """`choose(review_ui)`: review's chooser of widgets or input(), refusals as UsageError."""
+        try:
+            return choose(self.review_ui)
+        except _review.WidgetsUnavailable as exc:
+            raise UsageError(f"{exc}; or `%agent config review_ui=input` for text prompts") from None
 
     def _budget(self, max_cost: float | None) -> float | None:
         """The cell's cost cap within what the session cap leaves; refuses to start when nothing is left."""
@@ -404,7 +403,7 @@ class AgentMagics(Magics):
         cell = self._failed_cell()
         if cell.withheld_note():
             print(cell.withheld_note())
-        buttons = not options.apply and self._widgets()  # decided (and refused) before any model call
+        buttons = not options.apply and self._asking(_review.uses_widgets)  # decided (and refused) before any model call
         reuse = options.apply and self._fix is not None and self._fix.cell.source == cell.source and self._fix.verified
         if not reuse:
             model, max_cost = self._fix_model(options), self._budget(None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _widgets
+from .. import _widgets
 
 MAX_QUESTIONS = 2  # per agent (--continue goes on counting): a pause for the analyst, not a hand-back
 NO_ANSWER = "no answer: state the assumption you make and go on"

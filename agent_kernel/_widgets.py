@@ -1,5 +1,6 @@
 """Notebook widgets that wait for the analyst's click while their cell is still running: the review
-prompt of `--review` and the "Put in next cell" offer of `%agent fix`.
+prompt (`review.widget_prompt`, for review=True and `--review`), the ask_user text box and the "Put in
+next cell" offer of `%agent fix` are built on `ask_with_buttons` here.
 
 A running cell keeps the kernel's main shell busy, so the frontend's widget messages (comm_msg:
 a click, an edited text) queue behind it and would only be read after the cell. While a widget
@@ -15,11 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
-
-if TYPE_CHECKING:
-    from ..memory import ActionStep
-    from ..review import Decision
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -113,7 +110,7 @@ def _comm_message(kernel: Any, frames: list[Any]) -> tuple[list[Any], dict[str, 
 # -- the widgets -------------------------------------------------------------------------------------
 
 
-def _ask(title: str, body: list[Any], buttons: dict[str, Any], settle: Callable[[str], T]) -> T:
+def ask_with_buttons(title: str, body: list[Any], buttons: dict[str, Any], settle: Callable[[str], T]) -> T:
     """Show `body` and the buttons under a title; wait for a click; `settle(choice)` is the answer.
     The prompt is then replaced by one line saying what was chosen (no widget stays behind)."""
     import ipywidgets as w
@@ -147,37 +144,6 @@ def _ask(title: str, body: list[Any], buttons: dict[str, Any], settle: Callable[
         shown.update({"text/plain": f"{title} ({said})"}, raw=True)
 
 
-def review_prompt(step: ActionStep) -> Decision:
-    """--review in a notebook: the action in an editable box; run it, run the edit, skip or stop."""
-    import ipywidgets as w
-
-    from ..review import Decision, proposal
-
-    what = "code" if step.code is not None else "tool calls (JSON)"
-    original = proposal(step)
-    lines = min(original.count("\n") + 2, 30)
-    editor = w.Textarea(value=original, layout=w.Layout(width="auto", height=f"{lines * 1.5 + 1:.1f}em"))
-    reason = w.Text(placeholder="why (skip or stop): the agent is told", layout=w.Layout(width="auto"))
-    buttons = {
-        "run": w.Button(description="Run", button_style="success", tooltip="run the action as the agent wrote it"),
-        "run my edit": w.Button(description="Run my edit", button_style="info",
-                                tooltip="run the text in the box instead (the run records your edit)"),
-        "skip": w.Button(description="Skip", button_style="warning", tooltip="do not run it; tell the agent why"),
-        "stop": w.Button(description="Stop", button_style="danger", tooltip="end the run here"),
-    }
-
-    def settle(choice: str) -> Decision:
-        if choice == "run my edit":
-            return Decision.edit(editor.value)
-        if choice == "skip":
-            return Decision.skip(reason.value.strip())
-        if choice == "stop":
-            return Decision.stop(reason.value.strip())
-        return Decision.run()
-
-    return _ask(f"Step {step.index}: the agent wants to run this {what}", [editor, reason], buttons, settle)
-
-
 def ask_text(question: str) -> str | None:
     """ask_user in a notebook: the agent's question, a text box, Answer or Skip (None)."""
     import ipywidgets as w
@@ -185,8 +151,8 @@ def ask_text(question: str) -> str | None:
     box = w.Textarea(placeholder="your answer", layout=w.Layout(width="auto", height="3.5em"))
     buttons = {"answer": w.Button(description="Answer", button_style="success"),
                "skip": w.Button(description="Skip", tooltip="the agent states its assumption instead")}
-    return _ask(f"The agent asks: {question}", [box], buttons,
-                lambda choice: (box.value.strip() or None) if choice == "answer" else None)
+    return ask_with_buttons(f"The agent asks: {question}", [box], buttons,
+                            lambda choice: (box.value.strip() or None) if choice == "answer" else None)
 
 
 def offer_fix() -> bool:
@@ -196,4 +162,4 @@ def offer_fix() -> bool:
     buttons = {"put in next cell": w.Button(description="Put in next cell", button_style="success"),
                "dismiss": w.Button(description="Dismiss")}
     title = "Verified in a sandbox. This cell keeps running until you choose"
-    return _ask(title, [], buttons, lambda choice: choice == "put in next cell")
+    return ask_with_buttons(title, [], buttons, lambda choice: choice == "put in next cell")
