@@ -23,8 +23,8 @@ import nbformat
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from ._safe import clean_text
-from .display import provenance, safe_bundle
+from ._safe import clean_text, safe_bundle
+from .display import provenance
 from .memory import ActionStep, FinalAnswerStep, PlanningStep, Run, TaskStep, ToolCall
 from .observation import Call, Code, Failure, Note, Proposed, Thought, describe, format_call, format_footer, review_label
 

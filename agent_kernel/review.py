@@ -112,7 +112,7 @@ _END_OF_EDIT = "."
 
 def ask(step: ActionStep, read: Callable[[str], str] = input, write: Callable[[str], Any] = print) -> Decision:
     """Show the action and ask what to do, through `input()` (a notebook shows an input box)."""
-    from .display import clean_text
+    from ._safe import clean_text
 
     what = "code" if step.code is not None else "tool calls"
     write(f"── Step {step.index}: the agent wants to run this {what}\n{clean_text(proposal(step))}")

@@ -322,7 +322,7 @@ def test_live_run_updates_displays_in_place_in_a_real_kernel(png_b64: str) -> No
 
 def test_backstop_pass_keeps_our_markup_and_drops_the_rest() -> None:
     """The last nh3 pass over assembled HTML (defence in depth behind escaping and the sandbox pass)."""
-    from agent_kernel.display import _backstop
+    from agent_kernel._safe import sanitize_document as _backstop
 
     doc = _backstop(
         '<div style="color: red; background: url(http://evil/x); position: fixed" onclick="x()">'

@@ -10,7 +10,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
-from ..display import image_base64
+from .._safe import image_base64
 from ..memory import ActionStep, ToolCall
 from ..observation import png_size, render_observation
 from ..sandbox._records import Execution
