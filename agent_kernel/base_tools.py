@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from .errors import AgentKernelError
 from .tools import Tool
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class SearchResult:
     snippet: str = ""
 
 
-class SearchError(RuntimeError):
+class SearchError(AgentKernelError, RuntimeError):
     """The search service failed; the message is for the model (it never holds the API key)."""
 
 
@@ -264,11 +265,11 @@ class WebSearchTool(Tool):
 # -- reading web pages, behind the SSRF guard ---------------------------------------------------
 
 
-class URLNotAllowed(ValueError):
+class URLNotAllowed(AgentKernelError, ValueError):
     """visit_webpage refused a URL: not http(s), or it leads to a non-public address."""
 
 
-class PageError(RuntimeError):
+class PageError(AgentKernelError, RuntimeError):
     """The page could not be read (HTTP error, not a text page, too many redirects)."""
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _litellm
+from .errors import AgentKernelError
 from .model_fetch import DEFAULT_LOCAL_MODEL, ModelFetchError, model_path
 
 PROVIDER = "local"
@@ -37,7 +38,7 @@ _TOOL_OPEN = "<tool_call>"
 _CALL_MARKUP = re.compile(r"</?tools?>|</?tool_call>|```(?:json)?")
 
 
-class LocalModelError(Exception):
+class LocalModelError(AgentKernelError):
     """A local model cannot run the request; carries the HTTP-like status litellm maps to its errors."""
 
     def __init__(self, status_code: int, message: str) -> None:

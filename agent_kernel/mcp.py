@@ -20,6 +20,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _aio
+from .errors import AgentKernelError
 from .tools import Tool, check_definition, schema_type_text, schema_types
 
 if TYPE_CHECKING:
@@ -31,11 +32,11 @@ T = TypeVar("T")
 _STDERR_TAIL = 2000  # characters of a failed server's log shown to the user
 
 
-class MCPConnectionError(RuntimeError):
+class MCPConnectionError(AgentKernelError, RuntimeError):
     """The MCP server could not be started or reached, or it went away."""
 
 
-class MCPToolError(RuntimeError):
+class MCPToolError(AgentKernelError, RuntimeError):
     """The MCP tool itself reported an error; the message is the server's."""
 
 

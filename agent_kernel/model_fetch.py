@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .errors import AgentKernelError
+
 MODELS_ENV = "AGENT_KERNEL_MODELS"  # overrides the cache folder
 
 
-class ModelFetchError(Exception):
+class ModelFetchError(AgentKernelError):
     """A model could not be fetched or found; the message says what to do."""
 
 

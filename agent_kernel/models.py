@@ -16,6 +16,7 @@ from functools import cached_property
 from typing import Any
 
 from . import _aio, _litellm
+from .errors import AgentKernelError
 from .memory import ToolCall, Usage
 
 DEFAULT_MODEL = "openai/gpt-4o-mini"  # used when no model is given and AGENT_KERNEL_MODEL is unset
@@ -25,7 +26,7 @@ DEFAULT_MODEL = "openai/gpt-4o-mini"  # used when no model is given and AGENT_KE
 RAW_ARGUMENTS = "__raw__"
 
 
-class ModelError(Exception):
+class ModelError(AgentKernelError):
     """A model call failed; the message says why and what to do."""
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import _widgets
+from .errors import AgentKernelError
 
 if TYPE_CHECKING:
     from .memory import ActionStep
@@ -79,7 +80,7 @@ def proposal(step: ActionStep) -> str:
 # -- the interactive approvers (review=True) ---------------------------------------------------------
 
 
-class WidgetsUnavailable(ValueError):
+class WidgetsUnavailable(AgentKernelError, ValueError):
     """ui="widgets" where widgets cannot show (no ipywidgets, not an ipykernel's main thread)."""
 
 

@@ -19,6 +19,8 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .errors import AgentKernelError
+
 __all__ = ["Tool", "ToolArgumentError", "as_tool", "tool"]
 # The base tools live in base_tools.py (they build on Tool) and are importable from here too.
 _BASE_TOOLS = frozenset({"WebSearchTool", "VisitWebpageTool", "PythonInterpreterTool", "SearchEngine",
@@ -36,7 +38,7 @@ Schema = dict[str, Any]
 _RESERVED_NAMES = frozenset({"final_answer"})
 
 
-class ToolArgumentError(ValueError):
+class ToolArgumentError(AgentKernelError, ValueError):
     """The model's arguments do not fit the tool's schema; the message is written for the model."""
 
 

@@ -34,6 +34,7 @@ from jupyter_client.manager import AsyncKernelManager
 
 from .. import _aio
 from .._safe import clean_text
+from ..errors import AgentKernelError
 from . import _codec, _disk, _messages
 from ._disk import DiskWatch
 from ._kernel_side import CALL_MARKER, CUT_MARK, DROP_MARK, FINAL_ANSWER_PAYLOAD, HANDLE, HeadTail
@@ -53,7 +54,7 @@ _INTERRUPT_GRACE = 1.5  # seconds a timed-out execution gets to stop after SIGIN
 _EVENTS, _FD, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.FD), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
 
-class SandboxError(RuntimeError):
+class SandboxError(AgentKernelError, RuntimeError):
     """The sandbox could not do what was asked (it failed to start, or an internal call failed)."""
 
 

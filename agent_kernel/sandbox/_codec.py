@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from ..errors import AgentKernelError
+
 INLINE_LIMIT = 64 * 1024  # encoded payloads up to this size travel inside the descriptor
 MAX_BYTES = 4 * 1024**3  # default bound on what decode will read
 REPR_LIMIT = 2000  # characters of repr kept for values that cannot cross as data
@@ -52,7 +54,7 @@ _STRINGS = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"' if sys.version_info >= (3,
 _OBJECT_COST = 100  # host bytes of one Python object pandas makes for a value (a str, None, a list), with its slot
 
 
-class TransferError(ValueError):
+class TransferError(AgentKernelError, ValueError):
     """A value could not cross the sandbox boundary: a malformed, unsafe or oversized descriptor."""
 
 

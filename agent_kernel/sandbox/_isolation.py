@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent_kernel.errors import AgentKernelError
 from agent_kernel.sandbox._records import Isolation
 
 GiB = 1024**3
@@ -69,7 +70,7 @@ _ENV_ALLOW = frozenset(
 _ENV_ALLOW_PREFIXES = ("LC_", "OPENBLAS_")
 
 
-class IsolationUnavailable(RuntimeError):
+class IsolationUnavailable(AgentKernelError, RuntimeError):
     """A required isolation layer could not be applied and the sandbox was asked to be strict."""
 
 

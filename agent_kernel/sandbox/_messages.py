@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from ..errors import AgentKernelError
 from ._codec import json_cost
 
 MAX_ITEM = 16 * 1024**2  # host bytes one message may take once parsed (one display, one reply)
@@ -34,7 +35,7 @@ def too_big(size: int) -> str:
     return f"it would take about {size / 1024**2:.1f} MiB here, over what one message may take"
 
 
-class Malformed(ValueError):
+class Malformed(AgentKernelError, ValueError):
     """A message without the shape its type needs; it is dropped, and the execution says so."""
 
 

@@ -50,6 +50,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import AgentKernelError
+
 SWITCH_ENV = "AGENT_KERNEL_ZYGOTE"  # "0": start every kernel by exec (an operator's way out)
 LAUNCHER_MODULE = "agent_kernel.sandbox._launcher"
 ZYGOTE_MODULE = "agent_kernel.sandbox._zygote"
@@ -68,7 +70,7 @@ _MAX_MESSAGE = 1 << 20
 _SPAWN_TIMEOUT = 60.0  # seconds for the zygote to fork a kernel (its own imports included, on a busy machine)
 
 
-class ZygoteUnavailable(RuntimeError):
+class ZygoteUnavailable(AgentKernelError, RuntimeError):
     """The zygote cannot start this kernel; the message says why (the caller starts it by exec)."""
 
 
