@@ -112,8 +112,6 @@ REVIEW_DECLINED = "The user reviewed this action and declined to run it; nothing
 
 NO_REASON = "(no reason given)"
 
-FIGURE_NOTE = "[figure: {description}]"
-
 FINAL_ANSWER_NOT_ALONE = (
     "not accepted: final_answer came in the same reply as other tool calls, before their results. "
     "Read the results above, then call final_answer alone."
