@@ -278,7 +278,7 @@ def fix(cell: FailedCell, model: Any, **agent_options: Any) -> Fix:
         transformer), and so could each earlier answer."""
         if not isinstance(answer, str) or not answer.strip():
             raise ValueError("give the complete fixed cell source as one string")
-        async with AsyncSandbox(**agent._pool_options()) as fresh:
+        async with AsyncSandbox(**agent.sandbox_options()) as fresh:
             if cell.variables:
                 await fresh.push(**cell.variables)
             checked = await fresh.execute(answer)

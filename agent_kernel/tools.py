@@ -17,23 +17,11 @@ import textwrap
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from .errors import AgentKernelError
 
 __all__ = ["Tool", "ToolArgumentError", "as_tool", "tool"]
-# The base tools live in base_tools.py (they build on Tool) and are importable from here too.
-_BASE_TOOLS = frozenset({"WebSearchTool", "VisitWebpageTool", "PythonInterpreterTool", "SearchEngine",
-                         "DuckDuckGoEngine", "BraveEngine", "TavilyEngine", "SerperEngine", "URLNotAllowed"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _BASE_TOOLS:
-        from . import base_tools
-
-        return getattr(base_tools, name)
-    raise AttributeError(f"module 'agent_kernel.tools' has no attribute {name!r}")
-
 Schema = dict[str, Any]
 _RESERVED_NAMES = frozenset({"final_answer"})
 
@@ -210,12 +198,23 @@ class FunctionTool(Tool):
                 for k, v in kwargs.items()}
 
 
+@runtime_checkable
+class Delegate(Protocol):
+    """An agent another agent can call as a tool (every MultiStepAgent is one): it has a name and
+    a description for the caller's model, and runs a task in words to a Run."""
+
+    name: str
+    description: str
+
+    async def arun(self, task: str) -> Any: ...
+
+
 class AgentTool(Tool):
     """Another agent behind a tool: the caller hands it a task in words and gets its run's output."""
 
     _abstract = True
 
-    def __init__(self, agent: Any) -> None:
+    def __init__(self, agent: Delegate) -> None:
         self.agent = agent
         self.name = agent.name
         self.description = agent.description
@@ -250,9 +249,7 @@ def as_tool(obj: Any) -> Tool:
         return obj
     if isinstance(obj, type) and issubclass(obj, Tool):
         raise TypeError(f"{obj.__name__} is a Tool class; pass an instance: {obj.__name__}()")
-    from .agents import MultiStepAgent
-
-    if isinstance(obj, MultiStepAgent):
+    if isinstance(obj, Delegate):
         return AgentTool(obj)
     if callable(obj):
         return FunctionTool(obj, strict=False)

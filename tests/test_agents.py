@@ -21,7 +21,7 @@ from scripted_server import Reply, text, tool_calls
 
 from agent_kernel.agents import CodeAgent, ToolCallingAgent
 from agent_kernel.agents._code import extract_code
-from agent_kernel.agents._loop import truncate
+from agent_kernel.agents._context import truncate
 from agent_kernel.agents._tool_calling import parse_json_calls
 from agent_kernel.memory import (
     ActionStep,

@@ -22,7 +22,7 @@ from scripted_server import Reply, ScriptedServer, text, tool_calls
 
 from agent_kernel.agents import CodeAgent, ToolCallingAgent
 from agent_kernel.agents._code import IMAGE_MAX_SIDE
-from agent_kernel.agents._loop import UnpricedModelWarning
+from agent_kernel.agents._limits import UnpricedModelWarning
 from agent_kernel.display import render_text
 from agent_kernel.export import run_to_notebook
 from agent_kernel.memory import ActionStep, Review, Run
@@ -198,6 +198,26 @@ def test_each_budget_stops_before_the_next_model_call(
     nb = run_to_notebook(run, tmp_path / "budget.ipynb")
     assert "budget_exceeded" in nb.cells[-1].source and said in nb.cells[-1].source
     assert len([c for c in nb.cells if c.cell_type == "code"]) == steps
+
+
+def test_a_run_is_given_its_limits_as_a_checked_value(scripted_server: Any) -> None:
+    from agent_kernel.agents import AgentOptions, Limits
+
+    scripted_server.script(lambda request: tool_calls([("lookup", {"city": "Lyon"})], usage=[1000, 10]))
+    agent = ToolCallingAgent(scripted_server.model(PRICED), tools=[lookup], max_steps=6)
+    run = agent.run("loop forever", limits=Limits(max_steps=6, max_tokens=2500))  # this run only
+    assert run.state == "budget_exceeded" and "max_tokens 3,030 of 2,500" in run.error
+    assert agent.limits == Limits(max_steps=6) and agent.limits.max_tokens is None  # the agent's own unchanged
+    with pytest.raises(ValueError, match="max_cost must be a positive number"):
+        Limits(max_cost=0)
+    with pytest.raises(TypeError, match="limits must be a Limits"):
+        agent.run("x", limits={"max_cost": 1})  # type: ignore[call-overload]
+    # one record of the shared options: both agents take and check the same ones
+    code = CodeAgent("openai/unused", keep_steps=3, max_tokens=10)
+    assert code.options == ToolCallingAgent("openai/unused", keep_steps=3, max_tokens=10).options
+    assert code.options == AgentOptions(keep_steps=3, max_tokens=10) and code.limits.max_tokens == 10
+    with pytest.raises(ValueError, match="keep_steps must be at least 1"):
+        CodeAgent("openai/unused", keep_steps=0)
 
 
 def test_max_time_stops_a_long_action_and_keeps_the_sandbox_usable(scripted_server: Any, tmp_path: Path) -> None:

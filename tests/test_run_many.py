@@ -221,3 +221,17 @@ def test_local_kernels_start_as_many_at_once_as_the_machine_has_cores(monkeypatc
     assert SandboxPool(4, starts_at_once=1).starts_at_once == 1
     with pytest.raises(ValueError, match="starts_at_once=0"):
         SandboxPool(4, starts_at_once=0)
+
+
+def test_a_batch_uses_the_agents_public_seams_new_run_model_name_and_sandbox_pool() -> None:
+    from agent_kernel.memory import TaskStep
+
+    agent = ToolCallingAgent("openai/gpt-4o-mini", max_steps=3)
+    agent.memory.append(TaskStep("earlier"))
+    twin = agent.new_run()
+    assert twin is not agent and twin.memory == [] and agent.memory and twin.tools == agent.tools
+    assert twin.options is agent.options and agent.model_name == twin.model_name == "openai/gpt-4o-mini"
+    assert agent.sandbox_pool(2, 4) is None  # it runs no code
+    given = AsyncSandbox(timeout=7)
+    coder = CodeAgent("openai/gpt-4o-mini", sandbox=given)
+    assert coder.new_run(sandbox=given).sandbox is given

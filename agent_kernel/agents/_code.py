@@ -8,7 +8,7 @@ import dataclasses
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._safe import image_base64
 from ..memory import ActionStep, ToolCall
@@ -17,7 +17,12 @@ from ..sandbox._records import Execution
 from ..sandbox._spec import gateway_url
 from ..tools import Tool
 from . import _prompts
-from ._loop import NO_ANSWER, Message, MultiStepAgent, truncate
+from ._context import Message, observation_text, truncate
+from ._loop import NO_ANSWER, MultiStepAgent
+from ._options import AgentOptions
+
+if TYPE_CHECKING:
+    from ..sandbox import SandboxPool
 
 _FENCE = re.compile(r"```[ \t]*(?P<lang>[\w+-]*)[^\n]*\n(?P<code>.*?)(?:\n[ \t]*```|\Z)", re.S)
 _CODE_TAG = re.compile(r"<code>\s*(?P<code>.*?)\s*(?:</code>|\Z)", re.S)
@@ -77,36 +82,27 @@ class CodeAgent(MultiStepAgent):
         additional_authorized_imports: Iterable[str] | None = None,
         executor_type: str = "local",
         sandbox: Any = None,
-        max_steps: int = 10,
-        planning_interval: int | None = None,
-        instructions: str | None = None,
-        final_answer_checks: Iterable[Callable[..., Any]] = (),
-        step_callbacks: Iterable[Callable[..., Any]] = (),
-        max_observation_chars: int = 10_000,
-        keep_steps: int = 8,
-        name: str | None = None,
-        description: str | None = None,
-        add_base_tools: bool = False,
-        review: bool = False,
-        approve: Callable[..., Any] | None = None,
-        max_cost: float | None = None,
-        max_tokens: int | None = None,
-        max_time: float | None = None,
         vision: bool | None = None,
-        **sandbox_options: Any,
+        **options: Any,
     ) -> None:
+        """Args:
+            model: a model name (litellm's) or a Model.
+            tools: Tools, @tool functions, typed callables or agents; sandbox code calls them as functions.
+            imports: modules the sandbox may import beyond its defaults ("*": any installed one).
+            additional_authorized_imports: `imports` as other agent libraries name it.
+            executor_type: "local" (this machine's sandbox kernel) or "gateway" (a Jupyter gateway's).
+            sandbox: a Sandbox / AsyncSandbox to run in (its owner closes it); None: the agent starts its own.
+            vision: send figures to the model as images; None: ask the model (`supports_vision`).
+            **options: AgentOptions' fields (max_steps, review, max_cost, ...), then sandbox options
+                (timeout, memory, network, gateway, ...; see AsyncSandbox).
+        """
+        agent_options, sandbox_options = AgentOptions.split(options)
         _check_executor(executor_type, sandbox_options)
         if additional_authorized_imports is not None:  # the name other agent libraries use
             if imports:
                 raise TypeError("pass imports=[...] or its alias additional_authorized_imports=[...], not both")
             imports = additional_authorized_imports
-        super().__init__(
-            model, tools, max_steps=max_steps, planning_interval=planning_interval, instructions=instructions,
-            final_answer_checks=final_answer_checks, step_callbacks=step_callbacks,
-            max_observation_chars=max_observation_chars, keep_steps=keep_steps, name=name, description=description,
-            add_base_tools=add_base_tools, review=review, approve=approve, max_cost=max_cost, max_tokens=max_tokens,
-            max_time=max_time,
-        )
+        super().__init__(model, tools, **agent_options)
         from ..sandbox import AsyncSandbox, Sandbox
 
         unknown = set(sandbox_options) - set(inspect.signature(AsyncSandbox).parameters)
@@ -186,7 +182,7 @@ class CodeAgent(MultiStepAgent):
         observation = render_observation(execution)
         if step.review is not None and step.review.decision == "edit":
             observation = _prompts.REVIEW_EDITED_CODE.format(code=step.code) + "\n" + observation
-        step.observation = truncate(observation, self.max_observation_chars)
+        step.observation = truncate(observation, self.options.max_observation_chars)
         if self.vision:
             step.images = figures_for_model(execution)
         return execution.final_answer if execution.has_final_answer else NO_ANSWER
@@ -215,7 +211,7 @@ class CodeAgent(MultiStepAgent):
 
         return call
 
-    def _step_messages(self, step: ActionStep, as_text: bool) -> list[Message]:
+    def step_messages(self, step: ActionStep, as_text: bool) -> list[Message]:
         if step.code is None:
             said = step.model_output
         else:  # the stop sequence may have eaten the closing fence; show the format we ask for
@@ -224,9 +220,9 @@ class CodeAgent(MultiStepAgent):
             if step.thought:
                 said = f"Thought: {step.thought}\n{said}"
         return [{"role": "assistant", "content": said or "(empty reply)"},
-                {"role": "user", "content": self._observation_text(step.observation)}]
+                {"role": "user", "content": observation_text(step.observation)}]
 
-    def _step_summary(self, step: ActionStep) -> str:
+    def step_summary(self, step: ActionStep) -> str:
         if step.code is None:
             return f"- step {step.index}: no code"
         code = "; ".join(line.strip() for line in step.code.splitlines() if line.strip())
@@ -236,22 +232,29 @@ class CodeAgent(MultiStepAgent):
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def _fork(self, sandbox: Any = None) -> CodeAgent:
+    def new_run(self, sandbox: Any = None) -> CodeAgent:
         """As for any agent, and the actions run in `sandbox` (the batch's to close, not the copy's)."""
-        twin = super()._fork()
+        twin = super().new_run()
+        assert isinstance(twin, CodeAgent)
         if sandbox is not None:
             twin._sandbox, twin._owns_sandbox = sandbox, False
             twin._registered = set()
             twin._calls = []
         return twin
 
-    def _pool_options(self) -> dict[str, Any]:
+    def sandbox_options(self) -> dict[str, Any]:
         """Options for more sandboxes like this agent's: a given sandbox's own, else the agent's."""
         given = self._sandbox
         if given is not None and not self._owns_sandbox:
             return {f.name: getattr(given.options, f.name) for f in dataclasses.fields(given.options)
                     if f.name != "startup_timeout"}
         return {"imports": self.imports, **self._sandbox_options}
+
+    def sandbox_pool(self, size: int, total: int) -> SandboxPool:
+        """A pool of sandboxes like this agent's (`sandbox_options()`)."""
+        from ..sandbox import SandboxPool
+
+        return SandboxPool(size, total=total, **self.sandbox_options())
 
     async def aclose(self) -> None:
         """Stop the sandbox kernel this agent started (one passed in is left to its owner)."""

@@ -12,17 +12,35 @@ import asyncio
 import sys
 import time
 from collections.abc import Iterable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from .. import _aio, _gc
 from ..memory import Run
-from ..sandbox._pool import SandboxPool
-from ._loop import MultiStepAgent, _model_name
+if TYPE_CHECKING:
+    from ..sandbox import SandboxPool
 
 Task = str | tuple[str, dict[str, Any]]  # a task, or a task with its own variables
 
 
-def run_many(agent: MultiStepAgent, tasks: Iterable[Task], *, concurrency: int = 4,
+class Batchable(Protocol):
+    """What a batch needs of an agent (every MultiStepAgent has it): copies for each task, and
+    sandboxes for them if it runs code."""
+
+    kind: str
+
+    @property
+    def model_name(self) -> str: ...
+
+    def new_run(self, sandbox: Any = None) -> Batchable: ...
+
+    def sandbox_pool(self, size: int, total: int) -> SandboxPool | None: ...
+
+    async def arun(self, task: str, *, variables: dict[str, Any] | None = None) -> Run: ...
+
+    def interrupt(self) -> None: ...
+
+
+def run_many(agent: Batchable, tasks: Iterable[Task], *, concurrency: int = 4,
              variables: dict[str, Any] | None = None, progress: bool = True) -> list[Run]:
     """Run every task and return their Runs in input order (sync; see `arun_many`).
 
@@ -38,7 +56,7 @@ def run_many(agent: MultiStepAgent, tasks: Iterable[Task], *, concurrency: int =
         return future.result()
 
 
-async def arun_many(agent: MultiStepAgent, tasks: Iterable[Task], *, concurrency: int = 4,
+async def arun_many(agent: Batchable, tasks: Iterable[Task], *, concurrency: int = 4,
                     variables: dict[str, Any] | None = None, progress: bool = True) -> list[Run]:
     """Run every task, `concurrency` at a time, each on its own copy of `agent` (and sandbox).
 
@@ -49,7 +67,7 @@ async def arun_many(agent: MultiStepAgent, tasks: Iterable[Task], *, concurrency
 
 
 class _Batch:
-    def __init__(self, agent: MultiStepAgent, tasks: Iterable[Task], concurrency: int,
+    def __init__(self, agent: Batchable, tasks: Iterable[Task], concurrency: int,
                  variables: dict[str, Any] | None, progress: bool) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be a positive number of runs at a time, got {concurrency!r}")
@@ -58,13 +76,14 @@ class _Batch:
         self.concurrency = min(concurrency, max(1, len(self.items)))
         self.runs: list[Run | None] = [None] * len(self.items)
         self.progress = _Progress(len(self.items)) if progress else None
-        self._running: set[MultiStepAgent] = set()
+        self._running: set[Batchable] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
 
     async def run(self) -> list[Run]:
         self._loop = asyncio.get_running_loop()
-        pool = _pool_for(self.agent, self.concurrency, len(self.items))
+        # each kernel serves one task: no more than the tasks
+        pool = self.agent.sandbox_pool(self.concurrency, len(self.items)) if self.items else None
         slots = asyncio.Semaphore(self.concurrency)
         try:
             with _gc.runs_in_progress():  # held across the batch: no unfreeze between two tasks
@@ -102,7 +121,7 @@ class _Batch:
                 sandbox = await pool.aacquire()
             if self._stopping:  # interrupted while its kernel was starting
                 return self._failed(task, "interrupted", None)
-            twin = self.agent._fork(sandbox)
+            twin = self.agent.new_run(sandbox)
             self._running.add(twin)
             try:
                 return await twin.arun(task, variables=variables)
@@ -115,7 +134,7 @@ class _Batch:
                 await sandbox.close()
 
     def _failed(self, task: str, state: Any, error: str | None) -> Run:
-        return Run(task=task, agent=self.agent.kind, model=_model_name(self.agent.model), state=state, error=error)
+        return Run(task=task, agent=self.agent.kind, model=self.agent.model_name, state=state, error=error)
 
 
 def _item(task: Any, shared: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -124,14 +143,6 @@ def _item(task: Any, shared: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if (isinstance(task, tuple) and len(task) == 2 and isinstance(task[0], str) and isinstance(task[1], dict)):
         return task[0], {**shared, **task[1]}
     raise TypeError(f"each task must be a string or a (task, variables) pair, got {task!r:.200}")
-
-
-def _pool_for(agent: MultiStepAgent, size: int, total: int) -> Any:
-    """A pool of sandboxes like the agent's own (None for agents that run no code)."""
-    if agent.kind != "code" or total == 0:
-        return None
-    # each kernel serves one task: no more than the tasks
-    return SandboxPool(size, total=total, **agent._pool_options())  # type: ignore[attr-defined]
 
 
 class _Progress:

@@ -12,7 +12,8 @@ from ..memory import ActionStep, ToolCall
 from ..models import RAW_ARGUMENTS
 from ..tools import Tool, ToolArgumentError
 from . import _prompts
-from ._loop import NO_ANSWER, Message, MultiStepAgent, truncate
+from ._context import Message, observation_text, truncate
+from ._loop import NO_ANSWER, MultiStepAgent
 
 FINAL = "final_answer"
 
@@ -146,7 +147,7 @@ class ToolCallingAgent(MultiStepAgent):
 
     def _result_text(self, call: ToolCall) -> str:
         if call.error is not None:
-            return truncate(f"Error: {call.error}", self.max_observation_chars)
+            return truncate(f"Error: {call.error}", self.options.max_observation_chars)
         result = call.result
         if isinstance(result, str):
             text = result
@@ -154,12 +155,12 @@ class ToolCallingAgent(MultiStepAgent):
             text = json.dumps(result, ensure_ascii=False, default=repr)
         else:
             text = repr(result)
-        return truncate(text, self.max_observation_chars)
+        return truncate(text, self.options.max_observation_chars)
 
-    def _step_messages(self, step: ActionStep, as_text: bool) -> list[Message]:
+    def step_messages(self, step: ActionStep, as_text: bool) -> list[Message]:
         if as_text or not self.native or not step.tool_calls:
             return [{"role": "assistant", "content": step.model_output or "(empty reply)"},
-                    {"role": "user", "content": self._observation_text(step.observation)}]
+                    {"role": "user", "content": observation_text(step.observation)}]
         calls = [{"id": c.id, "type": "function",
                   "function": {"name": c.name, "arguments": json.dumps(c.arguments, default=repr)}}
                  for c in step.tool_calls]
@@ -168,7 +169,7 @@ class ToolCallingAgent(MultiStepAgent):
                 *({"role": "tool", "tool_call_id": c.id, "content": self._result_text(c)} for c in step.tool_calls),
                 *edited]
 
-    def _step_summary(self, step: ActionStep) -> str:
+    def step_summary(self, step: ActionStep) -> str:
         if not step.tool_calls:
             return f"- step {step.index}: no tool call"
         calls = ", ".join(f"{c.name}({_compact(c.arguments)}) -> {'error' if c.error else 'ok'}"

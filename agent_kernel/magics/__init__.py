@@ -23,6 +23,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default
 
 if TYPE_CHECKING:
+    from ..agents import Limits
     from ..memory import Event, Run
     from ..models import Model
 
@@ -122,9 +123,9 @@ class AgentMagics(Magics):
             raise UsageError(f"the cell body is the task: say what the agent should do\n\n{CELL_USAGE}")
         inputs = self._inputs(options, cell)
         agent, follow_up = self._agent_for(options)
-        self._controls(agent, options)
+        limits = self._controls(agent, options)
         task = describe_task(self._cells_referenced(cell.strip()))
-        run = self._run(agent, options, task, inputs, follow_up, context=self._context(options))
+        run = self._run(agent, options, task, inputs, follow_up, limits, context=self._context(options))
         self.spent += run.usage.cost
         self.runs.append(_Record(run, inputs, label=task, out=options.out))
         self.shell.user_ns["_agent_run"] = run
@@ -224,11 +225,17 @@ class AgentMagics(Magics):
         self._agents[options.kind] = agent
         return agent, False
 
-    def _controls(self, agent: Any, options: CellOptions) -> None:
-        """This cell's review and budgets (set on the agent each time: --continue reuses it)."""
+    def _controls(self, agent: Any, options: CellOptions) -> Limits:
+        """This cell's reviewer (set on the agent each time: --continue reuses it) and what its run
+        may spend (checked as a Limits value; the steps stay the agent's own)."""
+        from ..agents import Limits
+
         agent.approve = self._approver() if options.review else None
-        agent.max_cost = self._budget(options.max_cost)
-        agent.max_tokens, agent.max_time = options.max_tokens, options.max_time
+        try:
+            return Limits(max_steps=agent.limits.max_steps, max_cost=self._budget(options.max_cost),
+                          max_tokens=options.max_tokens, max_time=options.max_time)
+        except ValueError as exc:
+            raise UsageError(f"{exc}\n\n{CELL_USAGE}") from None
 
     def _approver(self) -> Any:
         """The reviewer for --review: a notebook function named by config, else the analyst."""
@@ -258,7 +265,7 @@ class AgentMagics(Magics):
         return left if max_cost is None else min(max_cost, left)
 
     def _run(self, agent: Any, options: CellOptions, task: str, inputs: dict[str, Any], follow_up: bool,
-             context: str = "") -> Run:
+             limits: Limits, context: str = "") -> Run:
         """Stream the run into the live display. Kernel > Interrupt stops the agent, and the stream
         still delivers the stopped step and the interrupted run (see MultiStepAgent.run)."""
         from ..display import LiveRun
@@ -268,7 +275,7 @@ class AgentMagics(Magics):
         if live is not None and agent.approve is not None and not inspect.iscoroutinefunction(agent.approve):
             agent.approve = live.reviewing(agent.approve)  # set again by each cell's _controls
         # The agent reads the notebook's cells after the task (--context); the cell shows the task.
-        events = agent.run(task + context, variables=inputs, reset=not follow_up, stream=True)
+        events = agent.run(task + context, variables=inputs, reset=not follow_up, limits=limits, stream=True)
         run: Run | None = None
 
         def show(event: Event) -> None:
