@@ -17,13 +17,13 @@ from typing import Any, TextIO
 from ._safe import clean_text, safe_bundle
 from ._safe import joined as _joined
 from ._safe import sanitize_document as _backstop
-from .memory import (
+from .records import (
     STOPPED_STATES,
     ActionStep,
     Event,
     FinalAnswerStep,
     PlanningStep,
-    Run,
+    RunRecord as Run,  # the record: every memory.Run is one
     RunCompleted,
     RunStarted,
     Step,

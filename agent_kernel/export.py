@@ -25,8 +25,9 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 from ._safe import clean_text, safe_bundle
 from .display import provenance
-from .memory import ActionStep, FinalAnswerStep, PlanningStep, Run, TaskStep, ToolCall
 from .observation import Call, Code, Failure, Note, Proposed, Thought, describe, format_call, format_footer, review_label
+from .records import ActionStep, FinalAnswerStep, PlanningStep, TaskStep, ToolCall
+from .records import RunRecord as Run  # the record: every memory.Run is one
 
 _KERNELS = {"python3": "Python 3 (ipykernel)", "agent-sandbox": "agent_kernel sandbox"}
 _WARNING = (

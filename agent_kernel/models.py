@@ -17,7 +17,7 @@ from typing import Any
 
 from . import _aio, _litellm
 from .errors import AgentKernelError
-from .memory import ToolCall, Usage
+from .records import ToolCall, Usage
 
 DEFAULT_MODEL = "openai/gpt-4o-mini"  # used when no model is given and AGENT_KERNEL_MODEL is unset
 

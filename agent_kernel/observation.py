@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from .memory import ActionStep, ToolCall, Usage
+from .records import ActionStep, ToolCall, Usage
 
 if TYPE_CHECKING:  # the sandbox package imports jupyter_client: keep records cheap to import
     from .sandbox._records import Execution

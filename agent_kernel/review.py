@@ -23,7 +23,7 @@ from . import _widgets
 from .errors import AgentKernelError
 
 if TYPE_CHECKING:
-    from .memory import ActionStep
+    from .records import ActionStep
 
 Approver = Callable[["ActionStep"], "Decision | Awaitable[Decision]"]
 ReviewUI = Literal["auto", "widgets", "input"]  # how the analyst is asked; auto: widgets where they show
