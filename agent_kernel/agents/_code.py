@@ -38,9 +38,9 @@ def extract_code(text: str) -> tuple[str | None, str]:
     for match in _FENCE.finditer(text):
         if match["lang"].lower() in _PYTHON_LANGS and match["code"].strip():
             return match["code"].strip("\n"), _thought(text[: match.start()] + text[match.end() :])
-    match = _CODE_TAG.search(text)
-    if match and match["code"].strip():
-        return match["code"], _thought(text[: match.start()] + text[match.end() :])
+    tagged = _CODE_TAG.search(text)
+    if tagged and tagged["code"].strip():
+        return tagged["code"], _thought(text[: tagged.start()] + text[tagged.end() :])
     stripped = text.strip()
     if stripped and _is_code(stripped):
         return stripped, ""

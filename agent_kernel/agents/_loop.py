@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, overload
 
 from .. import _aio, _gc
 from .. import review as _review
+from ..review import Decision
 from ..memory import (
     ActionStep,
     Event,
@@ -193,6 +194,7 @@ class MultiStepAgent:
         finished: Run | None = None
         for event in events:  # the queue also carries approver calls
             if isinstance(event, RunCompleted):
+                assert isinstance(event.run, Run)  # the loop makes memory.Run
                 finished = event.run
         assert finished is not None
         return finished
@@ -408,7 +410,7 @@ class MultiStepAgent:
             step.review = Review("run")
         return True
 
-    async def _decide(self, step: ActionStep) -> _review.Decision:
+    async def _decide(self, step: ActionStep) -> Decision:
         approve = self.approve
         assert approve is not None
         if inspect.iscoroutinefunction(approve):
@@ -488,16 +490,6 @@ def _repeats(previous: list[ActionStep], step: ActionStep) -> int:
         return count
 
     return max(run_length(lambda s: s.error), run_length(_action_key))
-
-
-def _action_key(step: ActionStep) -> str | None:
-    if step.review is not None and step.review.original is not None:
-        return step.review.original.strip()  # what the model proposed, even if the reviewer changed it
-    if step.code is not None:
-        return step.code.strip()
-    if step.tool_calls:
-        return json.dumps([[c.name, c.arguments] for c in step.tool_calls], sort_keys=True, default=repr)
-    return None
 
 
 def _action_key(step: ActionStep) -> str | None:

@@ -12,7 +12,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
 
 from .. import _aio, _gc
 from ..memory import Run
@@ -26,7 +26,8 @@ class Batchable(Protocol):
     """What a batch needs of an agent (every MultiStepAgent has it): copies for each task, and
     sandboxes for them if it runs code."""
 
-    kind: str
+    @property
+    def kind(self) -> Literal["code", "tools"]: ...
 
     @property
     def model_name(self) -> str: ...

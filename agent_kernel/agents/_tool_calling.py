@@ -93,7 +93,7 @@ class ToolCallingAgent(MultiStepAgent):
         calls = step.tool_calls
         failed = [c for c in calls if c.error is not None]
         if failed and not _reviewed(step, "skip"):
-            step.error = "; ".join(f"{c.name}: {c.error.splitlines()[0]}" for c in failed)
+            step.error = "; ".join(f"{c.name}: {(c.error or '').splitlines()[0]}" for c in failed)
         step.observation = "\n".join(f"[{c.name}] {self._result_text(c)}" for c in calls)
         if _reviewed(step, "edit"):
             step.observation = f"{_prompts.REVIEW_EDITED_CALLS}\n{step.observation}"

@@ -16,9 +16,10 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default
 
@@ -64,6 +65,8 @@ class _Record:
 @magics_class
 class AgentMagics(Magics):
     """The `%%agent` cell magic and `%agent` line magic. Defaults are traitlets config."""
+
+    shell: InteractiveShell  # always given: the magics are registered on a shell
 
     model = Unicode(help="default model (litellm name or alias); $AGENT_KERNEL_MODEL if set").tag(config=True)
     max_steps = Int(10, help="default step limit").tag(config=True)
@@ -199,11 +202,13 @@ class AgentMagics(Magics):
             if options.kind not in self._agents:
                 raise UsageError(f"--continue needs an earlier `%%agent {options.kind}` run in this session")
             return self._agents[options.kind], True
-        from ..agents import CodeAgent, ToolCallingAgent
+        from ..agents import CodeAgent, MultiStepAgent, ToolCallingAgent
 
+        agent: MultiStepAgent
         asker = _ask.AskUser(self._asking(_review.uses_widgets)) if options.ask else None
         tools = [*self._tools(options.tools), *([asker.tool()] if asker else [])]
-        common = {"tools": tools, "max_steps": options.max_steps or self.max_steps, "add_base_tools": options.base_tools}
+        common: dict[str, Any] = {"tools": tools, "max_steps": options.max_steps or self.max_steps,
+                                  "add_base_tools": options.base_tools}
         try:
             model = self._model(options.model)
             if options.kind == "code":
@@ -250,7 +255,7 @@ class AgentMagics(Magics):
     def _asking(self, choose: Callable[[_review.ReviewUI], T]) -> T:
         """`choose(review_ui)`: review's chooser of widgets or input(), refusals as UsageError."""
         try:
-            return choose(self.review_ui)
+            return choose(cast(_review.ReviewUI, self.review_ui))  # the Enum trait allows only these
         except _review.WidgetsUnavailable as exc:
             raise UsageError(f"{exc}; or `%agent config review_ui=input` for text prompts") from None
 
@@ -269,7 +274,7 @@ class AgentMagics(Magics):
         """Stream the run into the live display. Kernel > Interrupt stops the agent, and the stream
         still delivers the stopped step and the interrupted run (see MultiStepAgent.run)."""
         from ..display import LiveRun
-        from ..memory import RunCompleted
+        from ..memory import Run, RunCompleted
 
         live = None if options.quiet or self.quiet else LiveRun(task, model=agent.model.model_id, agent=agent.kind)
         if live is not None and agent.approve is not None and not inspect.iscoroutinefunction(agent.approve):
@@ -283,6 +288,7 @@ class AgentMagics(Magics):
             if live is not None:
                 live.update(event)
             if isinstance(event, RunCompleted):
+                assert isinstance(event.run, Run)  # the agent's loop makes memory.Run
                 run = event.run
 
         try:
