@@ -231,6 +231,10 @@ class WebSearchTool(Tool):
     snippet_chars = 300
 
     def __init__(self, engine: str | SearchEngine = "duckduckgo", *, limit: int = 10) -> None:
+        """Args:
+            engine: "duckduckgo", "brave", "tavily", "serper" (keys from the environment), or a SearchEngine.
+            limit: the most results one search returns, whatever the model asks for.
+        """
         if isinstance(engine, str):
             if engine.lower() not in _ENGINES:
                 raise ValueError(f"unknown search engine {engine!r}; choose one of {', '.join(_ENGINES)} "
@@ -349,6 +353,16 @@ class VisitWebpageTool(Tool):
     def __init__(self, *, allow_private_network: bool | None = None, allowed_hosts: Iterable[str] = (),
                  timeout: float = 20.0, max_bytes: int = 5_000_000, max_chars: int = 8_000,
                  max_redirects: int = 5, user_agent: str = "agent_kernel visit_webpage") -> None:
+        """Args:
+            allow_private_network: read private and local addresses too; None: only if the environment
+                variable AGENT_KERNEL_ALLOW_PRIVATE_URLS=1 (asked at each call).
+            allowed_hosts: host names readable even where their addresses are private (an intranet).
+            timeout: seconds for the whole request, redirects included.
+            max_bytes: a page larger than this is not read.
+            max_chars: the Markdown the model gets is cut to this many characters.
+            max_redirects: redirects followed, each checked again.
+            user_agent: the User-Agent header sent.
+        """
         _require("markdownify", "visit_webpage")
         if isinstance(allowed_hosts, str):
             raise TypeError("allowed_hosts is a list of host names, e.g. ['intranet.example.com']")
@@ -484,6 +498,11 @@ class PythonInterpreterTool(Tool):
     description = "Run Python code."  # replaced per instance: it lists what may be imported
 
     def __init__(self, *, imports: Iterable[str] = (), sandbox: Any = None, **sandbox_options: Any) -> None:
+        """Args:
+            imports: modules the code may import beyond the sandbox's defaults ("*": any installed one).
+            sandbox: a Sandbox / AsyncSandbox to run in (its owner closes it); None: the tool starts its own.
+            **sandbox_options: for the tool's own sandbox (timeout, memory, network, ...; see AsyncSandbox).
+        """
         from .sandbox import AsyncSandbox
         from .sandbox._kernel_side import DEFAULT_IMPORTS
 

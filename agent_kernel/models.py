@@ -130,6 +130,17 @@ class Model:
         retry_delay: float = 1.0,
         **litellm_kwargs: Any,
     ) -> None:
+        """Args:
+            model_id: the model as litellm names it, with its provider ("openai/gpt-4o-mini"; "local/..."
+                for the embedded llama.cpp).
+            api_base: an OpenAI-compatible endpoint (a local server, a proxy); None: the provider's.
+            api_key: the key; None: litellm reads the provider's environment variable.
+            temperature: sampling temperature; None: the provider's default.
+            timeout: seconds for one attempt.
+            num_retries: attempts after the first on rate limits, 5xx, timeouts, dropped connections.
+            retry_delay: seconds before the first retry (doubling after each).
+            **litellm_kwargs: passed to `litellm.acompletion` as they are.
+        """
         if not isinstance(model_id, str) or not model_id.strip():
             raise ValueError(f"model_id must be a model name like {DEFAULT_MODEL!r}, got {model_id!r}")
         self.model_id = model_id.strip()

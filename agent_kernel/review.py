@@ -31,8 +31,14 @@ ReviewUI = Literal["auto", "widgets", "input"]  # how the analyst is asked; auto
 
 @dataclass(frozen=True)
 class Decision:
-    """run it, run an edited version (`code`: the new code, or the calls as JSON), skip it (the model
-    is told, with `reason`), or stop the run."""
+    """What the reviewer decided; made with Decision.run(), .edit(code), .skip(reason), .stop(reason).
+
+    Args:
+        action: "run" it, "edit" (run `code` instead), "skip" it (the model is told, with `reason`),
+            or "stop" the run.
+        code: for "edit": the new code, or the tool calls as JSON.
+        reason: for "skip" and "stop": why, in words (the model reads a skip's reason).
+    """
 
     action: Literal["run", "edit", "skip", "stop"]
     code: str | None = None

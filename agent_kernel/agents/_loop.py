@@ -61,20 +61,19 @@ STUCK_AT = 4  # ... and this many times ends the run as "stuck"
 
 
 class MultiStepAgent:
-    """The shared loop. Subclasses say how a reply becomes an action and how a step reads back.
-
-    Args:
-        model: a model name (litellm's, e.g. "openai/gpt-4o-mini") or a Model (anything with
-            `agenerate`).
-        tools: Tools, @tool functions, typed callables, or other agents.
-        **options: the AgentOptions fields (max_steps, review, max_cost, ...; see AgentOptions).
-    """
+    """The shared loop. Subclasses say how a reply becomes an action and how a step reads back."""
 
     kind: ClassVar[Literal["code", "tools"]]
     default_description: ClassVar[str]  # what a manager agent reads when this agent is its tool
     _max_steps_prompt: ClassVar[str]  # the last request when the steps are used up
 
     def __init__(self, model: Any, tools: Iterable[Any] = (), **options: Any) -> None:
+        """Args:
+            model: a model name (litellm's, e.g. "openai/gpt-4o-mini") or a Model (anything with
+                `agenerate`).
+            tools: Tools, @tool functions, typed callables, or other agents.
+            **options: AgentOptions' fields (max_steps, review, max_cost, ...; see AgentOptions).
+        """
         try:
             self.options = AgentOptions(**options)
         except TypeError as exc:
