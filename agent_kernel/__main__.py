@@ -13,7 +13,7 @@ def install_kernelspec(user: bool, prefix: str | None) -> str:
     """Install the `agent-sandbox` kernelspec so a Jupyter server or gateway can launch sandboxes."""
     from jupyter_client.kernelspec import KernelSpecManager
 
-    from .sandbox._spec import KERNEL_NAME, kernel_spec
+    from .sandbox import KERNEL_NAME, kernel_spec
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "kernel.json").write_text(json.dumps(kernel_spec(), indent=1))

@@ -503,8 +503,7 @@ class PythonInterpreterTool(Tool):
             sandbox: a Sandbox / AsyncSandbox to run in (its owner closes it); None: the tool starts its own.
             **sandbox_options: for the tool's own sandbox (timeout, memory, network, ...; see AsyncSandbox).
         """
-        from .sandbox import AsyncSandbox
-        from .sandbox._kernel_side import DEFAULT_IMPORTS
+        from .sandbox import DEFAULT_IMPORTS, AsyncSandbox
 
         if sandbox is not None and sandbox_options:
             raise TypeError(f"pass sandbox options {sorted(sandbox_options)} to the sandbox you give, not to the tool")

@@ -48,7 +48,7 @@ from .observation import (
     format_footer,
     review_label,
 )
-from .sandbox._records import MimeBundle
+from .sandbox import MimeBundle
 
 Renderable = Run | Step
 

@@ -93,7 +93,7 @@ class FailedCell:
         return f"left out because they look like credentials: {'; '.join(parts)}" if parts else ""
 
     def described(self) -> str:
-        from .sandbox._codec import describe
+        from .sandbox import describe
 
         listed = "\n".join(f"- {name}: {describe(value)}" for name, value in self.variables.items())
         text = f"Variables the cell uses (already defined in your kernel as copies):\n{listed}\n" if listed else ""
@@ -134,13 +134,13 @@ def failed_cell(source: str, error: BaseException, namespace: dict[str, Any], tr
     python = transform(source) if transform is not None else source  # IPython syntax (%magics) as Python
     used = _used_values(python, namespace)
     withheld = [name for name, value in used.items() if _credential_name(name) or _holds_credential(value)]
-    error = _error_text(error)
+    error_text = _error_text(error)
     found = _credential_literals(python) | {used[n] for n in withheld if isinstance(used[n], str) and len(used[n]) >= 4}
-    found |= {m.group() for text in (source, error) for m in _CREDENTIAL_SHAPE.finditer(text)}
+    found |= {m.group() for text in (source, error_text) for m in _CREDENTIAL_SHAPE.finditer(text)}
     secrets = {f"{_WITHHELD}{i}": s for i, s in enumerate(sorted(found, key=len, reverse=True), 1)}
     cell = FailedCell(source=source, error="", variables={k: v for k, v in used.items() if k not in withheld},
                       withheld=withheld, secrets=secrets)
-    cell.error = cell.hide(error)
+    cell.error = cell.hide(error_text)
     return cell
 
 

@@ -350,7 +350,7 @@ def _chunks(
             yield _chunk(text)
     calls: list[dict[str, Any]] = []
     if held:
-        calls = parse_tool_calls(held.text, [t["function"]["name"] for t in tools if "function" in t])[1]
+        calls = parse_tool_calls(held.text, [t["function"]["name"] for t in tools or () if "function" in t])[1]
         if tail := held.rest(was_call=bool(calls)):
             yield _chunk(tail)
         for call in calls:
@@ -439,7 +439,8 @@ def _make_handler() -> Any:
                 raise fail(e) from e
             return _fill(model_response, chunks)
 
-        def streaming(self, model: str, messages: list, *args: Any, optional_params: dict | None = None,
+        # litellm types the chunks as its GenericStreamingChunk TypedDict; ours are those dicts, built untyped
+        def streaming(self, model: str, messages: list, *args: Any, optional_params: dict | None = None,  # type: ignore[override]
                       **kwargs: Any) -> Iterator[dict[str, Any]]:
             try:
                 yield from _chunks(model, messages, optional_params or {}, threading.Event())
@@ -451,7 +452,7 @@ def _make_handler() -> Any:
             chunks = [c async for c in self.astreaming(model, messages, optional_params=optional_params)]
             return _fill(model_response, chunks)
 
-        async def astreaming(self, model: str, messages: list, *args: Any, optional_params: dict | None = None,
+        async def astreaming(self, model: str, messages: list, *args: Any, optional_params: dict | None = None,  # type: ignore[override]
                              **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
             params = optional_params or {}
             try:

@@ -76,7 +76,7 @@ class MCPTool(Tool):
 
     async def forward(self, *args: Any, **arguments: Any) -> Any:
         """Sandbox code may pass arguments by position too: they take the schema's order."""
-        names = list(self.parameters.get("properties", {}))
+        names = list((self.parameters or {}).get("properties", {}))
         if len(args) > len(names):
             raise TypeError(f"{self.name}() takes at most {len(names)} arguments ({', '.join(names)}), "
                             f"{len(args)} given")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .records import ActionStep, ToolCall, Usage
 
 if TYPE_CHECKING:  # the sandbox package imports jupyter_client: keep records cheap to import
-    from .sandbox._records import Execution
+    from .sandbox import Execution
 
 TRACEBACK_LINES = 30  # the model sees the last lines of a traceback
 

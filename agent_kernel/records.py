@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # the sandbox package imports jupyter_client: keep records cheap to import
-    from .sandbox._records import Execution
+    from .sandbox import Execution
 
 # running: not finished; success: answered; max_steps: the step limit came first; error: a failure
 # (`RunRecord.error` says which); interrupted: Kernel > Interrupt or `agent.interrupt()`; stopped: the

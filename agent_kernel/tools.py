@@ -403,7 +403,7 @@ def _schema_for(hint: Any, where: str) -> Schema:
         types_ = sorted({_PRIMITIVES[type(v)]["type"] for v in values if type(v) in _PRIMITIVES})
         return {"type": types_[0] if len(types_) == 1 else types_, "enum": values}
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return _schema_for(typing.Literal[tuple(m.value for m in hint)], where)  # type: ignore[misc]
+        return _schema_for(typing.Literal[tuple(m.value for m in hint)], where)
     if origin in (typing.Union, types.UnionType):
         options = [_schema_for(a, where) for a in args]
         nullable = {"type": "null"} in options

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .._safe import image_base64
 from ..memory import ActionStep, ToolCall
 from ..observation import png_size, render_observation
-from ..sandbox._records import Execution
-from ..sandbox._spec import gateway_url
+from ..sandbox import Execution, gateway_url
 from ..tools import Tool
 from . import _prompts
 from ._context import Message, observation_text, truncate
@@ -132,7 +131,7 @@ class CodeAgent(MultiStepAgent):
         return self._sandbox
 
     def system_prompt(self) -> str:
-        from ..sandbox._kernel_side import DEFAULT_IMPORTS
+        from ..sandbox import DEFAULT_IMPORTS
 
         if "*" in self.imports:
             imports = "any installed module"

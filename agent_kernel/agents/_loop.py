@@ -521,6 +521,6 @@ def _as_model(model: Any) -> Any:
 
 def _preview(value: Any) -> str:
     """The codec's short description of a value (type, shape, columns), as the model sees it."""
-    from ..sandbox._codec import describe
+    from ..sandbox import describe
 
     return describe(value)

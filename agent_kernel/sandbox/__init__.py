@@ -6,13 +6,22 @@
         summary = sb.pull(["summary"])["summary"]
 
 Names load lazily: the codec and the records are imported inside the kernel and by the agents'
-records without pulling in jupyter_client.
+records without pulling in jupyter_client. This is the only way into the sandbox from the rest of
+the package: no module outside sandbox/ imports one of its private modules.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the same names, for type checkers (they do not run __getattr__)
+    from ._client import AsyncSandbox, Sandbox, SandboxError, SandboxOptions
+    from ._codec import describe
+    from ._kernel_side import DEFAULT_IMPORTS
+    from ._pool import SandboxPool
+    from ._records import Execution, ExecutionError, Isolation, MimeBundle
+    from ._spec import KERNEL_NAME, gateway_url, kernel_spec
 
 _PUBLIC = {
     "Sandbox": "._client",
@@ -23,6 +32,12 @@ _PUBLIC = {
     "Execution": "._records",
     "ExecutionError": "._records",
     "Isolation": "._records",
+    "MimeBundle": "._records",  # a display's data: mime type -> content
+    "describe": "._codec",  # a value's short preview (type, shape, columns), as the model sees it
+    "DEFAULT_IMPORTS": "._kernel_side",  # what sandbox code may import without imports=[...]
+    "KERNEL_NAME": "._spec",
+    "kernel_spec": "._spec",  # the agent-sandbox kernelspec (python -m agent_kernel install-kernelspec)
+    "gateway_url": "._spec",  # where sandboxes run: the given gateway, else $JUPYTER_GATEWAY_URL
 }
 
 __all__ = list(_PUBLIC)
