@@ -26,7 +26,7 @@ from .tools import Tool
 if TYPE_CHECKING:
     import httpx
 
-    from .sandbox import AsyncSandbox
+    from .sandbox import Sandbox, SandboxLike
 
 __all__ = [
     "ALLOW_PRIVATE_URLS_ENV",
@@ -497,20 +497,22 @@ class PythonInterpreterTool(Tool):
     name = "python_interpreter"
     description = "Run Python code."  # replaced per instance: it lists what may be imported
 
-    def __init__(self, *, imports: Iterable[str] = (), sandbox: Any = None, **sandbox_options: Any) -> None:
+    def __init__(self, *, imports: Iterable[str] = (), sandbox: SandboxLike | Sandbox | None = None,
+                 **sandbox_options: Any) -> None:
         """Args:
             imports: modules the code may import beyond the sandbox's defaults ("*": any installed one).
-            sandbox: a Sandbox / AsyncSandbox to run in (its owner closes it); None: the tool starts its own.
+            sandbox: a sandbox to run in (a SandboxLike such as AsyncSandbox, or a Sandbox; its owner closes
+                it); None: the tool starts its own.
             **sandbox_options: for the tool's own sandbox (timeout, memory, network, ...; see AsyncSandbox).
         """
-        from .sandbox import DEFAULT_IMPORTS, AsyncSandbox
+        from .sandbox import DEFAULT_IMPORTS, AsyncSandbox, Sandbox
 
         if sandbox is not None and sandbox_options:
             raise TypeError(f"pass sandbox options {sorted(sandbox_options)} to the sandbox you give, not to the tool")
         AsyncSandbox(imports=imports, **sandbox_options)  # a bad option fails here, not at the first call
         self.imports = tuple(imports)
         self._options = sandbox_options
-        self._sandbox: AsyncSandbox | None = getattr(sandbox, "_async", sandbox)  # a sync Sandbox wraps one
+        self._sandbox: SandboxLike | None = sandbox.as_async() if isinstance(sandbox, Sandbox) else sandbox
         self._owns_sandbox = sandbox is None
         self._starting = asyncio.Lock()
         modules = "any installed module" if "*" in self.imports else ", ".join(sorted(DEFAULT_IMPORTS | set(imports)))
@@ -531,7 +533,7 @@ class PythonInterpreterTool(Tool):
         sandbox = await self._started()
         return render_observation(await sandbox.execute(code))
 
-    async def _started(self) -> AsyncSandbox:
+    async def _started(self) -> SandboxLike:
         async with self._starting:
             if self._sandbox is None:
                 from .sandbox import AsyncSandbox
@@ -543,7 +545,7 @@ class PythonInterpreterTool(Tool):
         """Stop the sandbox this tool started (one passed in is left to its owner)."""
         if self._owns_sandbox and self._sandbox is not None:
             sandbox, self._sandbox = self._sandbox, None
-            await sandbox.close()
+            await sandbox.aclose()
 
     def close(self) -> None:
         from . import _aio

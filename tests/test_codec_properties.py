@@ -28,7 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jupyter_client.session import Session
 
-from agent_kernel.sandbox._client import SandboxError, _expression_value, _LocalBackend, _Outputs
+from agent_kernel.sandbox._client import SandboxError, _expression_value, _Outputs
+from agent_kernel.sandbox._local import LocalBackend
 from agent_kernel.sandbox._codec import Budget, TransferError, decode, json_cost
 from agent_kernel.sandbox._gateway import _parse, _parse_v1
 from agent_kernel.sandbox._messages import IGNORED, MAX_ITEM, Malformed, Message, check
@@ -266,9 +267,9 @@ def test_arbitrary_messages_are_checked_and_held_within_bounds(channel: str, msg
 
 
 @pytest.fixture(scope="module")
-def reader() -> _LocalBackend:
+def reader() -> LocalBackend:
     """A local backend's frame reader with a real signing Session (no kernel: it only reads frames)."""
-    backend = _LocalBackend()
+    backend = LocalBackend()
     session = Session(key=b"k", unpacker="orjson.loads")
     backend._kc = types.SimpleNamespace(session=session)
     return backend
@@ -280,7 +281,7 @@ frames = st.lists(st.binary(max_size=64) | st.just(b"<IDS|MSG>"), max_size=8)
 @SOME
 @given(parts=frames, shape=st.sampled_from(["raw", "signed"]), content=st.binary(max_size=256) | st.sampled_from(
     [b"[" + b"[]," * 400_000 + b"[]]", b'{"name": 1}', b"null", b'{"data": []}']))
-def test_arbitrary_frames_become_a_message_or_nothing(reader: _LocalBackend, parts: list[bytes], shape: str,
+def test_arbitrary_frames_become_a_message_or_nothing(reader: LocalBackend, parts: list[bytes], shape: str,
                                                        content: bytes) -> None:
     session = reader._kc.session
     if shape == "signed":  # a well-signed message around an arbitrary content, header and parent

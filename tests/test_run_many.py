@@ -183,7 +183,7 @@ def test_a_pool_starts_replacements_once_the_acquired_kernels_are_up(monkeypatch
         finally:
             await pool.aclose()
             for sandbox in taken:
-                await sandbox.close()
+                await sandbox.aclose()
 
     asyncio.run(first_wave())
     assert events.count("start") == 6

@@ -231,3 +231,26 @@ def test_cancelling_an_execution_stops_the_code_in_the_kernel():
     stdout, waited = asyncio.run(scenario())
     assert stdout == "next\n"
     assert waited < 5  # not the 30 s the cancelled code would have slept
+
+
+def test_async_sandbox_closes_with_aclose_and_close_is_a_deprecated_alias():
+    import asyncio
+    import warnings
+
+    from agent_kernel.sandbox import AsyncSandbox, SandboxLike
+
+    async def both() -> None:
+        sandbox = await AsyncSandbox().start()
+        assert isinstance(sandbox, SandboxLike)  # what agents, tools and pools are typed against
+        work = sandbox.workdir
+        await sandbox.aclose()
+        assert not work.exists()
+        old = await AsyncSandbox().start()
+        work = old.workdir
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            await old.close()
+        assert [w.category for w in caught] == [DeprecationWarning] and "aclose" in str(caught[0].message)
+        assert not work.exists()
+
+    asyncio.run(both())

@@ -21,7 +21,7 @@ from ._loop import NO_ANSWER, MultiStepAgent
 from ._options import AgentOptions
 
 if TYPE_CHECKING:
-    from ..sandbox import SandboxPool
+    from ..sandbox import Sandbox, SandboxLike, SandboxPool
 
 _FENCE = re.compile(r"```[ \t]*(?P<lang>[\w+-]*)[^\n]*\n(?P<code>.*?)(?:\n[ \t]*```|\Z)", re.S)
 _CODE_TAG = re.compile(r"<code>\s*(?P<code>.*?)\s*(?:</code>|\Z)", re.S)
@@ -80,7 +80,7 @@ class CodeAgent(MultiStepAgent):
         imports: Iterable[str] = (),
         additional_authorized_imports: Iterable[str] | None = None,
         executor_type: str = "local",
-        sandbox: Any = None,
+        sandbox: SandboxLike | Sandbox | None = None,
         vision: bool | None = None,
         **options: Any,
     ) -> None:
@@ -90,7 +90,8 @@ class CodeAgent(MultiStepAgent):
             imports: modules the sandbox may import beyond its defaults ("*": any installed one).
             additional_authorized_imports: `imports` as other agent libraries name it.
             executor_type: "local" (this machine's sandbox kernel) or "gateway" (a Jupyter gateway's).
-            sandbox: a Sandbox / AsyncSandbox to run in (its owner closes it); None: the agent starts its own.
+            sandbox: a sandbox to run in (a SandboxLike such as AsyncSandbox, or a Sandbox; its owner closes
+                it); None: the agent starts its own.
             vision: send figures to the model as images; None: ask the model (`supports_vision`).
             **options: AgentOptions' fields (max_steps, review, max_cost, ...), then sandbox options
                 (timeout, memory, network, gateway, ...; see AsyncSandbox).
@@ -112,7 +113,7 @@ class CodeAgent(MultiStepAgent):
             raise TypeError(f"pass sandbox options {sorted(sandbox_options)} to the sandbox you give, not to the agent")
         self.imports = tuple(imports)
         self._sandbox_options = sandbox_options
-        self._sandbox = sandbox.as_async() if isinstance(sandbox, Sandbox) else sandbox
+        self._sandbox: SandboxLike | None = sandbox.as_async() if isinstance(sandbox, Sandbox) else sandbox
         self._owns_sandbox = sandbox is None
         self._registered: set[str] = set()
         self._calls: list[ToolCall] = []  # where tool calls from the running action are recorded
@@ -126,8 +127,8 @@ class CodeAgent(MultiStepAgent):
         return self._vision
 
     @property
-    def sandbox(self) -> Any:
-        """The AsyncSandbox the actions run in (None before the first run)."""
+    def sandbox(self) -> SandboxLike | None:
+        """The sandbox the actions run in (an AsyncSandbox unless one was given; None before the first run)."""
         return self._sandbox
 
     def system_prompt(self) -> str:
@@ -147,7 +148,7 @@ class CodeAgent(MultiStepAgent):
         if reset and self._owns_sandbox and self._sandbox is not None:
             old, self._sandbox = self._sandbox, None
             self._registered.clear()
-            await old.close()
+            await old.aclose()
         if self._sandbox is None:
             from ..sandbox import AsyncSandbox
 
@@ -174,6 +175,7 @@ class CodeAgent(MultiStepAgent):
         if not await self._review(step):
             return NO_ANSWER
         self._calls = step.tool_calls
+        assert self._sandbox is not None  # _prepare started it
         execution = await self._sandbox.execute(step.code)
         step.execution = execution
         if execution.error is not None:
@@ -231,7 +233,7 @@ class CodeAgent(MultiStepAgent):
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def new_run(self, sandbox: Any = None) -> CodeAgent:
+    def new_run(self, sandbox: SandboxLike | None = None) -> CodeAgent:
         """As for any agent, and the actions run in `sandbox` (the batch's to close, not the copy's)."""
         twin = super().new_run()
         assert isinstance(twin, CodeAgent)
@@ -261,7 +263,7 @@ class CodeAgent(MultiStepAgent):
         if self._owns_sandbox and self._sandbox is not None:
             old, self._sandbox = self._sandbox, None
             self._registered.clear()
-            await old.close()
+            await old.aclose()
 
 
 _EXECUTORS = {

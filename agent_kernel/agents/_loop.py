@@ -42,7 +42,7 @@ from ._limits import Budget, Limits, _RunEnded
 from ._options import AgentOptions
 
 if TYPE_CHECKING:
-    from ..sandbox import SandboxPool
+    from ..sandbox import SandboxLike, SandboxPool
 
 Sink = Callable[[Event], None]
 
@@ -153,7 +153,7 @@ class MultiStepAgent:
         """Make the variables available to the actions; return name -> preview for the prompt."""
         return {name: _preview(value) for name, value in variables.items()}
 
-    def new_run(self, sandbox: Any = None) -> MultiStepAgent:
+    def new_run(self, sandbox: SandboxLike | None = None) -> MultiStepAgent:
         """A copy for one more run beside this one (a task of a batch): the same model, tools and
         settings; its own memory and run state. `sandbox`: where a code agent's copy runs its
         actions (its owner closes it); agents that run no code take None."""

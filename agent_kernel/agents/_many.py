@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
 from .. import _aio, _gc
 from ..memory import Run
 if TYPE_CHECKING:
-    from ..sandbox import SandboxPool
+    from ..sandbox import SandboxLike, SandboxPool
 
 Task = str | tuple[str, dict[str, Any]]  # a task, or a task with its own variables
 
@@ -32,7 +32,7 @@ class Batchable(Protocol):
     @property
     def model_name(self) -> str: ...
 
-    def new_run(self, sandbox: Any = None) -> Batchable: ...
+    def new_run(self, sandbox: SandboxLike | None = None) -> Batchable: ...
 
     def sandbox_pool(self, size: int, total: int) -> SandboxPool | None: ...
 
@@ -132,7 +132,7 @@ class _Batch:
             return self._failed(task, "error", f"{type(exc).__name__}: {exc}")
         finally:
             if sandbox is not None:
-                await sandbox.close()
+                await sandbox.aclose()
 
     def _failed(self, task: str, state: Any, error: str | None) -> Run:
         return Run(task=task, agent=self.agent.kind, model=self.agent.model_name, state=state, error=error)

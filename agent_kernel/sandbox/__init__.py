@@ -16,7 +16,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the same names, for type checkers (they do not run __getattr__)
-    from ._client import AsyncSandbox, Sandbox, SandboxError, SandboxOptions
+    from ._base import SandboxError, SandboxLike, SandboxOptions
+    from ._client import AsyncSandbox, Sandbox
     from ._codec import describe
     from ._kernel_side import DEFAULT_IMPORTS
     from ._pool import SandboxPool
@@ -26,8 +27,9 @@ if TYPE_CHECKING:  # the same names, for type checkers (they do not run __getatt
 _PUBLIC = {
     "Sandbox": "._client",
     "AsyncSandbox": "._client",
-    "SandboxError": "._client",
-    "SandboxOptions": "._client",
+    "SandboxError": "._base",
+    "SandboxOptions": "._base",
+    "SandboxLike": "._base",
     "SandboxPool": "._pool",
     "Execution": "._records",
     "ExecutionError": "._records",

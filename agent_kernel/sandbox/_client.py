@@ -1,7 +1,7 @@
 """The host side of a sandbox: start the restricted kernel, run code in it, move values in and out.
 
 One AsyncSandbox owns one kernel. Where that kernel runs is its backend's business: locally
-(`_LocalBackend`: a process started by jupyter_client over ipc transport in a private 0700
+(`_local.LocalBackend`: a process started by jupyter_client over ipc transport in a private 0700
 directory, its channels read straight off the zmq sockets) or on a Jupyter Kernel/Enterprise
 Gateway (`_gateway.GatewayBackend`: REST and the channels websocket). Everything else (Execution
 records, timeouts, restarts, host functions, value transfers) is here, shared. Every reply from the
@@ -13,105 +13,36 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
-import hmac
 import itertools
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-
-import zmq
-from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
-from jupyter_client.manager import AsyncKernelManager
+from typing import Any
 
 from .. import _aio
 from .._safe import clean_text
-from ..errors import AgentKernelError
 from . import _codec, _disk, _messages
+from ._base import Backend, SandboxError, SandboxOptions, parse_size
 from ._disk import DiskWatch
 from ._kernel_side import CALL_MARKER, CUT_MARK, DROP_MARK, FINAL_ANSWER_PAYLOAD, HANDLE, HeadTail
-from ._messages import Message
+from ._local import LocalBackend
 from ._records import Execution, ExecutionError, Isolation
-from ._spec import CONFIG_ENV, KERNEL_NAME, gateway_url, kernel_spec
+from ._spec import gateway_url
 from ._transfer import Transfer
 
 _UNSAFE_MIME = ("application/javascript", "text/javascript", "application/x-javascript")
-_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _OWN_FRAMES = ("File " + str(Path(__file__).parent),)  # the sandbox's own frames, noise in a traceback
 _FREE_SPACE = "Delete files from the working directory, or give the sandbox a larger disk= cap"
 _MAX_VARIABLES = 10_000  # variables one listing shows
 _MAX_PREVIEW = 1000  # characters of a variable's name, and of its preview, in a listing
 _INTERRUPT_GRACE = 1.5  # seconds a timed-out execution gets to stop after SIGINT before a restart
-# zmq's option and flag numbers as plain ints: its IntEnum arithmetic costs microseconds per use.
-_EVENTS, _FD, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.FD), int(zmq.POLLIN), int(zmq.NOBLOCK)
-
-
-class SandboxError(AgentKernelError, RuntimeError):
-    """The sandbox could not do what was asked (it failed to start, or an internal call failed)."""
-
-
-@dataclass(frozen=True)
-class SandboxOptions:
-    imports: tuple[str, ...] = ()
-    timeout: float = 30.0
-    memory: int | str | None = "2GB"
-    disk: int | str | None = "4GB"  # the sandbox's folders in total (local sandboxes: see _disk.py)
-    network: bool = False
-    read_paths: tuple[str, ...] = ()
-    strict: bool = False
-    max_output: int = 100_000  # characters of printed output kept per execution (head and tail)
-    max_output_bytes: int | str = _messages.MAX_OUTPUT_BYTES  # host bytes of displays, results, errors per execution
-    max_transfer: int | str = "2GB"  # host bytes the values of one pull, final answer or host call may take
-    keep_workdir: bool = False
-    startup_timeout: float = 60.0
-    gateway: str | None = None  # a Jupyter Kernel/Enterprise Gateway's URL; None: a local kernel
-    token: str | None = field(default=None, repr=False)
-
-    def launcher_settings(self, root: Path | None) -> dict[str, Any]:
-        """The kernel's settings; without `root` (a remote kernel) it picks its own folders."""
-        memory, disk = _parse_size(self.memory), _parse_size(self.disk, "disk")
-        folders = {} if root is None else {
-            "workdir": str(root / "work"), "runtime_dir": str(root / "run"), "transfer_dir": str(root / "transfer"),
-            **({"max_file_bytes": disk} if disk is not None else {}),  # no file bigger than the folders' cap
-        }
-        return {
-            **folders,
-            "inline": root is None,
-            "max_output": self.max_output,
-            "max_output_bytes": _parse_size(self.max_output_bytes, "max_output_bytes"),
-            "read_paths": [str(Path(p).expanduser().resolve()) for p in self.read_paths],
-            "network": self.network,
-            "memory_bytes": memory,
-            "strict": self.strict,
-            "imports": list(self.imports),
-        }
-
-
-def _parse_size(size: int | str | None, option: str = "memory") -> int | None:
-    if size is None or isinstance(size, int):
-        return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", size.lower())
-    if not match:
-        raise ValueError(f"{option}={size!r} is not a size; use bytes or a string like '512MB' or '2GB'")
-    number, unit = match.groups()
-    return int(float(number) * 1024 ** " kmgt".index(unit or " "))
-
-
-class _SpecManager(KernelSpecManager):
-    """Knows the sandbox kernel without it having to be installed."""
-
-    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
-        if kernel_name == KERNEL_NAME:
-            return KernelSpec(resource_dir="", **kernel_spec())
-        return super().get_kernel_spec(kernel_name)
 
 
 class _Outputs:
@@ -183,267 +114,14 @@ class _Outputs:
         )
 
 
-class _Backend(Protocol):
-    """Where the kernel runs and how its messages travel. AsyncSandbox holds all the rest."""
-
-    inline: bool  # True: no folder is shared with the kernel, payloads travel inside the messages
-    workdir: Path | None  # the kernel's working directory, when it is on this machine
-    max_reply: int  # host bytes a reply may take parsed (its inline payloads included)
-
-    async def start(self, root: Path, options: SandboxOptions) -> None:
-        """Create the kernel (`root`: this sandbox's private folder here)."""
-
-    async def connect(self, timeout: float) -> None:
-        """Open the channels and wait until the kernel answers."""
-
-    async def execute(self, code: str, silent: bool, user_expressions: dict[str, str]) -> str:
-        """Send an execute_request; its msg_id."""
-
-    async def input(self, text: str) -> None:
-        """Answer the kernel's input_request."""
-
-    def drain(self, msg_id: str) -> list[Message]:
-        """The messages waiting now: replies and outputs for `msg_id`, every stdin request."""
-
-    async def wait(self, timeout: float) -> bool:
-        """Until a message is waiting (True) or `timeout` seconds pass (False)."""
-
-    async def is_alive(self) -> bool: ...
-
-    async def exit_status(self) -> int | None:
-        """How a dead kernel ended, when that is known here."""
-
-    async def interrupt(self) -> None: ...
-
-    async def restart(self) -> None:
-        """Replace the kernel (dead or hung); `connect` follows."""
-
-    async def close(self) -> None: ...
-
-
-class _LocalBackend:
-    """A kernel process on this machine, its channels read straight off the zmq sockets."""
-
-    inline = False
-    max_reply = _messages.MAX_REPLY
-
-    def __init__(self) -> None:
-        self.km: AsyncKernelManager | None = None
-        self.workdir: Path | None = None
-        self._kc: Any = None
-        self._sockets: tuple[zmq.Socket, ...] = ()
-        self._waiter: asyncio.Future[bool] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def start(self, root: Path, options: SandboxOptions) -> None:
-        self._loop = asyncio.get_running_loop()
-        runtime_dir = root / "run"
-        self.workdir = root / "work"
-        # Off the event loop: a directory operation can take milliseconds, and other sandboxes wait.
-        await asyncio.to_thread(_make_folders, runtime_dir, self.workdir)
-        km = AsyncKernelManager(
-            kernel_name=KERNEL_NAME,
-            kernel_spec_manager=_SpecManager(),
-            transport="ipc",
-            ip=str(runtime_dir / "k"),
-            connection_file=str(runtime_dir / "kernel.json"),
-            client_class="agent_kernel.sandbox._provisioner.ReadyClient",
-            context=_zmq_context(),
-        )
-        # The kernel's own packer on this side too, and orjson to parse: the host reads every message.
-        km.session.packer = "agent_kernel.sandbox._launcher._pack"
-        km.session.unpacker = "orjson.loads"
-        env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
-        env[CONFIG_ENV] = json.dumps(options.launcher_settings(root))
-        await km.start_kernel(env=env, cwd=str(self.workdir))
-        self.km = km
-
-    async def connect(self, timeout: float) -> None:
-        assert self.km is not None
-        self._kc = self.km.client()
-        self._kc.start_channels()
-        try:
-            await self._kc.wait_for_ready(timeout=timeout)
-        except RuntimeError as exc:
-            output = self.km.provisioner.output() if self.km.provisioner is not None else ""
-            raise SandboxError(f"{exc}. Kernel output: {output or '(none)'}") from exc
-        channels = (self._kc.iopub_channel.socket, self._kc.shell_channel.socket, self._kc.stdin_channel.socket)
-        # From here on the channels are used through plain (blocking) shadows of the asyncio sockets,
-        # and the event loop watches their file descriptors directly: an asyncio socket makes a
-        # future and a poller registration per read, half of the host's cost of a round trip.
-        self._sockets = tuple(zmq.Socket.shadow(sock.underlying) for sock in channels)
-        loop = asyncio.get_running_loop()
-        for sock in self._sockets:
-            loop.add_reader(sock.get(_FD), self._on_readable, sock)
-
-    def _on_readable(self, sock: zmq.Socket) -> None:
-        # zmq's descriptor is edge-triggered: reading EVENTS re-arms it, and says whether a message waits.
-        if sock.get(_EVENTS) & _POLLIN and self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(True)
-
-    def _unwatch(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sock in self._sockets:
-            if not sock.closed:
-                loop.remove_reader(sock.get(_FD))
-        self._sockets = ()
-
-    async def execute(self, code: str, silent: bool, user_expressions: dict[str, str]) -> str:
-        content = {
-            "code": code, "silent": silent, "store_history": False, "user_expressions": user_expressions,
-            "allow_stdin": True,
-            "stop_on_error": False,  # one failed execution must not abort the next one queued behind it
-        }
-        return self._kc.session.send(self._sockets[1], "execute_request", content)["header"]["msg_id"]
-
-    async def input(self, text: str) -> None:
-        self._kc.session.send(self._sockets[2], "input_reply", {"value": text})
-
-    def drain(self, msg_id: str) -> list[Message]:
-        iopub, shell, stdin = self._sockets
-        return [*self._drain(iopub, "iopub", msg_id), *self._drain(shell, "shell", msg_id),
-                *self._drain(stdin, "stdin", None)]
-
-    def _drain(self, sock: zmq.Socket, channel: str, msg_id: str | None) -> list[Message]:
-        """The messages waiting on `sock` that answer `msg_id` (all, when None), up to MAX_BATCH
-        host bytes of them (the rest wait for the next drain).
-
-        Leaner than Session.deserialize (a quarter of its cost): the signature is checked, only the
-        parent header is parsed for messages to someone else, and dates stay text (none is read here).
-        Each part is weighed before it is parsed; one that would take too much is not parsed.
-        """
-        found: list[Message] = []
-        batch = 0
-        while batch < _messages.MAX_BATCH and sock.get(_EVENTS) & _POLLIN:  # cheaper than a zmq.Again per empty socket
-            msg = self._read(sock.recv_multipart(_NOBLOCK), channel, msg_id)
-            if msg is not None:
-                found.append(msg)
-                batch += msg.size
-        return found
-
-    def _read(self, frames: list[bytes], channel: str, msg_id: str | None) -> Message | None:
-        """One message off the wire, if it answers `msg_id`; its content is a Malformed when it
-        cannot be read within bounds (the execution then says a message was dropped)."""
-        session = self._kc.session
-        size = sum(map(len, frames))
-        try:
-            _, (signature, *parts) = session.feed_identities(frames)
-            header, parent, _, content = parts[:4]
-        except ValueError:
-            return Message(channel, "?", _messages.Malformed("it is not a Jupyter message"), size)
-        if session.auth is not None and not hmac.compare_digest(signature, session.sign(parts[:4])):
-            return Message(channel, "?", _messages.Malformed("its signature is wrong"), size)
-        size = _messages.json_cost(header) + _messages.json_cost(parent) + _messages.json_cost(content) + len(parts[2])
-        if size > (_messages.MAX_REPLY if channel == "shell" else _messages.MAX_ITEM):
-            return Message(channel, "?", _messages.Malformed(_messages.too_big(size)), size)
-        try:
-            parent_id = session.unpack(parent).get("msg_id") if msg_id is not None else None
-            if parent_id != msg_id:
-                return None
-            msg_type = session.unpack(header)["msg_type"]
-            if not isinstance(msg_type, str):
-                raise TypeError
-        except (ValueError, TypeError, KeyError, AttributeError):  # orjson's errors are ValueErrors
-            return Message(channel, "?", _messages.Malformed("its header is not a JSON object with a msg_type"), size)
-        try:
-            return Message(channel, msg_type, session.unpack(content), size)
-        except ValueError:
-            return Message(channel, msg_type, _messages.Malformed("its content is not JSON"), size)
-
-    async def wait(self, timeout: float) -> bool:
-        if any(sock.get(_EVENTS) & _POLLIN for sock in self._sockets):
-            return True
-        loop = asyncio.get_running_loop()
-        self._waiter = waiter = loop.create_future()
-        timer = loop.call_later(timeout, lambda: waiter.done() or waiter.set_result(False))
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
-
-    async def is_alive(self) -> bool:
-        return self.km is not None and await self.km.is_alive()
-
-    async def exit_status(self) -> int | None:
-        return await self.km.provisioner.poll() if self.km is not None and self.km.provisioner else None
-
-    async def interrupt(self) -> None:
-        assert self.km is not None
-        await self.km.interrupt_kernel()
-
-    async def restart(self) -> None:
-        assert self.km is not None
-        self._unwatch()
-        self._kc.stop_channels()
-        await self.km.restart_kernel(now=True)
-
-    def abandon(self) -> None:
-        """For a sandbox dropped unclosed, from any thread (a finalizer's): the kernel is killed now,
-        and `close` runs on the sandbox's loop when that loop runs again (at exit it may not: the
-        process's end then closes the channels)."""
-        km, loop = self.km, self._loop
-        process = km.provisioner.process if km is not None and km.provisioner is not None else None
-        if process is not None:
-            with contextlib.suppress(OSError):
-                process.kill()
-        if km is not None and loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to let go on it
-                loop.call_soon_threadsafe(_close_abandoned, self)
-
-    async def close(self) -> None:
-        if self._kc is not None:
-            self._unwatch()
-            self._kc.stop_channels()
-            self._kc = None
-        if self.km is not None:
-            km, self.km = self.km, None
-            await km.shutdown_kernel(now=True)
-
-
-_abandoned: set[asyncio.Task[None]] = set()  # closes in progress of dropped sandboxes, held until done
-
-
-def _close_abandoned(backend: _LocalBackend) -> None:
-    task = asyncio.ensure_future(backend.close())
-    _abandoned.add(task)
-    task.add_done_callback(_abandoned.discard)
-
-
-def _release(backend: _Backend, root: Path, keep_workdir: bool) -> None:
-    """The finalizer of a sandbox dropped without `close()`: what is safe from any thread, at any
+def _release(backend: Backend, root: Path, keep_workdir: bool) -> None:
+    """The finalizer of a sandbox dropped without `aclose()`: what is safe from any thread, at any
     time (a garbage collection, the interpreter's exit). A gateway's kernel is left to the
     gateway, which culls idle kernels."""
-    if isinstance(backend, _LocalBackend):
+    if isinstance(backend, LocalBackend):
         backend.abandon()
     if not keep_workdir:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _make_folders(runtime_dir: Path, workdir: Path) -> None:
-    runtime_dir.mkdir(mode=0o700)
-    workdir.mkdir()
-
-
-_contexts: dict[int, zmq.asyncio.Context] = {}
-
-
-def _zmq_context() -> zmq.asyncio.Context:
-    """One zmq context (one I/O thread) for all of this process's local sandboxes, not one each.
-
-    A kernel binds its sockets some tens of ms after its start: clients retry connecting every
-    10 ms (backing off to 1 s for a kernel that is gone), not zmq's fixed 100 ms.
-    """
-    context = _contexts.get(os.getpid())  # a forked process makes its own
-    if context is None or context.closed:
-        context = _contexts[os.getpid()] = zmq.asyncio.Context()
-        context.setsockopt(zmq.RECONNECT_IVL, 10)
-        context.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        # What a kernel's messages may hold of this process's memory before they are read: a
-        # bigger message drops the connection (which reconnects), more messages wait in the kernel.
-        context.setsockopt(zmq.MAXMSGSIZE, _messages.MAX_FRAME)
-        context.setsockopt(zmq.RCVHWM, _messages.RECEIVE_QUEUE)
-    return context
 
 
 def _make_root() -> Path:
@@ -478,16 +156,30 @@ class AsyncSandbox:
         gateway: str | None = None,
         token: str | None = None,
     ) -> None:
+        """Args:
+            imports: modules sandbox code may import beyond the defaults ("*": any installed one).
+            timeout: seconds one execution may run before it is interrupted (restarted if it does not stop).
+            memory: the kernel's memory cap (bytes or "2GB"); None: no cap.
+            disk: the cap on what the sandbox's folders hold together (bytes or "4GB"); None: no cap.
+            network: let sandbox code use the network.
+            read_paths: host files and folders sandbox code may read (read-only).
+            strict: refuse to start when an isolation layer cannot be applied (else it is reported missing).
+            max_output: characters of printed output kept per execution (head and tail).
+            keep_workdir: leave the working folder behind on close (to look at what the code wrote).
+            gateway: a Jupyter Kernel/Enterprise Gateway's URL to run the kernel on; None: $JUPYTER_GATEWAY_URL,
+                else this machine.
+            token: the gateway's token; None: $JUPYTER_GATEWAY_AUTH_TOKEN.
+        """
         self.options = SandboxOptions(
             imports=tuple(imports), timeout=timeout, memory=memory, disk=disk, network=network,
             read_paths=tuple(str(p) for p in read_paths), strict=strict, max_output=max_output,
             max_output_bytes=max_output_bytes, max_transfer=max_transfer, keep_workdir=keep_workdir,
             gateway=gateway_url(gateway), token=token,
         )
-        _parse_size(memory)  # fail now on a bad size, not in the kernel
-        self._max_output_bytes = _parse_size(max_output_bytes, "max_output_bytes") or 0
-        self._max_transfer = _parse_size(max_transfer, "max_transfer") or 0
-        self._disk_cap = _parse_size(disk, "disk")
+        parse_size(memory)  # fail now on a bad size, not in the kernel
+        self._max_output_bytes = parse_size(max_output_bytes, "max_output_bytes") or 0
+        self._max_transfer = parse_size(max_transfer, "max_transfer") or 0
+        self._disk_cap = parse_size(disk, "disk")
         self.isolation = Isolation()
         self._backend = _backend_for(self.options)
         self._root: Path | None = None
@@ -526,7 +218,7 @@ class AsyncSandbox:
             await self._backend.start(self._root, self.options)
             await self._connect()
         except Exception as exc:
-            await self.close()
+            await self.aclose()
             raise SandboxError(f"the sandbox kernel failed to start: {exc}") from exc
         if self._disk is not None:
             self._disk.watch(self._stop_writes)
@@ -551,22 +243,28 @@ class AsyncSandbox:
         if self._functions:
             await self._register_stubs(self._functions, locked=True)
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         if self._finalizer is not None:
             self._finalizer.detach()
         if self._disk is not None:
             self._disk.stop()
         if self._starting is not None:
             self._starting = None
-            await self._backend.close()
+            await self._backend.aclose()
         if self._root is not None and not self.options.keep_workdir:
             await _aio.to_thread(shutil.rmtree, self._root, ignore_errors=True)
 
     async def __aenter__(self) -> AsyncSandbox:
         return await self.start()
 
+    async def close(self) -> None:
+        """Deprecated: `await sb.aclose()` (coroutines are aclose(), as everywhere in agent_kernel)."""
+        warnings.warn("AsyncSandbox.close() is deprecated: use `await sandbox.aclose()`", DeprecationWarning,
+                      stacklevel=2)
+        await self.aclose()
+
     async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        await self.aclose()
 
     async def _restart(self) -> None:
         """Replace a dead or hung kernel; the working directory survives, variables do not."""
@@ -808,9 +506,9 @@ def _with_notice(error: ExecutionError | None, notice: str) -> ExecutionError:
     return ExecutionError(error.name, f"{error.value}\n{notice}", f"{error.traceback}\n{notice}" if error.traceback else "")
 
 
-def _backend_for(options: SandboxOptions) -> _Backend:
+def _backend_for(options: SandboxOptions) -> Backend:
     if options.gateway is None:
-        return _LocalBackend()
+        return LocalBackend()
     from ._gateway import GatewayBackend
 
     return GatewayBackend(options.gateway, options.token)
@@ -837,6 +535,9 @@ class Sandbox:
     """Synchronous face of AsyncSandbox, for scripts and notebook cells. Starts on construction."""
 
     def __init__(self, **options: Any) -> None:
+        """Args:
+            **options: AsyncSandbox's (imports, timeout, memory, disk, network, read_paths, ...).
+        """
         self._async = AsyncSandbox(**options)
         _aio.run_sync(self._async.start())
 
@@ -878,7 +579,7 @@ class Sandbox:
         _aio.run_sync(self._async.register_function(name, fn, doc))
 
     def close(self) -> None:
-        _aio.run_sync(self._async.close())
+        _aio.run_sync(self._async.aclose())
 
     def __enter__(self) -> Sandbox:
         return self

@@ -37,10 +37,9 @@ from tornado.websocket import (
 )
 
 from . import _messages
-from ._client import SandboxError, SandboxOptions, _parse_size
+from ._base import SandboxError, SandboxOptions, parse_size
 from ._messages import Malformed, Message
-from ._launcher import GATEWAY_CONFIG_ENV
-from ._spec import KERNEL_NAME
+from ._spec import GATEWAY_CONFIG_ENV, KERNEL_NAME
 
 _GONE = ("restarting", "dead")  # statuses the gateway sends when the kernel process ended
 _V1 = "v1.kernel.websocket.jupyter.org"  # the websocket protocol of raw message parts (jupyter_server >= 2)
@@ -105,7 +104,7 @@ class GatewayBackend:
     async def start(self, root: Path, options: SandboxOptions) -> None:
         self._startup_timeout = options.startup_timeout
         # Pulled values travel inline, base64 in a reply: the largest message is the largest transfer.
-        self.max_reply = (_parse_size(options.max_transfer, "max_transfer") or 0) * 4 // 3 + _messages.MAX_REPLY
+        self.max_reply = (parse_size(options.max_transfer, "max_transfer") or 0) * 4 // 3 + _messages.MAX_REPLY
         env = {GATEWAY_CONFIG_ENV: json.dumps(options.launcher_settings(None))}
         kernel = await self._rest("POST", "", {"name": KERNEL_NAME, "env": env}, options.startup_timeout)
         if not isinstance(kernel, dict) or not isinstance(kernel.get("id"), str):
@@ -121,7 +120,7 @@ class GatewayBackend:
             await self._rest("POST", f"/{quote(self._id())}/restart", {}, self._startup_timeout)
         self._gone = None
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         await self._disconnect()
         if self.kernel_id is None:
             return

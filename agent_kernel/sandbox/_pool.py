@@ -12,7 +12,8 @@ from collections import deque
 from typing import Any
 
 from .. import _aio
-from ._client import AsyncSandbox, Sandbox, SandboxError
+from ._base import SandboxError
+from ._client import AsyncSandbox, Sandbox
 from ._spec import gateway_url
 
 
@@ -30,6 +31,12 @@ class SandboxPool:
 
     def __init__(self, size: int = 1, *, total: int | None = None, starts_at_once: int | None = None,
                  **options: Any) -> None:
+        """Args:
+            size: sandboxes kept started and ready.
+            total: kernels started over the pool's life at most; None: no limit.
+            starts_at_once: kernels starting at the same time; None: this machine's cores (local), no limit (gateway).
+            **options: each sandbox's (AsyncSandbox's imports, timeout, memory, ...).
+        """
         if size < 1:
             raise ValueError("a pool needs size >= 1")
         if total is not None and total < 0:
@@ -79,7 +86,7 @@ class SandboxPool:
         tasks, self._ready = list(self._ready), deque()
         for sandbox in await asyncio.gather(*tasks, return_exceptions=True):
             if isinstance(sandbox, AsyncSandbox):
-                await sandbox.close()
+                await sandbox.aclose()
 
     # sync API
     def start(self) -> None:
