@@ -519,8 +519,6 @@ def _python_paths() -> tuple[str, ...]:
     directory, which may be the analyst's notebook folder. Cached: the same in every kernel a
     zygote forks, which computes it once (`prepare_isolation`).
     """
-    import agent_kernel
-
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     paths.update(
         v
@@ -532,7 +530,7 @@ def _python_paths() -> tuple[str, ...]:
         for p in sys.path
         if "site-packages" in p or "dist-packages" in p or p.endswith(".zip")
     )
-    paths.add(os.path.dirname(agent_kernel.__file__))
+    paths.add(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the agent_kernel package
     paths.add(os.path.dirname(os.path.realpath(sys.executable)))
     return tuple(sorted(os.path.realpath(p) for p in paths if p and os.path.exists(p)))
 
