@@ -163,3 +163,24 @@ def test_the_old_bases_still_catch_them() -> None:
     assert issubclass(SandboxError, RuntimeError) and issubclass(SandboxError, AgentKernelError)
     assert issubclass(TransferError, ValueError) and issubclass(ToolArgumentError, ValueError)
     assert issubclass(URLNotAllowed, ValueError) and issubclass(ModelNotFound, AgentKernelError)
+
+
+def _constructors() -> list[type]:
+    from agent_kernel import base_tools, models, review
+    from agent_kernel.agents import AgentOptions, CodeAgent, Limits, MultiStepAgent, ToolCallingAgent
+    from agent_kernel.sandbox import AsyncSandbox, Sandbox, SandboxOptions, SandboxPool
+
+    return [models.Model, MultiStepAgent, CodeAgent, ToolCallingAgent, AgentOptions, Limits, Sandbox, AsyncSandbox,
+            SandboxPool, SandboxOptions, base_tools.WebSearchTool, base_tools.VisitWebpageTool,
+            base_tools.PythonInterpreterTool, review.Decision]
+
+
+def test_public_constructors_document_every_argument() -> None:
+    undocumented = {}
+    for cls in _constructors():
+        doc = (cls.__doc__ or "") + (cls.__init__.__doc__ or "")  # type: ignore[misc]
+        params = [p for p in inspect.signature(cls).parameters]
+        missing = [p for p in params if p not in doc]
+        if "Args:" not in doc or missing:
+            undocumented[cls.__name__] = missing or ["Args:"]
+    assert undocumented == {}

@@ -28,8 +28,8 @@ class SandboxOptions:
     """How a sandbox is made: AsyncSandbox's arguments, checked and normalised.
 
     Args:
-        imports, timeout, memory, disk, network, read_paths, strict, max_output, keep_workdir, gateway,
-            token: as AsyncSandbox's (see its Args).
+        imports, timeout, memory, disk, network, read_paths, strict, max_output, max_output_bytes,
+            max_transfer, keep_workdir, gateway, token: as AsyncSandbox's (see its Args).
         startup_timeout: seconds a kernel may take to start and answer.
     """
 

@@ -165,6 +165,8 @@ class AsyncSandbox:
             read_paths: host files and folders sandbox code may read (read-only).
             strict: refuse to start when an isolation layer cannot be applied (else it is reported missing).
             max_output: characters of printed output kept per execution (head and tail).
+            max_output_bytes: host bytes of displays, results and errors kept per execution (bytes or "64MB").
+            max_transfer: host bytes the values of one pull, final answer or host call may take (bytes or "2GB").
             keep_workdir: leave the working folder behind on close (to look at what the code wrote).
             gateway: a Jupyter Kernel/Enterprise Gateway's URL to run the kernel on; None: $JUPYTER_GATEWAY_URL,
                 else this machine.
