@@ -210,7 +210,7 @@ def _output_text(output: dict[str, Any]) -> str:
         if mime in data:
             meta = (output.get("metadata") or {}).get(mime)
             sized = isinstance(meta, dict) and {"width", "height"} <= meta.keys()
-            size = f" {meta['width']}x{meta['height']}" if sized else ""
+            size = f" {meta['width']}x{meta['height']}" if sized else ""  # type: ignore[index]  # sized: a dict
             return f"[{mime}{size}]"
     return _joined(data.get("text/plain", f"[{', '.join(data)}]"))
 

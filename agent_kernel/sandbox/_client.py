@@ -208,6 +208,13 @@ class AsyncSandbox:
         await self._starting
         return self
 
+    @property
+    def _transfers(self) -> Transfer:
+        """The transfer path (made when the sandbox starts; every caller starts it first)."""
+        if self._transfer is None:
+            raise SandboxError("the sandbox is not started")
+        return self._transfer
+
     async def _boot(self) -> None:
         # Folder work off the event loop: on a slow disk a few ms each, and many sandboxes share the loop.
         self._root = await asyncio.to_thread(_make_root)
@@ -434,7 +441,7 @@ class AsyncSandbox:
             else:
                 call = asyncio.to_thread(fn, *args, **kwargs)
             result = await asyncio.wait_for(call, max(time_left, 0.001))
-            return json.dumps({"ok": self._transfer.encode(result, f"{request['name']}_result")})
+            return json.dumps({"ok": self._transfers.encode(result, f"{request['name']}_result")})
         except asyncio.TimeoutError:
             return json.dumps({"error": "the host function did not return before the execution timeout"})
         except Exception as exc:  # reported to the sandbox code as HostFunctionError
@@ -444,12 +451,12 @@ class AsyncSandbox:
     async def push(self, **values: Any) -> None:
         """Bind `values` as variables in the sandbox."""
         await self.start()
-        descriptors = {name: self._transfer.encode(v, name) for name, v in values.items()}
+        descriptors = {name: self._transfers.encode(v, name) for name, v in values.items()}
         try:
             await self._evaluate(f"{HANDLE}.load({json.dumps(json.dumps(descriptors))})")
         finally:  # whatever the kernel did not consume must not linger in the transfer folder
             for descriptor in descriptors.values():
-                self._transfer.cleanup(descriptor)
+                self._transfers.cleanup(descriptor)
 
     async def pull(self, names: Iterable[str]) -> dict[str, Any]:
         """Copy sandbox variables out. Raises KeyError naming any that do not exist."""
@@ -469,7 +476,7 @@ class AsyncSandbox:
         finally:  # what was not decoded must not linger in the transfer folder
             for descriptor in answer["values"].values():
                 with contextlib.suppress(_codec.TransferError):  # a bad name names no file of ours
-                    self._transfer.cleanup(descriptor)
+                    self._transfers.cleanup(descriptor)
 
     async def variables(self) -> dict[str, str]:
         """The sandbox's variables, each with a short preview (type, shape, columns): at most
@@ -484,7 +491,7 @@ class AsyncSandbox:
 
     def _decode(self, descriptor: Any, budget: _codec.Budget) -> Any:
         try:
-            return self._transfer.decode(descriptor, budget=budget)
+            return self._transfers.decode(descriptor, budget=budget)
         except _codec.TransferError as exc:
             raise SandboxError(f"a value from the sandbox was refused: {exc}") from None
 

@@ -646,7 +646,7 @@ def _file_path(descriptor: dict[str, Any], transfer_dir: str | Path) -> Path:
 
 
 @contextmanager
-def _open_file(descriptor: dict[str, Any], transfer_dir: str | Path, budget: Budget) -> Iterator[IO[bytes]]:
+def _open_file(descriptor: dict[str, Any], transfer_dir: str | Path, budget: Budget) -> Iterator[io.BufferedReader]:
     """Open the descriptor's file only if it is a regular, singly-linked file of the declared size,
     and charge that size to `budget` (a sparse file has it without taking disk): a planted
     symlink, hard link or FIFO aimed at a host secret fails."""

@@ -53,14 +53,14 @@ class DiskWatch:
     def watch(self, stop_writes: Callable[[str], Awaitable[None]]) -> None:
         """Measure until `stop`; `stop_writes(why)`, a bound method held weakly (the sandbox may be
         dropped unclosed), when the folders grow over the cap while no code runs."""
-        self._task = asyncio.ensure_future(self._watch(weakref.WeakMethod(stop_writes)))  # type: ignore[arg-type]
+        self._task = asyncio.ensure_future(self._watch(weakref.WeakMethod(stop_writes)))
 
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             self._task = None
 
-    async def _watch(self, stop_writes: weakref.WeakMethod) -> None:  # type: ignore[type-arg]
+    async def _watch(self, stop_writes: weakref.WeakMethod) -> None:
         idle: tuple[int, int] | None = None  # (executions, bytes) at the previous measure made while idle
         while stop_writes() is not None:
             await asyncio.sleep(EVERY)

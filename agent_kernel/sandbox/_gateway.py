@@ -146,7 +146,8 @@ class GatewayBackend:
                               connect_timeout=self.config.request_timeout, request_timeout=self.config.request_timeout)
         try:
             self._ws = await websocket_connect(request, max_message_size=self.max_reply, subprotocols=[_V1])
-            self._ws.protocol.set_nodelay(True)  # small requests go out at once, not after a delayed ACK
+            if self._ws.protocol is not None:  # (None only once the connection is closed)
+                self._ws.protocol.set_nodelay(True)  # small requests go out at once, not after a delayed ACK
             self._v1 = self._ws.selected_subprotocol == _V1
         except (OSError, HTTPClientError) as exc:
             raise SandboxError(f"could not open the kernel's channels on the gateway ({endpoint}): {exc}") from exc

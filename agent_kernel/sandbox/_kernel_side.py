@@ -253,7 +253,7 @@ def _cap_output(shell: Any, max_chars: int) -> None:
             writes[name](text)
 
     for name, stream in streams.items():
-        stream.write = capped(name)
+        stream.write = capped(name)  # type: ignore[method-assign]  # ipykernel's own stream objects
     shell.events.register("pre_run_cell", reset)
     shell.events.register("post_run_cell", flush_tail)
 

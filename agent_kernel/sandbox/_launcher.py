@@ -28,13 +28,16 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jupyter_client.jsonutil import json_default
 from jupyter_client.session import json_packer
 from traitlets.config import Config
 
 from ._spec import CONFIG_ENV, GATEWAY_CONFIG_ENV, LAUNCH_ENV
+
+if TYPE_CHECKING:
+    from ipykernel.kernelapp import IPKernelApp
 
 try:
     import orjson
@@ -171,7 +174,7 @@ def prepare() -> None:
 
 
 @functools.cache
-def _kernel_app_class() -> type:
+def _kernel_app_class() -> type[IPKernelApp]:
     """ipykernel's IPKernelApp with the round-trip trims described in the module docstring."""
     from ipykernel import ipkernel, kernelapp
     from ipykernel.iostream import IOPubThread
@@ -191,7 +194,7 @@ def _kernel_app_class() -> type:
     # ipykernel inspects do_execute's and run_cell's signatures on every request (~40 us): the
     # answer for a function never changes.
     accepts = functools.cache(lambda function, names: _accepts_parameters(function, list(names)))
-    ipkernel._accepts_parameters = (  # type: ignore[attr-defined]
+    ipkernel._accepts_parameters = (
         lambda meth, names: accepts(getattr(meth, "__func__", meth), tuple(names))
     )
 

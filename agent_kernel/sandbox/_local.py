@@ -10,7 +10,7 @@ import hmac
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
@@ -79,7 +79,8 @@ class LocalBackend:
         try:
             await self._kc.wait_for_ready(timeout=timeout)
         except RuntimeError as exc:
-            output = self.km.provisioner.output() if self.km.provisioner is not None else ""
+            provisioner: Any = self.km.provisioner  # the kernelspec's SandboxProvisioner
+            output = provisioner.output() if provisioner is not None else ""
             raise SandboxError(f"{exc}. Kernel output: {output or '(none)'}") from exc
         channels = (self._kc.iopub_channel.socket, self._kc.shell_channel.socket, self._kc.stdin_channel.socket)
         # From here on the channels are used through plain (blocking) shadows of the asyncio sockets,
@@ -88,18 +89,18 @@ class LocalBackend:
         self._sockets = tuple(zmq.Socket.shadow(sock.underlying) for sock in channels)
         loop = asyncio.get_running_loop()
         for sock in self._sockets:
-            loop.add_reader(sock.get(_FD), self._on_readable, sock)
+            loop.add_reader(cast(int, sock.get(_FD)), self._on_readable, sock)
 
     def _on_readable(self, sock: zmq.Socket) -> None:
         # zmq's descriptor is edge-triggered: reading EVENTS re-arms it, and says whether a message waits.
-        if sock.get(_EVENTS) & _POLLIN and self._waiter is not None and not self._waiter.done():
+        if cast(int, sock.get(_EVENTS)) & _POLLIN and self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(True)
 
     def _unwatch(self) -> None:
         loop = asyncio.get_running_loop()
         for sock in self._sockets:
             if not sock.closed:
-                loop.remove_reader(sock.get(_FD))
+                loop.remove_reader(cast(int, sock.get(_FD)))
         self._sockets = ()
 
     async def execute(self, code: str, silent: bool, user_expressions: dict[str, str]) -> str:
@@ -128,7 +129,7 @@ class LocalBackend:
         """
         found: list[Message] = []
         batch = 0
-        while batch < _messages.MAX_BATCH and sock.get(_EVENTS) & _POLLIN:  # cheaper than a zmq.Again per empty socket
+        while batch < _messages.MAX_BATCH and cast(int, sock.get(_EVENTS)) & _POLLIN:  # cheaper than a zmq.Again per empty socket
             msg = self._read(sock.recv_multipart(_NOBLOCK), channel, msg_id)
             if msg is not None:
                 found.append(msg)
@@ -165,11 +166,16 @@ class LocalBackend:
             return Message(channel, msg_type, _messages.Malformed("its content is not JSON"), size)
 
     async def wait(self, timeout: float) -> bool:
-        if any(sock.get(_EVENTS) & _POLLIN for sock in self._sockets):
+        if any(cast(int, sock.get(_EVENTS)) & _POLLIN for sock in self._sockets):
             return True
         loop = asyncio.get_running_loop()
         self._waiter = waiter = loop.create_future()
-        timer = loop.call_later(timeout, lambda: waiter.done() or waiter.set_result(False))
+
+        def expire() -> None:
+            if not waiter.done():
+                waiter.set_result(False)
+
+        timer = loop.call_later(timeout, expire)
         try:
             return await waiter
         finally:
@@ -197,7 +203,8 @@ class LocalBackend:
         and `aclose` runs on the sandbox's loop when that loop runs again (at exit it may not: the
         process's end then closes the channels)."""
         km, loop = self.km, self._loop
-        process = km.provisioner.process if km is not None and km.provisioner is not None else None
+        provisioner: Any = km.provisioner if km is not None else None  # a SandboxProvisioner
+        process = provisioner.process if provisioner is not None else None
         if process is not None:
             with contextlib.suppress(OSError):
                 process.kill()

@@ -45,10 +45,14 @@ _ASK_AGAIN_ANSWERED = 0.02  # ... and to one that has, while its status has not 
 _TAIL = 4096  # bytes of a kernel's output kept
 
 
-class SandboxProvisioner(LocalProvisioner):  # type: ignore[misc]
+class SandboxProvisioner(LocalProvisioner):
     """LocalProvisioner whose kernels are forked from a pre-imported zygote when possible."""
 
     _output: KernelOutput | None = None
+    process: Any  # a ZygoteChild stands in for the Popen when the kernel is forked
+    pid: Any
+    pgid: Any
+    cwd: Any
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         env = dict(kwargs.get("env") or os.environ)
@@ -149,7 +153,7 @@ class KernelOutput:
             os.close(fd)
 
 
-class ReadyClient(AsyncKernelClient):  # type: ignore[misc]
+class ReadyClient(AsyncKernelClient):
     """An AsyncKernelClient whose wait_for_ready returns once the kernel has answered on both channels.
 
     jupyter_client's checks the same (a kernel_info reply on shell, then a message on IOPub: a
@@ -180,7 +184,9 @@ class ReadyClient(AsyncKernelClient):  # type: ignore[misc]
         poller = zmq.asyncio.Poller()
         for channel in (self.shell_channel, self.iopub_channel):
             poller.register(channel.socket, zmq.POLLIN)
-        asked, replied, idle = {self.kernel_info()}, set(), set()
+        asked: set[str] = {self.kernel_info()}
+        replied: set[str] = set()
+        idle: set[str] = set()
         next_ask = time.monotonic() + _ASK_AGAIN
         while not replied & idle:
             now = time.monotonic()
