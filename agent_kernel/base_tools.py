@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .errors import AgentKernelError
+from .observation import render_observation
 from .tools import Tool
 
 if TYPE_CHECKING:
@@ -528,8 +529,6 @@ class PythonInterpreterTool(Tool):
         Args:
             code: the Python source to run. Print what you need to see.
         """
-        from .agents._code import render_observation
-
         sandbox = await self._started()
         return render_observation(await sandbox.execute(code))
 

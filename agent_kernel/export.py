@@ -182,10 +182,10 @@ def _rewritten(code: str, answer: str, asked: list[Any]) -> str:
         if name == "ask_user":
             edits.append((*span(call), repr(next(replies, None))))
     for node in ast.walk(tree):
-        call = node.value if isinstance(node, ast.Expr) else None
-        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "final_answer"
-                and len(call.args) == 1 and not call.keywords):
-            edits.append((*span(node), f"{answer} = {ast.get_source_segment(code, call.args[0])}"))
+        said = node.value if isinstance(node, ast.Expr) else None
+        if (isinstance(said, ast.Call) and isinstance(said.func, ast.Name) and said.func.id == "final_answer"
+                and len(said.args) == 1 and not said.keywords):
+            edits.append((*span(node), f"{answer} = {ast.get_source_segment(code, said.args[0])}"))
     for begin, end, text in sorted(edits, reverse=True):
         if not any(b < begin < e or b < end < e for b, e, _ in edits if (b, e) != (begin, end)):
             code = code[:begin] + text + code[end:]

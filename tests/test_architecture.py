@@ -111,6 +111,16 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def test_no_import_cycle_between_any_modules() -> None:
+    graph = import_graph()
+    assert {"agent_kernel.agents._loop", "agent_kernel.sandbox._client", "agent_kernel"} <= set(graph)
+    assert "agent_kernel.display" in graph["agent_kernel.memory"]  # reads function-level imports too
+    assert "agent_kernel.sandbox._client" in graph["agent_kernel.sandbox"]  # and lazy public names
+    found = cycles(graph)
+    assert found == [], "\n".join(
+        " <-> ".join(c) + ":\n" + "\n".join(f"    {m} -> {sorted(graph[m] & set(c))}" for m in c) for c in found)
+
+
 def test_the_rest_of_the_package_reaches_the_sandbox_only_through_its_public_names() -> None:
     graph = import_graph()
     private = sorted(f"{module} -> {target}" for module, targets in graph.items()

@@ -137,11 +137,17 @@ class AgentMagics(Magics):
             self._to_cell(self.runs[-1], len(self.runs))
         return None
 
+    def _inputs_typed(self) -> list[str]:
+        """The session's cells as typed (In)."""
+        history = self.shell.history_manager
+        assert history is not None  # an interactive shell always keeps one
+        return history.input_hist_raw
+
     def _cells_referenced(self, task: str) -> str:
         """`{In[3]}` / `{Out[3]}` in a task: that cell's source, or the repr of its output."""
         def cell(match: re.Match[str]) -> str:
             kind, number = match[1], int(match[2])
-            found = self.shell.history_manager.input_hist_raw if kind == "In" else self.shell.user_ns.get("Out", {})
+            found = self._inputs_typed() if kind == "In" else self.shell.user_ns.get("Out", {})
             try:
                 value = found[number]
             except (IndexError, KeyError):
@@ -154,7 +160,7 @@ class AgentMagics(Magics):
     def _context(self, options: CellOptions) -> str:
         """--context N: the notebook's last N cells before this one, with their errors, for the agent."""
         count = self.context if options.context is None else options.context
-        sources = self.shell.history_manager.input_hist_raw[1:-1]  # as typed; [0] is empty, the last is this cell
+        sources = self._inputs_typed()[1:-1]  # as typed; [0] is empty, the last is this cell
         shown = list(enumerate(sources, 1))[-count:] if count else []
         if not shown:
             return ""
