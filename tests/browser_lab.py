@@ -166,6 +166,8 @@ class Notebook:
     def theme(self, name: str) -> None:
         self.page.evaluate("name => window.jupyterapp.commands.execute('apputils:change-theme', {theme: name})", name)
         expect(self.page.locator("body")).to_have_attribute("data-jp-theme-name", name, timeout=30_000)
+        # The new theme's stylesheet loads behind a splash screen: wait until it is gone.
+        expect(self.page.locator("#jupyterlab-splash")).to_have_count(0, timeout=30_000)
 
     def screenshot(self, name: str, target: Locator | None = None) -> Path:
         SCREENSHOTS.mkdir(exist_ok=True)

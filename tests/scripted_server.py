@@ -42,6 +42,7 @@ running in another process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -109,6 +110,18 @@ class _Conversations:
         self._lock = threading.Lock()
         self._queues: dict[str | None, deque[Reply] | Responder] = {}
         self.requests: list[dict[str, Any]] = []
+        self.answering = self.peak_answering = 0  # requests being answered at once, and the most so far
+
+    @contextlib.contextmanager
+    def answering_one(self) -> Iterator[None]:
+        with self._lock:
+            self.answering += 1
+            self.peak_answering = max(self.peak_answering, self.answering)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.answering -= 1
 
     def add(self, replies: Script, key: str | None) -> None:
         with self._lock:
@@ -269,6 +282,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
     def _complete(self, body: dict[str, Any]) -> None:
+        with self.server.conversations.answering_one():
+            self._answer(body)
+
+    def _answer(self, body: dict[str, Any]) -> None:
         reply = self.server.conversations.next_reply(body)
         time.sleep(reply.delay)
         if reply.error is not None:
@@ -339,6 +356,11 @@ class ScriptedServer:
     def requests(self) -> list[dict[str, Any]]:
         """Every chat-completion request body received, in order."""
         return self._conversations.requests
+
+    @property
+    def peak_concurrency(self) -> int:
+        """The most chat-completion requests this server was answering at the same time."""
+        return self._conversations.peak_answering
 
     def script(self, replies: Script, key: str | None = None) -> None:
         """Queue replies (or set a responder) for the conversation whose first user message holds `key`."""

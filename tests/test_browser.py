@@ -48,10 +48,11 @@ SETUP = "%load_ext agent_kernel\nimport pandas as pd\nsales = pd.DataFrame({'wee
 def test_a_finished_run_reads_well_in_light_and_dark(notebook: Notebook, server: ScriptedServer) -> None:
     server.script([text(
         "Thought: I will total the amounts per week and plot the trend so that the analyst can read it.\n"
-        "```python\ntotals = sales.set_index('week')['amount']\nprint(totals.sum())\nfinal_answer(int(totals.sum()))\n```\n"
+        "```python\ntotals = sales.set_index('week')['amount']\ntotals.plot(marker='o', title='Amount by week')\n"
+        "print(totals.sum())\nfinal_answer(int(totals.sum()))\n```\n"
     )], key="plot the trend")
     notebook.run(SETUP)
-    cell = notebook.run("%%agent code --in sales\nTotal {sales} by week, plot the trend of the amount over the weeks, "
+    cell = notebook.run("%%agent code --in sales\nTotal {sales} by week, plot the trend of the amount over the weeks,\n"
                         "and set_index on week before anything else so the chart reads in order")
     output = cell.locator(".jp-OutputArea")
     expect(output).to_contain_text("Final answer")

@@ -91,10 +91,10 @@ def test_tool_calling_agents_run_many_without_sandboxes(scripted_server):
     for i in range(4):
         scripted_server.script([tool_calls([("final_answer", {"answer": f"done {i}"})], delay=0.3)], key=f"JOB{i} ")
     agent = ToolCallingAgent(scripted_server.model())
-    started = time.monotonic()
     runs = asyncio.run(arun_many(agent, [f"JOB{i} go" for i in range(4)], concurrency=4, progress=False))
     assert [r.output for r in runs] == [f"done {i}" for i in range(4)]
-    assert time.monotonic() - started < 4 * 0.3  # the four model calls overlapped
+    # The model calls overlapped: counted by the server, not timed (a loaded machine stretches any timing).
+    assert scripted_server.peak_concurrency >= 2
 
 
 def test_bad_arguments_say_what_to_pass(scripted_server):

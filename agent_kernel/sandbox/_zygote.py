@@ -327,7 +327,10 @@ def _serve(sock: socket.socket) -> _Order | None:
                 return None
         if sock not in ready:
             continue
-        data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 2)
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 2)
+        except ConnectionResetError:  # the host exited with a request unread: as gone as an end of file
+            return None
         if not data:
             return None
         request = json.loads(data)
