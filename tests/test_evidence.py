@@ -6,14 +6,26 @@ import json
 
 from hypothesis import given
 from hypothesis import strategies as st
-from scripted_server import text
+from scripted_server import text, tool_calls
 
-from agent_kernel.agents import CodeAgent
+from agent_kernel.agents import CodeAgent, ToolCallingAgent
 from agent_kernel.agents._code import prose_answer
 from agent_kernel.agents._evidence import numbers, weigh
 from agent_kernel.display import mime_bundle, render_text
 from agent_kernel.memory import ActionStep, FinalAnswerStep, RunRecord
 from agent_kernel.sandbox._records import Execution
+from agent_kernel.tools import tool
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers.
+
+    Args:
+        a: the first.
+        b: the second.
+    """
+    return a + b
 
 
 def _run(task: str, *printed: str) -> RunRecord:
@@ -135,3 +147,14 @@ def test_an_answer_never_printed_is_unverified_in_the_display_and_the_export(scr
     assert "unverified: 12% was never computed" in render_text(run)
     notebook = run.to_notebook(str(tmp_path / "run.ipynb"))
     assert any("unverified: 12% was never computed" in c.source for c in notebook.cells if c.cell_type == "markdown")
+
+
+def test_a_tool_result_is_evidence_and_the_final_answer_call_is_not(scripted_server):
+    scripted_server.script([
+        tool_calls([("add", {"a": 40, "b": 2})]),
+        tool_calls([("final_answer", {"answer": "40 + 2 = 42, twice that is 84"})]),
+    ])
+    run = ToolCallingAgent(scripted_server.model(), tools=[add]).run("add forty and two")
+    assert run.state == "success"
+    assert run.steps[-1].sources == {"42": 1} and run.unverified == ["40", "2", "84"]
+    assert "unverified: 40, 2 and 84 were never computed" in render_text(run)
