@@ -406,10 +406,10 @@ def _answer_cells(run: Run, final: FinalAnswerStep, counter: _Counter) -> list[N
         detail = f"\n\n{_fenced(run.error)}" if run.error else ""  # for budget_exceeded and stuck: what was spent, why
         return [new_markdown_cell(f"## No final answer\n\nThe run ended as **{run.state}**.{detail}")]
     count = counter.next()
-    if run.agent == "code":
+    if any(s.is_final and s.execution is not None and s.execution.has_final_answer for s in run.action_steps):
         # `answer` is set by final_answer(...) in the cells above, so re-running reproduces it.
         code, exact = "answer", True
-    else:
+    else:  # the model's own words (a tool call, or a CodeAgent's reply in prose)
         literal, exact = _literal(run.output)
         note = [] if exact else [_comment("(not a Python literal: its repr, as a string)")]
         code = "\n".join([*note, f"answer = {literal}", "answer"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from hypothesis import given
+from nbclient import NotebookClient
 from hypothesis import strategies as st
 from scripted_server import text, tool_calls
 
@@ -121,6 +122,9 @@ def test_a_prose_answer_after_an_observation_ends_the_run_with_its_sources_and_u
     notebook = run.to_notebook(str(tmp_path / "run.ipynb"))
     heading = next(c.source for c in notebook.cells if c.source.startswith("## Final answer"))
     assert "**unverified: 15% was never computed**" in heading and "9.6% from step 1" in heading
+    NotebookClient(notebook, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    last = notebook.cells[-1]  # no final_answer ran: the answer cell states the prose answer
+    assert last.outputs[0]["data"]["text/plain"] == repr(run.output)
 
 
 def test_prose_before_any_observation_is_still_told_to_write_code(scripted_server):
