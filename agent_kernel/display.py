@@ -42,11 +42,13 @@ from .observation import (
     Part,
     Proposed,
     Thought,
+    answer_sources,
     describe,
     describe_streamed,
     format_call,
     format_footer,
     review_label,
+    unverified_note,
 )
 from .sandbox import MimeBundle
 
@@ -169,7 +171,8 @@ def _step_text(step: Step, with_model_text: bool = True) -> str:
     if isinstance(step, PlanningStep):
         return f"── Plan\n{step.plan}"
     if isinstance(step, FinalAnswerStep):
-        return f"── Final answer\n{_summarised(_value_text(step.output))}"
+        lines = [_summarised(_value_text(step.output)), unverified_note(step), answer_sources(step)]
+        return "── Final answer\n" + "\n".join(line for line in lines if line)
     lines = [f"── {_step_header(step)}"] if with_model_text else []
     for part in describe(step):
         if with_model_text or not isinstance(part, (Thought, Code, Proposed)):
@@ -324,7 +327,10 @@ def _step_html(step: Step) -> str:
     if isinstance(step, PlanningStep):
         return f'<div style="{_STEP}"><b>Plan</b>{_prose(step.plan)}</div>'
     if isinstance(step, FinalAnswerStep):
-        return f'<div style="{_STEP} {_ANSWER_BORDER}"><b>Final answer</b>{_value_html(step.output)}</div>'
+        notes = [f'<div style="{style}">{_esc(text)}</div>' for style, text in
+                 ((_ERROR, unverified_note(step)), (_MUTED, answer_sources(step))) if text]
+        return (f'<div style="{_STEP} {_ANSWER_BORDER}"><b>Final answer</b>{_value_html(step.output)}'
+                f'{"".join(notes)}</div>')
     parts = [f"<div><b>{_esc(_step_header(step))}</b></div>", *map(_part_html, describe(step))]
     return f'<div style="{_STEP}">{"".join(parts)}</div>'
 

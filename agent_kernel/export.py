@@ -25,7 +25,20 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 from ._safe import clean_text, safe_bundle
 from .display import provenance
-from .observation import Call, Code, Failure, Note, Proposed, Thought, describe, format_call, format_footer, review_label
+from .observation import (
+    Call,
+    Code,
+    Failure,
+    Note,
+    Proposed,
+    Thought,
+    answer_sources,
+    describe,
+    format_call,
+    format_footer,
+    review_label,
+    unverified_note,
+)
 from .records import ActionStep, FinalAnswerStep, PlanningStep, TaskStep, ToolCall
 from .records import RunRecord as Run  # the record: every memory.Run is one
 
@@ -84,7 +97,8 @@ def run_to_notebook(
     counter = _Counter()
     for step in run.steps:
         cells.extend(_stamped(cell, run, step) for cell in _step_cells(step, run, counter))
-    cells.extend(_stamped(cell, run, FinalAnswerStep(run.output)) for cell in _answer_cells(run, counter))
+    final = next((s for s in reversed(run.steps) if isinstance(s, FinalAnswerStep)), FinalAnswerStep(run.output))
+    cells.extend(_stamped(cell, run, final) for cell in _answer_cells(run, final, counter))
 
     nb = new_notebook(cells=cells, metadata=_metadata(run, kernel))
     nbformat.validate(nb)
@@ -387,20 +401,23 @@ def _replay_stubs(run: Run) -> list[str]:
 # Final answer, inputs, metadata
 
 
-def _answer_cells(run: Run, counter: _Counter) -> list[NotebookNode]:
+def _answer_cells(run: Run, final: FinalAnswerStep, counter: _Counter) -> list[NotebookNode]:
     if run.state != "success":
         detail = f"\n\n{_fenced(run.error)}" if run.error else ""  # for budget_exceeded and stuck: what was spent, why
         return [new_markdown_cell(f"## No final answer\n\nThe run ended as **{run.state}**.{detail}")]
     count = counter.next()
-    if run.agent == "code":
+    if any(s.is_final and s.execution is not None and s.execution.has_final_answer for s in run.action_steps):
         # `answer` is set by final_answer(...) in the cells above, so re-running reproduces it.
         code, exact = "answer", True
-    else:
+    else:  # the model's own words (a tool call, or a CodeAgent's reply in prose)
         literal, exact = _literal(run.output)
         note = [] if exact else [_comment("(not a Python literal: its repr, as a string)")]
         code = "\n".join([*note, f"answer = {literal}", "answer"])
     output = _result_output(run.output, exact, count)
-    return [new_markdown_cell("## Final answer"), new_code_cell(code, execution_count=count, outputs=[output])]
+    unverified, sources = unverified_note(final), answer_sources(final)
+    notes = [f"**{safe_markdown(unverified)}**" if unverified else "", safe_markdown(sources)]
+    heading = "\n\n".join(["## Final answer", *(note for note in notes if note)])
+    return [new_markdown_cell(heading), new_code_cell(code, execution_count=count, outputs=[output])]
 
 
 def _save_inputs(inputs: Mapping[str, Any], notebook: Path) -> str:

@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from .records import ActionStep, ToolCall, Usage
+from .records import ActionStep, FinalAnswerStep, ToolCall, Usage
 
 if TYPE_CHECKING:  # the sandbox package imports jupyter_client: keep records cheap to import
     from .sandbox import Execution
@@ -177,6 +177,21 @@ def format_footer(usage: Usage, steps: int, duration: float, state: str = "") ->
         parts += [f"{usage.total_tokens:,} tokens ({usage.input_tokens:,} in / {usage.output_tokens:,} out)",
                   f"${usage.cost:.4f}"]
     return " · ".join(parts + ([state] if state else []))
+
+
+def answer_sources(step: FinalAnswerStep) -> str:
+    """Where the answer's numbers came from: "9.6% from step 2; 5 from the task" ("" if none)."""
+    return "; ".join(f"{number} from {f'step {index}' if index else 'the task'}"
+                     for number, index in step.sources.items())
+
+
+def unverified_note(step: FinalAnswerStep) -> str:
+    """"unverified: 10% was never computed" for numbers no step showed ("" when every one was)."""
+    numbers = step.unverified
+    if not numbers:
+        return ""
+    listed = numbers[0] if len(numbers) == 1 else ", ".join(numbers[:-1]) + f" and {numbers[-1]}"
+    return f"unverified: {listed} {'was' if len(numbers) == 1 else 'were'} never computed"
 
 
 def review_label(step: ActionStep) -> str:

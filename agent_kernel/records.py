@@ -96,7 +96,12 @@ class ActionStep:
 
 @dataclass
 class FinalAnswerStep:
+    """The run's answer, and where its numbers came from (see agents._evidence)."""
+
     output: Any
+    sources: dict[str, int] = field(default_factory=dict)  # a number as the answer writes it -> the step
+    # whose output showed it (0: only the task gave it)
+    unverified: list[str] = field(default_factory=list)  # the answer's numbers that no step showed
     kind: Literal["final"] = "final"
 
 
@@ -117,6 +122,8 @@ class RunRecord:
     started_at: float = field(default_factory=time.time)
     duration: float = 0.0
     error: str | None = None  # why it failed, or (budget_exceeded, stuck) why it was stopped
+    unverified: list[str] = field(default_factory=list)  # numbers in the answer no step computed: a success,
+    # but one to check (the final answer step says the same, and where the other numbers came from)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # provenance: outputs and exports name it
 
     @property

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._safe import image_base64
-from ..memory import ActionStep, ToolCall
+from ..memory import ActionStep, Step, TaskStep, ToolCall
 from ..observation import png_size, render_observation
 from ..sandbox import Execution, gateway_url
 from ..tools import Tool
@@ -48,6 +48,29 @@ def extract_code(text: str) -> tuple[str | None, str]:
 
 def _thought(text: str) -> str:
     return re.sub(r"^\s*Thought:\s*", "", text.strip())
+
+
+_LABEL = re.compile(r"^[ \t*_#]*(?:thought|final answer|answer)[ \t*_]*:[ \t*_]*", re.I | re.M)
+_FINAL_LABEL = re.compile(r"^[ \t*_#]*final answer[ \t*_]*:", re.I | re.M)
+
+
+def prose_answer(text: str) -> str:
+    """A reply in words taken as the answer: what follows its last "Final answer:" label if it has
+    one, else the whole reply, without "Thought:" / "Answer:" labels."""
+    labelled = list(_FINAL_LABEL.finditer(text))
+    if labelled:
+        text = text[labelled[-1].start():]
+    return _LABEL.sub("", text).strip().strip("*").strip()
+
+
+def _observed(memory: list[Step]) -> bool:
+    """Whether code of the current run (the steps since its task) ran and its output was seen."""
+    for step in reversed(memory):
+        if isinstance(step, TaskStep):
+            return False
+        if isinstance(step, ActionStep) and step.execution is not None:
+            return True
+    return False
 
 
 def _is_code(text: str) -> bool:
@@ -169,6 +192,8 @@ class CodeAgent(MultiStepAgent):
     async def _act(self, step: ActionStep, reply: Any, final: bool) -> Any:
         step.code, step.thought = extract_code(step.model_output)
         if step.code is None:
+            if _observed(self.memory) and (answer := prose_answer(step.model_output)):
+                return answer  # the model saw its results and said the answer in words
             step.error = "no code in the reply"
             step.observation = _prompts.CODE_FORMAT_REMINDER
             return NO_ANSWER

@@ -36,7 +36,7 @@ from ..memory import (
     TextDelta,
 )
 from ..tools import Tool, as_tool
-from . import _context, _prompts, _sync
+from . import _context, _evidence, _prompts, _sync
 from ._context import Message
 from ._limits import Budget, Limits, _RunEnded
 from ._options import AgentOptions
@@ -452,7 +452,9 @@ class MultiStepAgent:
 
     def _finish(self, run: Run, sink: Sink | None, answer: Any, state: Literal["success", "max_steps"]) -> None:
         run.output, run.state = answer, state
-        self._record(run, FinalAnswerStep(answer), sink)
+        evidence = _evidence.weigh(answer, run)
+        run.unverified = evidence.unverified
+        self._record(run, FinalAnswerStep(answer, evidence.sources, evidence.unverified), sink)
 
     def _record(self, run: Run, step: Step, sink: Sink | None) -> None:
         self.memory.append(step)

@@ -1,0 +1,135 @@
+"""Where a final answer's numbers came from: each one looked up in what the run's steps showed.
+
+An analyst can trust "9.6%" when a step printed 0.0962 (or 9.62, or 9.6 %); an answer whose figure
+no step ever showed was not computed, whatever the model says. The run still ends as a success,
+but its record says which numbers are `unverified` and which step showed each of the others.
+
+What counts as evidence: a step's printed text and displayed values (their text form), the results
+of the tools it called, and the value code passed to final_answer, except for numbers written as
+literals in that code (`final_answer("10%")` computes nothing). Matching is tolerant: thousands
+separators, percentages against fractions (9.6% ~ 0.096), signs ignored ("fell 3%" ~ -0.03), and
+a shown value matches when it rounds to the answer's number at the answer's precision.
+
+Numbers in the task are not evidence for themselves: a number the task gave ("top 5", "is growth
+10%?") that no step showed is sourced to the task (step 0), so the answer block says "5 from the
+task" rather than claiming it was computed, and it is not counted as unverified either.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..memory import ActionStep, RunRecord
+
+TASK = 0  # the source of a number the task itself gave
+_NUMBER = re.compile(
+    r"(?<![\w.])(?P<mantissa>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+    r"(?P<exponent>[eE][-+]?\d+)?(?P<percent>\s?%)?(?!\w)"
+)
+_MAX_TEXT = 2_000_000  # characters of one step's output searched (larger outputs: their start)
+
+
+@dataclass(frozen=True)
+class Number:
+    """A number as written: its text, value (percent sign dropped) and decimal places."""
+
+    text: str
+    value: float
+    places: int
+    percent: bool
+
+    def matches(self, shown: Number) -> bool:
+        """Whether `shown` (from a step's output) rounds to this number at its precision."""
+        half = 0.5 * 10.0 ** -self.places
+        forms = [shown.value]
+        if self.percent and not shown.percent:
+            forms.append(shown.value * 100)  # 9.6% from a printed fraction 0.096
+        if shown.percent and not self.percent:
+            forms.append(shown.value / 100)  # 0.096 from a printed 9.6%
+        # a few units in the last place more: the float arithmetic of parsing and scaling
+        return any(abs(abs(form) - abs(self.value)) <= half + 4 * math.ulp(max(abs(form), abs(self.value)))
+                   for form in forms)
+
+
+@dataclass
+class Evidence:
+    sources: dict[str, int] = field(default_factory=dict)  # number as written -> step that showed it (0: task)
+    unverified: list[str] = field(default_factory=list)  # numbers no step showed
+
+
+def numbers(text: str) -> list[Number]:
+    """The numbers in `text`: ints, decimals, exponents, percentages, with thousands separators."""
+    found = []
+    for match in _NUMBER.finditer(text):
+        mantissa, exponent = match["mantissa"].replace(",", ""), match["exponent"] or ""
+        places = len(mantissa.partition(".")[2]) - (int(exponent[1:]) if exponent else 0)
+        try:
+            value = float(mantissa + exponent)
+        except OverflowError:
+            continue
+        found.append(Number(match.group().strip(), value, places, bool(match["percent"])))
+    return found
+
+
+def weigh(answer: Any, run: RunRecord) -> Evidence:
+    """Each of the answer's numbers, sourced to the last step that showed it, else to the task."""
+    claimed = _answer_numbers(answer)
+    if not claimed:
+        return Evidence()
+    shown = [(step.index, numbers(text)) for step in run.action_steps for text in _shown(step, claimed)]
+    given = numbers(run.task)
+    evidence = Evidence()
+    for number in claimed:
+        steps = [index for index, seen in shown if any(number.matches(s) for s in seen)]
+        if steps:
+            evidence.sources[number.text] = steps[-1]
+        elif any(number.matches(g) for g in given):
+            evidence.sources[number.text] = TASK
+        elif number.text not in evidence.unverified:
+            evidence.unverified.append(number.text)
+    return evidence
+
+
+def _answer_numbers(answer: Any) -> list[Number]:
+    """The numbers an answer states: in its text, or a number itself (other values: not read)."""
+    if isinstance(answer, bool):
+        return []
+    if isinstance(answer, (int, float)):
+        answer = str(answer)
+    if not isinstance(answer, str):
+        return []
+    unique: dict[str, Number] = {}
+    for number in numbers(answer):
+        unique.setdefault(number.text, number)
+    return list(unique.values())
+
+
+def _shown(step: ActionStep, claimed: list[Number]) -> Iterator[str]:
+    """The texts one step showed: its outputs, its tools' results, the value its code answered."""
+    execution = step.execution
+    if execution is not None:
+        for output in execution.outputs:
+            if output["output_type"] == "stream":
+                yield str(output.get("text", ""))[:_MAX_TEXT]
+            elif output["output_type"] in ("display_data", "execute_result"):
+                text = output.get("data", {}).get("text/plain", "")
+                yield ("".join(text) if isinstance(text, list) else str(text))[:_MAX_TEXT]
+        if execution.has_final_answer and execution.error is None:
+            written = numbers(step.code or "")
+            literal = [n.text for n in claimed if any(n.matches(w) for w in written)]
+            value = str(execution.final_answer)[:_MAX_TEXT]
+            yield _without(value, literal)
+    for call in step.tool_calls:
+        if call.name != "final_answer" and call.error is None:  # a tool's answer is the model's claim
+            yield str(call.result)[:_MAX_TEXT]
+
+
+def _without(text: str, literal: list[str]) -> str:
+    """`text` with the numbers the code wrote as literals taken out: those were not computed."""
+    for number in literal:
+        text = text.replace(number, " ")
+    return text

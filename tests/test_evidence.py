@@ -1,0 +1,164 @@
+"""Honest answers: each number in a final answer is looked up in what the run's steps showed."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from nbclient import NotebookClient
+from hypothesis import strategies as st
+from scripted_server import text, tool_calls
+
+from agent_kernel.agents import CodeAgent, ToolCallingAgent
+from agent_kernel.agents._code import prose_answer
+from agent_kernel.agents._evidence import numbers, weigh
+from agent_kernel.display import mime_bundle, render_text
+from agent_kernel.memory import ActionStep, FinalAnswerStep, RunRecord
+from agent_kernel.sandbox._records import Execution
+from agent_kernel.tools import tool
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers.
+
+    Args:
+        a: the first.
+        b: the second.
+    """
+    return a + b
+
+
+def _run(task: str, *printed: str) -> RunRecord:
+    steps = [ActionStep(index=i, code="print(x)", execution=Execution(
+        "print(x)", outputs=[{"output_type": "stream", "name": "stdout", "text": out}]))
+        for i, out in enumerate(printed, start=1)]
+    return RunRecord(task=task, agent="code", model="m", steps=list(steps))
+
+
+# -- extraction and matching ------------------------------------------------------------------------
+
+
+def test_numbers_reads_separators_decimals_exponents_and_percentages():
+    found = [(n.text, n.value, n.places, n.percent) for n in numbers(
+        "grew 9.6% (1,234,567.89 rows, 9.6e-02, .5) in 2024; x1 step2 5th are names")]
+    assert found == [("9.6%", 9.6, 1, True), ("1,234,567.89", 1234567.89, 2, False),
+                     ("9.6e-02", 0.096, 3, False), (".5", 0.5, 1, False), ("2024", 2024.0, 0, False)]
+
+
+def test_tolerant_matching_at_the_answers_precision():
+    run = _run("growth?", "growth 0.09615, rows 1234567, change -0.0312, share 42.5 %")
+    evidence = weigh("Growth was 9.6% over 1,234,567 rows; it fell 3.1%; 0.425 of them; 9.62 is not shown", run)
+    assert evidence.sources == {"9.6%": 1, "1,234,567": 1, "3.1%": 1, "0.425": 1}
+    assert evidence.unverified == ["9.62"]  # more precise than anything printed: not computed
+
+
+def test_the_last_step_that_showed_a_number_is_its_source_and_the_task_is_not_evidence():
+    run = _run("the top 5 by revenue: is growth 10%?", "revenue 12.5", "mean 12.5")
+    evidence = weigh("The top 5 have a mean of 12.5; growth is not 10% but 11%", run)
+    assert evidence.sources == {"5": 0, "12.5": 2, "10%": 0}  # 0: only the task gave it
+    assert evidence.unverified == ["11%"]
+
+
+def test_a_number_written_as_a_literal_in_the_answering_code_was_not_computed():
+    execution = Execution('final_answer(f"{g:.1%} growth, not 12%")', has_final_answer=True,
+                          final_answer="9.6% growth, not 12%")
+    step = ActionStep(index=1, code=execution.code, execution=execution)
+    run = RunRecord(task="growth?", agent="code", model="m", steps=[step])
+    evidence = weigh("9.6% growth, not 12% (10% rounded)", run)
+    assert evidence.sources == {"9.6%": 1, "10%": 1} and evidence.unverified == ["12%"]
+
+
+def test_values_that_state_no_number_are_not_weighed():
+    run = _run("t", "1")
+    assert weigh(None, run).unverified == [] and weigh({"a": 3}, run).unverified == []
+    assert weigh(3, run).unverified == ["3"] and weigh(1.0, run).sources == {"1.0": 1}
+
+
+@given(st.floats(min_value=-1e9, max_value=1e9, allow_nan=False), st.integers(0, 6), st.sampled_from(
+    ["{x!r}", "{x}", "{x:.8g}", "{x:.3e}", "{x:,.6f}", "{x:.4%}"]))
+def test_a_number_python_printed_is_found_at_any_coarser_precision(x: float, places: int, printed: str):
+    shown = printed.format(x=x)
+    run = _run("compute it", f"result: {shown}")
+    value = float(shown.replace(",", "").rstrip("%")) / (100 if shown.endswith("%") else 1)
+    written = shown.split("e")[0].replace("%", "")
+    digits = len(written.partition(".")[2]) - (int(shown.split("e")[1]) if "e" in shown else 0)
+    digits += 2 if shown.endswith("%") else 0  # the printed precision as a fraction: no answer claims more
+    coarser = min(places, max(digits, 0))
+    answers = [f"{value:.{coarser}f}", f"{value:,.{coarser}f}"]
+    if coarser >= 2:
+        answers.append(f"{value * 100:.{coarser - 2}f}%")
+    for answer in answers:
+        assert weigh(f"It is {answer}.", run).unverified == [], (shown, answer)
+
+
+def test_prose_answer_drops_labels():
+    assert prose_answer("Thought: I have it.\nFinal answer: **9.6%**") == "9.6%"
+    assert prose_answer("Thought: done.\nThe growth was 9.6%.") == "done.\nThe growth was 9.6%."
+
+
+# -- runs end to end: the scripted server, a real sandbox --------------------------------------------
+
+
+def test_a_prose_answer_after_an_observation_ends_the_run_with_its_sources_and_unverified_numbers(
+        scripted_server, tmp_path):
+    scripted_server.script([
+        text("Thought: growth first.\n```python\ng = (548 - 500) / 500\nprint('growth', g)\n```"),
+        text("Thought: I have the result.\nFinal answer: growth was 9.6%, about 15% of the 500 units."),
+    ])
+    with CodeAgent(scripted_server.model()) as agent:
+        run = agent.run("growth from 500 to 548?")
+    assert run.state == "success", run.error
+    assert run.output == "growth was 9.6%, about 15% of the 500 units."
+    final = run.steps[-1]
+    assert isinstance(final, FinalAnswerStep)
+    assert final.sources == {"9.6%": 1, "500": 0} and run.unverified == final.unverified == ["15%"]
+    assert run.action_steps[-1].error is None  # the prose was the answer, not a format error
+    assert json.loads(run.to_json())["unverified"] == ["15%"]
+    shown = render_text(run)
+    assert "unverified: 15% was never computed" in shown and "9.6% from step 1; 500 from the task" in shown
+    html = mime_bundle(run)["text/html"]
+    assert "unverified: 15% was never computed" in html and "9.6% from step 1" in html
+    notebook = run.to_notebook(str(tmp_path / "run.ipynb"))
+    heading = next(c.source for c in notebook.cells if c.source.startswith("## Final answer"))
+    assert "**unverified: 15% was never computed**" in heading and "9.6% from step 1" in heading
+    NotebookClient(notebook, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    last = notebook.cells[-1]  # no final_answer ran: the answer cell states the prose answer
+    assert last.outputs[0]["data"]["text/plain"] == repr(run.output)
+
+
+def test_prose_before_any_observation_is_still_told_to_write_code(scripted_server):
+    scripted_server.script([
+        text("The answer is 42."),
+        text("```python\nx = 6 * 7\nprint(x)\n```"),
+        text("Six times seven is 42."),
+    ])
+    with CodeAgent(scripted_server.model()) as agent:
+        run = agent.run("six times seven")
+    assert run.state == "success", run.error
+    first = run.action_steps[0]
+    assert first.error == "no code in the reply" and "no code block" in first.observation
+    assert run.output == "Six times seven is 42." and run.steps[-1].sources == {"42": 2} and run.unverified == []
+    assert "unverified" not in render_text(run) and "42 from step 2" in render_text(run)
+
+
+def test_an_answer_never_printed_is_unverified_in_the_display_and_the_export(scripted_server, tmp_path):
+    scripted_server.script([text("```python\nfinal_answer('revenue grew 12%')\n```")])
+    with CodeAgent(scripted_server.model()) as agent:
+        run = agent.run("how much did revenue grow?")
+    assert run.state == "success" and run.output == "revenue grew 12%"
+    assert run.unverified == ["12%"] and run.steps[-1].sources == {}
+    assert "unverified: 12% was never computed" in render_text(run)
+    notebook = run.to_notebook(str(tmp_path / "run.ipynb"))
+    assert any("unverified: 12% was never computed" in c.source for c in notebook.cells if c.cell_type == "markdown")
+
+
+def test_a_tool_result_is_evidence_and_the_final_answer_call_is_not(scripted_server):
+    scripted_server.script([
+        tool_calls([("add", {"a": 40, "b": 2})]),
+        tool_calls([("final_answer", {"answer": "40 + 2 = 42, twice that is 84"})]),
+    ])
+    run = ToolCallingAgent(scripted_server.model(), tools=[add]).run("add forty and two")
+    assert run.state == "success"
+    assert run.steps[-1].sources == {"42": 1} and run.unverified == ["40", "2", "84"]
+    assert "unverified: 40, 2 and 84 were never computed" in render_text(run)
