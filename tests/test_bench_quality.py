@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from scripted_server import ScriptedServer, text
+from scripted_server import ScriptedServer, text, tool_calls
 
 pd = pytest.importorskip("pandas")
 
@@ -64,8 +64,8 @@ def test_tables_are_the_same_for_the_seed_and_differ_for_another() -> None:
     assert not first["sales"].equals(other["sales"])
 
 
-def test_harness_end_to_end_on_the_scripted_server(scripted_server: ScriptedServer) -> None:
-    """Two questions for our CodeAgent and smolagents' on one scripted model: one right, one wrong but finished."""
+def test_harness_end_to_end_on_the_scripted_server(scripted_server: ScriptedServer, tables: dict[str, Any]) -> None:
+    """Two questions for all three agents on one scripted model: one right, one wrong but finished."""
     pytest.importorskip("smolagents")
     by_id = {q.id: q for q in bq.QUESTIONS}
     questions = [by_id["people_headcount"], by_id["sales_total"]]
@@ -74,14 +74,26 @@ def test_harness_end_to_end_on_the_scripted_server(scripted_server: ScriptedServ
         key=questions[0].text)
     scripted_server.script(lambda body: text("Thought: a guess.\n```python\nfinal_answer(1.5)\n```"),
                            key=questions[1].text)
+    counts = {k: int(v) for k, v in tables["people"].department.value_counts().items()}
+
+    def tools_headcount(body: dict[str, Any]) -> Any:  # the python tool first, then the answer it printed
+        if any(m.get("role") == "tool" for m in body["messages"]):
+            return tool_calls([("final_answer", {"answer": counts})])
+        return tool_calls([("python_interpreter", {"code": "print(people.department.value_counts().to_dict())"})])
+
+    in_tool = "\n\nTables (already defined in the python_interpreter tool)"
+    scripted_server.script(tools_headcount, key=questions[0].text + in_tool)
+    scripted_server.script(lambda body: tool_calls([("final_answer", {"answer": 1.5})]), key=questions[1].text + in_tool)
     spec = bq.ModelSpec("openai/scripted", scripted_server.url, "sk-scripted", {})
     lines: list[str] = []
-    outcomes, summaries = bq.run_bench(["code", "smol"], spec, questions, lines.append)
+    outcomes, summaries = bq.run_bench(["code", "tools", "smol"], spec, questions, lines.append)
     assert [(o.agent, o.question, o.right, o.success, o.steps) for o in outcomes] == [
-        ("code", "people_headcount", True, True, 1), ("smol", "people_headcount", True, True, 1),
-        ("code", "sales_total", False, True, 1), ("smol", "sales_total", False, True, 1)], outcomes
+        ("code", "people_headcount", True, True, 1), ("tools", "people_headcount", True, True, 2),
+        ("smol", "people_headcount", True, True, 1), ("code", "sales_total", False, True, 1),
+        ("tools", "sales_total", False, True, 1), ("smol", "sales_total", False, True, 1)], lines
     assert all(o.tokens > 0 for o in outcomes)
     for summary in summaries:
-        assert (summary.questions, summary.right, summary.wrong_marked_success, summary.mean_steps) == (2, 1, 1, 1.0)
+        assert (summary.questions, summary.right, summary.wrong_marked_success) == (2, 1, 1)
         assert summary.seconds_per_right == pytest.approx(summary.seconds_per_question * 2)
-    assert len(scripted_server.requests) == 4
+    assert [s.mean_steps for s in summaries] == [1.0, 1.5, 1.0]
+    assert len(scripted_server.requests) == 7
