@@ -10,10 +10,13 @@
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
+import importlib
 import inspect
 import os
 import re
 import shlex
+import threading
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from ..agents import Limits
     from ..memory import Event, Run
     from ..models import Model
+    from ..sandbox import AsyncSandbox, SandboxPool
 
 from .. import _aio, _widgets
 from .. import review as _review
@@ -92,6 +96,8 @@ class AgentMagics(Magics):
         help="how --review asks and %agent fix offers its fix: widgets (a prompt with buttons; the cell waits "
         "for the click), input (text prompts; %agent fix --apply), auto: widgets where ipywidgets can show",
     ).tag(config=True)
+    warm = Bool(True, help="at load, import litellm and start a sandbox for the first %%agent code cell in the "
+                "background (set in ipython_config.py: it acts when the extension loads)").tag(config=True)
 
     # The environment picks the model where a notebook must not name one (shared examples, CI).
     @default("model")
@@ -113,6 +119,41 @@ class AgentMagics(Magics):
         self._failure: tuple[str, BaseException] | None = None  # the last cell that raised, and what
         self._errors: dict[int, str] = {}  # execution count -> the error that cell raised (--context)
         self._fix: Any = None  # the last agent_kernel.fix.Fix, for `%agent fix --apply` without a rerun
+        self._warm: SandboxPool | None = None  # one sandbox started at load, for the first code cell
+        self._lent: dict[str, AsyncSandbox] = {}  # kind -> the warm sandbox its agent runs in (ours to close)
+        self._retiring: concurrent.futures.Future[None] | None = None  # a warm sandbox a cell did not match
+
+    def warm_up(self) -> None:
+        """Start litellm's import and a sandbox with this session's default options, in the background:
+        the first `%%agent` cell would otherwise wait seconds for both before its model is called."""
+        from .. import _litellm
+        from ..sandbox import SandboxPool
+
+        _litellm.preload()
+        threading.Thread(target=importlib.import_module, args=("agent_kernel.agents",),  # 0.5 s of dataclasses
+                         name="agent_kernel-agents-import", daemon=True).start()
+        self._warm = SandboxPool(1, total=1, **self._sandbox_options(None))
+        _aio.submit(self._warm.astart())
+
+    def _sandbox_options(self, options: CellOptions | None) -> dict[str, Any]:
+        """A code cell's sandbox options: the session's defaults, and the cell's own where it gives them."""
+        return {"imports": [*self.imports, *(options.imports if options else ())],
+                "timeout": (options.timeout if options else None) or self.timeout,
+                "network": (options.network if options else False) or self.network,
+                "read_paths": list(options.read if options else ())}
+
+    def _take_warm(self, sandbox_options: dict[str, Any]) -> AsyncSandbox | None:
+        """The warm sandbox if it was started with these options; the first code cell takes it or ends it."""
+        pool, self._warm = self._warm, None
+        if pool is None:
+            return None
+        if pool.options != sandbox_options:
+            self._retiring = _aio.submit(pool.aclose())  # not waited for here (at exit): it is no use to this cell
+            return None
+        try:
+            return _aio.run_sync(pool.aacquire())
+        except Exception:  # it did not start: the agent starts its own sandbox and says why
+            return None
 
     # -- %%agent ---------------------------------------------------------------------------------
 
@@ -215,25 +256,28 @@ class AgentMagics(Magics):
         tools = [*self._tools(options.tools), *([asker.tool()] if asker else [])]
         common: dict[str, Any] = {"tools": tools, "max_steps": options.max_steps or self.max_steps,
                                   "add_base_tools": options.base_tools}
+        warm: AsyncSandbox | None = None
         try:
             model = self._model(options.model)
             if options.kind == "code":
-                agent = CodeAgent(
-                    model,
-                    imports=[*self.imports, *options.imports],
-                    timeout=options.timeout or self.timeout,
-                    network=options.network or self.network,
-                    read_paths=options.read,
-                    **common,
-                )
+                sandbox_options = self._sandbox_options(options)
+                warm = self._take_warm(sandbox_options)
+                if warm is not None:
+                    agent = CodeAgent(model, imports=sandbox_options["imports"], sandbox=warm, **common)
+                else:
+                    agent = CodeAgent(model, **sandbox_options, **common)
             else:
                 agent = ToolCallingAgent(model, **common)
         except (ValueError, TypeError) as exc:  # a bad model name, tool or sandbox option
+            if warm is not None:
+                _aio.run_sync(warm.aclose())
             raise UsageError(f"{exc}\n\n{CELL_USAGE}") from None
         if asker is not None:
             asker.agent = agent  # its questions go where the analyst is, through the agent's run
         self._close_agents(options.kind)
         self._agents[options.kind] = agent
+        if warm is not None:
+            self._lent[options.kind] = warm
         return agent, False
 
     def _controls(self, agent: Any, options: CellOptions) -> Limits:
@@ -329,6 +373,9 @@ class AgentMagics(Magics):
             agent = self._agents.pop(kind, None)
             if hasattr(agent, "close"):
                 agent.close()
+            lent = self._lent.pop(kind, None)
+            if lent is not None:
+                _aio.run_sync(lent.aclose())
 
     # -- %agent ----------------------------------------------------------------------------------
 
@@ -541,10 +588,17 @@ def load_ipython_extension(ipython: Any) -> None:
     if magics not in ipython.configurables:  # `%config AgentMagics.model = ...` looks there; IPython 8 adds it
         ipython.configurables.append(magics)
     atexit.register(_shut_down, magics)  # sandbox kernels and MCP servers end with the notebook's kernel
+    if magics.warm:
+        magics.warm_up()
 
 
 def _shut_down(magics: AgentMagics) -> None:
     magics._close_agents()
+    warm, magics._warm = magics._warm, None
+    if warm is not None:  # started at load and never used
+        _aio.run_sync(warm.aclose())
+    if magics._retiring is not None:
+        magics._retiring.result()
     if magics._mcp is not None:
         magics._mcp.close()
 
