@@ -111,7 +111,9 @@ class LocalEngine:
                 "use an instruct model (python -m agent_kernel models list)"
             )
         eos, bos = self.llm.token_eos(), self.llm.token_bos()
-        self._formatter = Jinja2ChatFormatter(
+        # Typed as Any: llama_cpp's TypedDict message types are stricter than the OpenAI-shaped dicts litellm
+        # passes, and mypy sees them only where llama-cpp-python is installed.
+        self._formatter: Any = Jinja2ChatFormatter(
             template=template,
             eos_token=self._token_text(eos),
             bos_token=self._token_text(bos),
