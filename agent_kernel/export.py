@@ -470,9 +470,16 @@ def _save_input(name: str, value: Any, folder: Path) -> tuple[str, str]:
 
 
 def _metadata(run: Run, kernel: str) -> dict[str, Any]:
+    # No language for the sandbox's: JupyterLab starts a notebook whose kernelspec it does not know
+    # (not installed, or installed after the page loaded) in the one kernel of its language, the
+    # analyst's own, without asking. Without a language it asks; the kernel fills it in when it runs.
+    spec = {"name": kernel, "display_name": _KERNELS.get(kernel, kernel)}
+    language: dict[str, Any] = {}
+    if kernel != KERNEL_NAME:
+        spec["language"], language["language_info"] = "python", {"name": "python"}
     return {
-        "kernelspec": {"name": kernel, "display_name": _KERNELS.get(kernel, kernel), "language": "python"},
-        "language_info": {"name": "python"},
+        "kernelspec": spec,
+        **language,
         "agent_kernel": {
             "run_id": run.id,
             "task": clean_text(run.task),

@@ -236,6 +236,8 @@ def test_the_first_cell_says_which_kernel_the_export_runs_in() -> None:
     run, _ = _code_run()
     nb = run_to_notebook(run)
     assert nb.metadata.kernelspec.name == "agent-sandbox"
+    # JupyterLab falls back to the one kernel of a notebook's language when it does not know its kernelspec
+    assert "language" not in nb.metadata.kernelspec and "language_info" not in nb.metadata
     assert "set to run in the `agent-sandbox` kernel (the sandbox: it reads the files in this notebook's folder" in nb.cells[0].source
     own = run_to_notebook(run, kernel="python3")
     assert own.metadata.kernelspec.name == "python3"
