@@ -14,15 +14,16 @@ host's descriptors let sandbox code read what the analyst types into a terminal,
 truncate a log file or write past every output cap; ipykernel keeps copies of them, so
 redirecting inside the kernel would not do.
 
-A kernel manager that asks for TCP (a Jupyter server's, nbclient's: anything that starts the
-plain kernelspec, as JupyterLab's Run All of an exported run does) gets what this package's own
-backends set up themselves: a private 0700 folder for the connection file and ipc sockets (the
-jupyter runtime folder it would share holds other kernels' keys, and a kernel without network
-cannot be reached over TCP), removed with the kernel. Started without settings, such a kernel
-reads its start folder (the notebook's: an export's saved inputs are there) but writes only its
-private folder, and may import anything; it is otherwise isolated as every sandbox kernel is. A
-start folder that holds the home folder is not made readable (the kernel starts in its private
-folder instead and says why in the log).
+A kernel started without settings by a kernel manager that asks for TCP (a Jupyter server's,
+nbclient's: anything that starts the plain kernelspec, as JupyterLab's Run All of an exported run
+does) gets what this package's own backends set up themselves: a private 0700 folder for the
+connection file and ipc sockets (the jupyter runtime folder it would share holds other kernels'
+keys, and a kernel without network cannot be reached over TCP), removed with the kernel. It reads
+its start folder (the notebook's: an export's saved inputs are there) but writes only its private
+folder, may import anything, and is otherwise isolated as every sandbox kernel is. A start folder
+that holds the home folder is not made readable (the kernel starts in its private folder instead
+and says why in the log). The local backend and the gateway's SandboxKernelManager keep setting up
+their own folders (ipc already): one mechanism for all three is not done yet.
 
 `ReadyClient` is the local backend's kernel client: ready as soon as the kernel has answered,
 without a heartbeat thread, on its kernel manager's zmq context.
@@ -63,7 +64,7 @@ class SandboxProvisioner(LocalProvisioner):
 
     _output: KernelOutput | None = None
     _private: pathlib.Path | None = None  # the folder made for a kernel of a TCP kernel manager
-    _settings: str | None = None  # the settings given to such a kernel started without any
+    _settings: str | None = None  # the settings it is given (it was started without any)
     process: Any  # a ZygoteChild stands in for the Popen when the kernel is forked
     pid: Any
     pgid: Any
@@ -73,12 +74,14 @@ class SandboxProvisioner(LocalProvisioner):
         km: Any = self.parent
         given = kwargs.get("env")
         env = dict(os.environ if given is None else given)
-        if self._private is None and km is not None and km.transport == "tcp":
+        # Settings sent through a stock gateway (no policy checks them) get no folder: the launcher
+        # refuses the shared runtime folder, as it always did.
+        unset = CONFIG_ENV not in env and GATEWAY_CONFIG_ENV not in env
+        if self._private is None and km is not None and km.transport == "tcp" and unset:
             self._private = pathlib.Path(tempfile.mkdtemp(prefix="agent-sandbox-"))  # 0700
             km.transport, km.ip = "ipc", str(self._private / "k")
             km.connection_file = str(self._private / "kernel.json")
-            if CONFIG_ENV not in env and GATEWAY_CONFIG_ENV not in env:
-                self._settings = json.dumps(self._standalone_settings(str(kwargs.get("cwd") or os.getcwd())))
+            self._settings = json.dumps(self._standalone_settings(str(kwargs.get("cwd") or os.getcwd())))
         if self._settings is not None:  # again on a restart, whose kwargs are the first start's
             kwargs["env"] = {**_zygote.sendable_env(env), CONFIG_ENV: self._settings}
         return await super().pre_launch(**kwargs)
@@ -90,7 +93,7 @@ class SandboxProvisioner(LocalProvisioner):
         home = os.path.realpath(os.path.expanduser("~"))
         readable = os.path.isdir(start) and os.path.commonpath([start, home]) != start
         if not readable:
-            self.log.warning("agent-sandbox: not letting the kernel read %s, which holds the home folder: "
+            self.log.warning("agent-sandbox: not letting the kernel read %s (not a folder, or it holds the home folder): "
                              "move the notebook into a folder of its own", start)
         folders = {name: str(self._private / name) for name in ("work", "transfer")}
         return {
