@@ -93,8 +93,8 @@ class SandboxProvisioner(LocalProvisioner):
         home = os.path.realpath(os.path.expanduser("~"))
         readable = os.path.isdir(start) and os.path.commonpath([start, home]) != start
         if not readable:
-            self.log.warning("agent-sandbox: not letting the kernel read %s (not a folder, or it holds the home folder): "
-                             "move the notebook into a folder of its own", start)
+            self.log.warning("agent-sandbox: not letting the kernel read %s (not a folder, or it holds the "
+                             "home folder): move the notebook into a folder of its own", start)
         folders = {name: str(self._private / name) for name in ("work", "transfer")}
         return {
             "runtime_dir": str(self._private), "workdir": folders["work"], "transfer_dir": folders["transfer"],
