@@ -3,21 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
-from pathlib import Path
-
-
-def install_kernelspec(user: bool, prefix: str | None) -> str:
-    """Install the `agent-sandbox` kernelspec so a Jupyter server or gateway can launch sandboxes."""
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    from .sandbox import KERNEL_NAME, kernel_spec
-
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "kernel.json").write_text(json.dumps(kernel_spec(), indent=1))
-        return KernelSpecManager().install_kernel_spec(tmp, KERNEL_NAME, user=user, prefix=prefix)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         return main_models(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "install-kernelspec":
+        from .sandbox import install_kernelspec
+
         print(f"installed the agent-sandbox kernelspec in {install_kernelspec(args.user, args.prefix)}")
         return 0
     from ._demo import run_demo

@@ -4,6 +4,11 @@ The notebook keeps what really happened (each code action with the outputs the s
 sanitised as in display.py) and what is needed to run it again outside the agent: the inputs saved
 beside it in safe formats (Parquet, .npy without pickle, JSON), a `final_answer` that keeps the
 answer as `answer`, and recorded results for tools that cannot run without the agent.
+
+It is set to re-run in the `agent-sandbox` kernel (installed for the user when a notebook is
+written and it is missing): the code is the model's, and Run All in the analyst's own kernel would
+run it with the analyst's files, keys and network. Started from the kernelspec, that kernel reads
+the notebook's folder (its inputs) and writes nothing there (see sandbox/_provisioner.py).
 """
 
 from __future__ import annotations
@@ -41,11 +46,16 @@ from .observation import (
 )
 from .records import ActionStep, FinalAnswerStep, PlanningStep, TaskStep, ToolCall
 from .records import RunRecord as Run  # the record: every memory.Run is one
+from .sandbox import KERNEL_NAME, install_kernelspec
 
-_KERNELS = {"python3": "Python 3 (ipykernel)", "agent-sandbox": "agent_kernel sandbox"}
+_KERNELS = {"python3": "Python 3 (ipykernel)", KERNEL_NAME: "agent_kernel sandbox"}
 _WARNING = (
     "*The code below was written by a model and ran in agent_kernel's restricted sandbox. This notebook "
     "is set to run in the `{kernel}` kernel{where}: read the code before you run it.*"
+)
+_SANDBOXED = (
+    " (the sandbox: it reads the files in this notebook's folder, writes none of them and has no network; "
+    "`python -m agent_kernel install-kernelspec --user` installs it)"
 )
 _FINAL_ANSWER_DEF = '''\
 answer = None
@@ -69,11 +79,12 @@ def run_to_notebook(
     run: Run,
     path: str | os.PathLike[str] | None = None,
     inputs: Mapping[str, Any] | None = None,
-    kernel: str = "python3",
+    kernel: str = KERNEL_NAME,
 ) -> NotebookNode:
     """Export `run` as a notebook; with `path`, write it there and save `inputs` beside it.
 
-    `kernel` is the kernelspec it is set to re-run in (the analyst's own, python3, by default); its
+    `kernel` is the kernelspec it is set to re-run in: the sandbox's by default (installed for this
+    user if a notebook is written and it is missing), or the analyst's own (e.g. "python3"); its
     first cell says which, and whether that is the sandbox.
 
     `inputs` maps the notebook variables the agent was given to their values; they are saved in
@@ -105,6 +116,8 @@ def run_to_notebook(
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, str(target))
+        if kernel == KERNEL_NAME:
+            install_kernelspec(user=True, missing_only=True)
     return nb
 
 
@@ -247,7 +260,7 @@ def _title(run: Run, kernel: str) -> str:
         "",
         f"{agent} · model `{_code_span(run.model)}` · {footer}",
         "",
-        _WARNING.format(kernel=kernel, where=" (the sandbox)" if kernel == "agent-sandbox" else ", without the sandbox"),
+        _WARNING.format(kernel=kernel, where=_SANDBOXED if kernel == KERNEL_NAME else ", without the sandbox"),
     ]
     return "\n".join(lines)
 
@@ -474,9 +487,16 @@ def _save_input(name: str, value: Any, folder: Path) -> tuple[str, str]:
 
 
 def _metadata(run: Run, kernel: str) -> dict[str, Any]:
+    # No language for the sandbox's: JupyterLab starts a notebook whose kernelspec it does not know
+    # (not installed, or installed after the page loaded) in the one kernel of its language, the
+    # analyst's own, without asking. Without a language it asks; the kernel fills it in when it runs.
+    spec = {"name": kernel, "display_name": _KERNELS.get(kernel, kernel)}
+    language: dict[str, Any] = {}
+    if kernel != KERNEL_NAME:
+        spec["language"], language["language_info"] = "python", {"name": "python"}
     return {
-        "kernelspec": {"name": kernel, "display_name": _KERNELS.get(kernel, kernel), "language": "python"},
-        "language_info": {"name": "python"},
+        "kernelspec": spec,
+        **language,
         "agent_kernel": {
             "run_id": run.id,
             "task": clean_text(run.task),

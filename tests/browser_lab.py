@@ -123,9 +123,11 @@ class Notebook:
                 "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
                                             "language": "python"}},
             }})
-        # A kernel session first: the page attaches to it instead of asking which kernel to start.
+        # A kernel session first, of the kernel the notebook names (as JupyterLab would start): the
+        # page attaches to it instead of asking which kernel to start.
+        kernel = json.loads((lab.root / f"{name}.ipynb").read_text())["metadata"]["kernelspec"]["name"]
         lab.api("POST", "/api/sessions", {"path": f"{name}.ipynb", "type": "notebook", "name": f"{name}.ipynb",
-                                          "kernel": {"name": "python3"}})
+                                          "kernel": {"name": kernel}})
         self.context = browser.new_context(viewport={"width": width, "height": 900})
         self.page: Page = self.context.new_page()
         self.dialogs: list[str] = []  # alert/confirm/prompt fired by the page: hostile output must fire none

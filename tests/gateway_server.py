@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from agent_kernel.__main__ import install_kernelspec
+from agent_kernel.sandbox import install_kernelspec
 
 _SERVER = "agent_kernel.sandbox._gateway_server"
 

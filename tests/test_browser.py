@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import nbformat
 import pytest
 from browser_lab import DARK, Lab, Notebook, chromium, contrast_problems, luminance, mid_word_breaks
 from playwright.sync_api import Browser, expect
@@ -159,9 +160,11 @@ def test_an_exported_run_re_runs_with_run_all(notebook: Notebook, server: Script
     notebook.run(SETUP)
     notebook.run("%%agent code --in sales\nPeak week for export of {sales}")
     expect(notebook.run("%agent export exported.ipynb").locator(".jp-OutputArea")).to_contain_text("saved")
+    assert nbformat.read(lab.root / "exported.ipynb", as_version=4).metadata.kernelspec.name == "agent-sandbox"
     exported = Notebook(lab, browser, "exported", existing=True)
     try:
-        expect(exported.cells.first).to_contain_text("is set to run in the `python3` kernel")
+        expect(exported.cells.first).to_contain_text("is set to run in the `agent-sandbox` kernel (the sandbox")
+        expect(exported.page.locator(".jp-Toolbar-kernelName")).to_have_text("agent_kernel sandbox")
         exported.run_all()
         code = exported.cells.locator(".jp-InputArea-editor", has_text="print(weekly.max())")
         expect(code).to_have_count(1)

@@ -23,10 +23,10 @@ HOSTILE_MD = (
 JS_PAYLOAD = "window.__agent_kernel_pwned = 1"
 
 
-def _execute(nb: nbformat.NotebookNode, cwd: Path) -> nbformat.NotebookNode:
-    """Run a notebook top to bottom in a fresh python3 ipykernel, as a user re-running it would."""
+def _execute(nb: nbformat.NotebookNode, cwd: Path, allow_errors: bool = False) -> nbformat.NotebookNode:
+    """Run a notebook top to bottom in a fresh kernel of the one it names, as Run All would."""
     fresh = nbformat.reads(nbformat.writes(nb), as_version=4)
-    NotebookClient(fresh, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(cwd)}}).execute()
+    NotebookClient(fresh, timeout=60, allow_errors=allow_errors, resources={"metadata": {"path": str(cwd)}}).execute()
     return fresh
 
 
@@ -235,9 +235,43 @@ def test_inputs_need_a_path() -> None:
 def test_the_first_cell_says_which_kernel_the_export_runs_in() -> None:
     run, _ = _code_run()
     nb = run_to_notebook(run)
-    assert nb.metadata.kernelspec.name == "python3"
-    assert "set to run in the `python3` kernel, without the sandbox" in nb.cells[0].source
-    sandboxed = run_to_notebook(run, kernel="agent-sandbox")
-    assert sandboxed.metadata.kernelspec.name == "agent-sandbox" and "(the sandbox)" in sandboxed.cells[0].source
+    assert nb.metadata.kernelspec.name == "agent-sandbox"
+    # JupyterLab falls back to the one kernel of a notebook's language when it does not know its kernelspec
+    assert "language" not in nb.metadata.kernelspec and "language_info" not in nb.metadata
+    assert "set to run in the `agent-sandbox` kernel (the sandbox: it reads the files in this notebook's folder" in nb.cells[0].source
+    own = run_to_notebook(run, kernel="python3")
+    assert own.metadata.kernelspec.name == "python3"
+    assert "set to run in the `python3` kernel, without the sandbox" in own.cells[0].source
     with pytest.raises(ValueError, match="kernelspec name"):
         run_to_notebook(run, kernel="python3; rm")
+
+
+def test_an_export_re_runs_in_the_sandbox_kernel_which_reads_only_its_folder(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run All of an export starts the agent-sandbox kernelspec (installed by the export) the way
+    JupyterLab does: it reads the saved inputs beside the notebook and reproduces the answer, may
+    import anything, but cannot read a file elsewhere (a secret in $HOME) nor write the notebook's folder."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    home, folder = tmp_path / "home", tmp_path / "project"
+    home.mkdir()
+    (home / "secret.txt").write_text("api key")
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter"))  # where --user kernelspecs go
+    assert "agent-sandbox" not in KernelSpecManager().find_kernel_specs()
+    run, inputs = _code_run()
+    nb = run_to_notebook(run, folder / "analysis.ipynb", inputs=inputs)
+    assert "agent-sandbox" in KernelSpecManager().find_kernel_specs()  # installed, in this run's data folder
+    probes = [
+        "import os, socket, subprocess\nprint(os.getcwd())",  # none of them in the default allowlist
+        f"open({str(home / 'secret.txt')!r}).read()",
+        "open('written.txt', 'w').write('x')",
+    ]
+    nb.cells.extend(nbformat.v4.new_code_cell(code) for code in probes)
+    rerun = _execute(nb, folder, allow_errors=True)
+    code = [c for c in rerun.cells if c.cell_type == "code"]
+    answer, imported, secret, written = code[-4:]
+    assert answer.outputs[0].data["text/plain"] == repr(run.output)
+    assert code[1].outputs[0].text == "total 79\n"  # from the inputs saved beside it
+    assert imported.outputs[0].text == f"{folder}\n"
+    assert secret.outputs[0].ename == "PermissionError"
+    assert written.outputs[0].ename == "PermissionError" and not (folder / "written.txt").exists()

@@ -55,7 +55,7 @@ def test_code_and_tools_cells_bind_values_show_steps_and_export(tmp_path: Path) 
                 "print(region, _agent_run.state, _agent_run.model)",
                 "%%agent code --continue --out n\nHow many rows has totals?",
                 "print(n)",
-                "%agent export 1 analysis.ipynb",
+                "%agent export 1 analysis.ipynb --kernel python3",  # the analyst's own kernel, not the sandbox's
                 "%agent sandbox",
                 "%agent runs",
                 "%agent config max_steps=3 network=no",
@@ -82,9 +82,11 @@ def test_code_and_tools_cells_bind_values_show_steps_and_export(tmp_path: Path) 
     assert "Step 1" in replay["text/html"] and "Final answer" in replay["text/html"]
     assert _stdout(nb.cells[13]).splitlines() == ["agent and sandbox stopped; the next run starts fresh",
                                                   "no sandbox: run `%%agent code` first"]
+    assert _stdout(nb.cells[8]).strip() == "saved analysis.ipynb (it re-runs in the python3 kernel)"
     exported = nbformat.read(tmp_path / "analysis.ipynb", as_version=4)
     nbformat.validate(exported)
-    NotebookClient(exported, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert exported.metadata.kernelspec.name == "python3"
+    NotebookClient(exported, timeout=60, resources={"metadata": {"path": str(tmp_path)}}).execute()
     assert exported.cells[-1].outputs[0].data["text/plain"] == "6"
 
 

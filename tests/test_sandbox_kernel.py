@@ -91,3 +91,45 @@ def test_a_subshell_request_leaves_the_kernel_working(kc):
     # supported_features first (see the kernel_info test)
     kc.control_channel.send(kc.session.msg("create_subshell_request", {}))
     assert _run(kc, "3")[0]["status"] == "ok"
+
+
+def test_a_kernel_started_from_the_plain_kernelspec_gets_a_private_folder_it_keeps_over_a_restart(
+        tmp_path, monkeypatch):
+    """A stock KernelManager (as JupyterLab's, nbclient's) asks for TCP in the shared runtime folder:
+    the provisioner gives the kernel a 0700 folder of its own over ipc, keeps it over a restart (the
+    kernel still starts in the notebook's folder) and removes it with the kernel."""
+    import os
+
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    from agent_kernel.sandbox import install_kernelspec
+
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter"))
+    install_kernelspec(user=True)
+    assert "agent-sandbox" in KernelSpecManager().find_kernel_specs()
+    folder = tmp_path / "project"
+    folder.mkdir()
+    km = KernelManager(kernel_name="agent-sandbox")
+    km.start_kernel(cwd=str(folder))
+    try:
+        private = os.path.dirname(km.connection_file)
+        assert km.transport == "ipc" and os.stat(private).st_mode & 0o777 == 0o700
+        assert os.listdir(private).count("kernel.json") == 1
+        for restart in (False, True):
+            if restart:
+                km.restart_kernel(now=True)
+                assert os.path.dirname(km.connection_file) == private
+            client = km.client()
+            client.start_channels()
+            try:
+                client.wait_for_ready(timeout=30)
+                printed = []
+                client.execute_interactive("import os; print(os.getcwd())", timeout=30, output_hook=lambda m: (
+                    printed.append(m["content"]["text"]) if m["msg_type"] == "stream" else None))
+                assert "".join(printed) == f"{folder}\n"
+            finally:
+                client.stop_channels()
+    finally:
+        km.shutdown_kernel(now=True)
+    assert not os.path.exists(private)

@@ -536,14 +536,23 @@ class AgentMagics(Magics):
             self._failure = (source, error)
 
     def _cmd_export(self, args: list[str]) -> None:
+        from ..sandbox import KERNEL_NAME
+
+        usage = "usage: %agent export [N] PATH.ipynb [--kernel NAME]"
+        kernel = KERNEL_NAME  # the export's code is the model's: by default it re-runs in the sandbox
+        if "--kernel" in args:
+            at = args.index("--kernel")
+            if at + 1 >= len(args):
+                raise UsageError(usage)
+            kernel, args = args[at + 1], args[:at] + args[at + 2:]
         if len(args) not in (1, 2) or not args[-1].endswith(".ipynb"):
-            raise UsageError("usage: %agent export [N] PATH.ipynb")
+            raise UsageError(usage)
         record = self._record(args[0] if len(args) == 2 else None)
         try:
-            record.run.to_notebook(args[-1], inputs=record.inputs or None)
+            record.run.to_notebook(args[-1], inputs=record.inputs or None, kernel=kernel)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        print(f"saved {args[-1]}")
+        print(f"saved {args[-1]} (it re-runs in the {kernel} kernel)")
 
     def _cmd_sandbox(self, args: list[str]) -> None:
         sandbox = getattr(self._agents.get("code"), "sandbox", None)

@@ -52,7 +52,8 @@ m = %agent model [NAME]            that model as a Model, to build agents in Pyt
 %agent show [N]                    replay run N (default: the last)
 %agent cell [N]                    run N's code as the next cell, on the notebook's variables (failed
                                    steps left out, final_answer(x) as answer = x, or the --out name)
-%agent export [N] PATH.ipynb       save run N as a notebook that re-runs
+%agent export [N] PATH.ipynb       save run N as a notebook that re-runs in the sandbox kernel
+                                   (--kernel NAME: in that kernel instead, e.g. python3)
 %agent sandbox                     isolation layers and variables of the last code sandbox
 %agent reset                       stop sandboxes, forget runs' memory
 %agent fix [--apply] [-m MODEL]    fix the last failing cell in a sandbox (never in this kernel) and show

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # the same names, for type checkers (they do not run __getatt
     from ._kernel_side import DEFAULT_IMPORTS
     from ._pool import SandboxPool
     from ._records import Execution, ExecutionError, Isolation, MimeBundle
-    from ._spec import KERNEL_NAME, gateway_url, kernel_spec
+    from ._spec import KERNEL_NAME, gateway_url, install_kernelspec, kernel_spec
 
 _PUBLIC = {
     "Sandbox": "._client",
@@ -39,6 +39,7 @@ _PUBLIC = {
     "DEFAULT_IMPORTS": "._kernel_side",  # what sandbox code may import without imports=[...]
     "KERNEL_NAME": "._spec",
     "kernel_spec": "._spec",  # the agent-sandbox kernelspec (python -m agent_kernel install-kernelspec)
+    "install_kernelspec": "._spec",  # python -m agent_kernel install-kernelspec; an export installs it too
     "gateway_url": "._spec",  # where sandboxes run: the given gateway, else $JUPYTER_GATEWAY_URL
 }
 

@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None, *, zygote: str | None = None, parent_han
             strict=bool(settings.get("strict", False)),
         )
     )
+    if settings.get("cwd"):  # a folder it may read, not write: an exported notebook's (see _provisioner.py)
+        os.chdir(settings["cwd"])
     if zygote:  # not a protection layer: how the kernel was started, next to what protects it
         isolation.active["zygote"] = zygote
     else:
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None, *, zygote: str | None = None, parent_han
     app = _kernel_app_class().instance()  # in a forked kernel: the zygote's, never initialized (see prepare)
     app.update_config(_kernel_config(parent_handle))
     app.initialize(argv if argv is not None else sys.argv[1:])
-    app.kernel.announce_busy = bool(settings.get("inline", False))  # behind a gateway
+    app.kernel.announce_busy = bool(settings.get("announce_busy", settings.get("inline", False)))  # a gateway or a frontend
     _kernel_side.install(
         app.shell,
         imports=settings.get("imports", []),

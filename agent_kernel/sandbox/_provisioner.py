@@ -14,6 +14,17 @@ host's descriptors let sandbox code read what the analyst types into a terminal,
 truncate a log file or write past every output cap; ipykernel keeps copies of them, so
 redirecting inside the kernel would not do.
 
+A kernel started without settings by a kernel manager that asks for TCP (a Jupyter server's,
+nbclient's: anything that starts the plain kernelspec, as JupyterLab's Run All of an exported run
+does) gets what this package's own backends set up themselves: a private 0700 folder for the
+connection file and ipc sockets (the jupyter runtime folder it would share holds other kernels'
+keys, and a kernel without network cannot be reached over TCP), removed with the kernel. It reads
+its start folder (the notebook's: an export's saved inputs are there) but writes only its private
+folder, may import anything, and is otherwise isolated as every sandbox kernel is. A start folder
+that holds the home folder is not made readable (the kernel starts in its private folder instead
+and says why in the log). The local backend and the gateway's SandboxKernelManager keep setting up
+their own folders (ipc already): one mechanism for all three is not done yet.
+
 `ReadyClient` is the local backend's kernel client: ready as soon as the kernel has answered,
 without a heartbeat thread, on its kernel manager's zmq context.
 """
@@ -22,9 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import pathlib
+import shutil
 import subprocess
+import tempfile
 import time
 from queue import Empty
 from typing import Any
@@ -37,7 +51,7 @@ from jupyter_client.provisioning import LocalProvisioner
 
 from .._safe import clean_text
 from . import _zygote
-from ._spec import LAUNCH_ENV
+from ._spec import CONFIG_ENV, GATEWAY_CONFIG_ENV, LAUNCH_ENV
 
 _KILL_GRACE = 5.0  # seconds a killed kernel gets to be reported gone (jupyter_client's own wait)
 _ASK_AGAIN = 1.0  # seconds between kernel_info requests to a kernel that has not answered yet
@@ -49,10 +63,44 @@ class SandboxProvisioner(LocalProvisioner):
     """LocalProvisioner whose kernels are forked from a pre-imported zygote when possible."""
 
     _output: KernelOutput | None = None
+    _private: pathlib.Path | None = None  # the folder made for a kernel of a TCP kernel manager
+    _settings: str | None = None  # the settings it is given (it was started without any)
     process: Any  # a ZygoteChild stands in for the Popen when the kernel is forked
     pid: Any
     pgid: Any
     cwd: Any
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        km: Any = self.parent
+        given = kwargs.get("env")
+        env = dict(os.environ if given is None else given)
+        # Settings sent through a stock gateway (no policy checks them) get no folder: the launcher
+        # refuses the shared runtime folder, as it always did.
+        unset = CONFIG_ENV not in env and GATEWAY_CONFIG_ENV not in env
+        if self._private is None and km is not None and km.transport == "tcp" and unset:
+            self._private = pathlib.Path(tempfile.mkdtemp(prefix="agent-sandbox-"))  # 0700
+            km.transport, km.ip = "ipc", str(self._private / "k")
+            km.connection_file = str(self._private / "kernel.json")
+            self._settings = json.dumps(self._standalone_settings(str(kwargs.get("cwd") or os.getcwd())))
+        if self._settings is not None:  # again on a restart, whose kwargs are the first start's
+            kwargs["env"] = {**_zygote.sendable_env(env), CONFIG_ENV: self._settings}
+        return await super().pre_launch(**kwargs)
+
+    def _standalone_settings(self, start: str) -> dict[str, Any]:
+        """A kernel started from the plain kernelspec: reads its start folder, imports anything."""
+        assert self._private is not None
+        start = os.path.realpath(start)
+        home = os.path.realpath(os.path.expanduser("~"))
+        readable = os.path.isdir(start) and os.path.commonpath([start, home]) != start
+        if not readable:
+            self.log.warning("agent-sandbox: not letting the kernel read %s (not a folder, or it holds the "
+                             "home folder): move the notebook into a folder of its own", start)
+        folders = {name: str(self._private / name) for name in ("work", "transfer")}
+        return {
+            "runtime_dir": str(self._private), "workdir": folders["work"], "transfer_dir": folders["transfer"],
+            "cwd": start if readable else folders["work"], "read_paths": [start] if readable else [],
+            "imports": ["*"], "announce_busy": True,  # a Jupyter frontend shows the kernel's busy status
+        }
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         env = dict(kwargs.get("env") or os.environ)
@@ -93,6 +141,9 @@ class SandboxProvisioner(LocalProvisioner):
         await super().cleanup(restart)
         if not restart:
             self.close_output()
+            if self._private is not None:  # off the event loop: other kernels' messages wait on it
+                private, self._private = self._private, None
+                await asyncio.to_thread(shutil.rmtree, private, ignore_errors=True)
 
     async def kill(self, restart: bool = False) -> None:
         # jupyter_client polls every 0.1 s after a kill until the kernel is gone: a SIGKILLed child

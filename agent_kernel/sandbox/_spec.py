@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 CONFIG_ENV = "AGENT_KERNEL_SANDBOX"
@@ -28,6 +31,19 @@ def kernel_spec(python: str | None = None) -> dict[str, Any]:
         "interrupt_mode": "signal",
         "metadata": {"debugger": False, "kernel_provisioner": {"provisioner_name": PROVISIONER_NAME, "config": {}}},
     }
+
+
+def install_kernelspec(user: bool = True, prefix: str | None = None, missing_only: bool = False) -> str | None:
+    """Install the `agent-sandbox` kernelspec (for this Python) so a Jupyter server, nbclient or a
+    gateway can start sandboxes; its folder. `missing_only`: leave one already installed (None)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    specs = KernelSpecManager()
+    if missing_only and KERNEL_NAME in specs.find_kernel_specs():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "kernel.json").write_text(json.dumps(kernel_spec(), indent=1))
+        return specs.install_kernel_spec(tmp, KERNEL_NAME, user=user, prefix=prefix)
 
 
 def gateway_url(given: str | None) -> str | None:
