@@ -219,8 +219,8 @@ def test_json_in_text_fallback_for_models_without_tools(scripted_server):
     scripted_server.script([
         text('Adding first.\n{"name": "add", "arguments": {"a": 2, "b": 2}}'),
         text("I think I am done."),  # no call: reminded of the format
-        # an answer given beside another call, before seeing its result, is refused ...
-        text('[{"name": "add", "arguments": {"a": 4, "b": 1}}, {"name": "final_answer", "arguments": {"answer": 7}}]'),
+        # an answer given beside a call that fails, before seeing its error, is refused ...
+        text('[{"name": "add", "arguments": {"a": "x", "b": 1}}, {"name": "final_answer", "arguments": {"answer": 7}}]'),
         text('{"name": "final_answer", "arguments": {"answer": 5}}'),  # ... and given alone once it is seen
     ])
     agent = ToolCallingAgent(model, tools=[add])
@@ -232,8 +232,31 @@ def test_json_in_text_fallback_for_models_without_tools(scripted_server):
     assert '"name": "<tool name>"' in system and "- add: Add two integers." in system
     assert "[add] 4" in _last_content(scripted_server.requests[1])
     assert "called no tool" in _last_content(scripted_server.requests[2])
-    assert [c.result for c in run.action_steps[2].tool_calls] == [5, None]
+    assert [c.result for c in run.action_steps[2].tool_calls] == [None, None]
     assert run.action_steps[2].tool_calls[1].error.startswith("not accepted")
+
+
+def test_a_final_answer_batched_with_other_calls_is_accepted_after_they_run(scripted_server):
+    seen: list[int] = []
+
+    @tool
+    def note(n: int) -> int:
+        """Note a number.
+
+        Args:
+            n: the number.
+        """
+        seen.append(n)
+        return n
+
+    scripted_server.script([  # the answer first in the batch: the other calls still run, then it stands
+        tool_calls([("final_answer", {"answer": 3}), ("note", {"n": 1}), ("note", {"n": 2})]),
+    ])
+    run = ToolCallingAgent(scripted_server.model(), tools=[note]).run("note and answer")
+    assert run.state == "success", run.error
+    assert run.output == 3 and sorted(seen) == [1, 2] and len(run.action_steps) == 1
+    assert [(c.name, c.result, c.error) for c in run.action_steps[0].tool_calls] == [
+        ("final_answer", 3, None), ("note", 1, None), ("note", 2, None)]
 
 
 def test_max_steps_asks_for_a_final_answer(scripted_server):
