@@ -62,6 +62,16 @@ def test_final_answer_is_decoded_into_the_execution(sb):
     assert not sb.execute("1").has_final_answer  # an answer is reported once
 
 
+def test_tuples_cross_the_boundary_as_tuples():
+    with Sandbox(imports=["*"]) as wide:
+        ex = wide.execute("pair = ('A', 3)\nfinal_answer({'best': pair, 'rows': [(1, 'x')]})")
+        assert ex.error is None and ex.final_answer == {"best": ("A", 3), "rows": [(1, "x")]}
+        assert type(ex.final_answer["best"]) is tuple and type(ex.final_answer["rows"][0]) is tuple
+        assert type(wide.pull(["pair"])["pair"]) is tuple
+        wide.push(back=(1, (2,)))
+        assert wide.execute("print(type(back).__name__, type(back[1]).__name__)").stdout.strip() == "tuple tuple"
+
+
 def test_final_answer_then_error_still_counts(sb):
     ex = sb.execute("final_answer(3)\nraise ValueError('late')")
     assert ex.error.name == "ValueError"
