@@ -264,3 +264,12 @@ def test_async_sandbox_closes_with_aclose_and_close_is_a_deprecated_alias():
         assert not work.exists()
 
     asyncio.run(both())
+
+
+def test_tools_and_final_answer_replaced_indirectly_are_restored_and_the_code_is_told():
+    with Sandbox(imports=["*"]) as wide:
+        wide.register_function("double", lambda x: 2 * x)
+        ex = wide.execute("globals()['double'] = lambda x: None\nglobals()['final_answer'] = print")
+        assert "`double` is a tool: call it" in ex.stderr and "`final_answer` is a tool" in ex.stderr
+        ex = wide.execute("final_answer(double(4))")
+        assert ex.error is None and ex.final_answer == 8
