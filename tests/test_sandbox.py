@@ -273,3 +273,16 @@ def test_tools_and_final_answer_replaced_indirectly_are_restored_and_the_code_is
         assert "`double` is a tool: call it" in ex.stderr and "`final_answer` is a tool" in ex.stderr
         ex = wide.execute("final_answer(double(4))")
         assert ex.error is None and ex.final_answer == 8
+
+
+def test_pandas_slips_get_a_one_line_hint():
+    from agent_kernel.observation import render_observation
+
+    with Sandbox(imports=["*"]) as wide:
+        setup = "import pandas as pd\ndf = pd.DataFrame({'day': ['2024-01-02'], 'amount': [3]})\n"
+        missing = render_observation(wide.execute(setup + "df['Amount']"))
+        assert "KeyError" in missing and "Hint: that column or label is not there; print(df.columns)" in missing
+        dates = render_observation(wide.execute(setup + "df['day'].dt.month"))
+        assert "Hint: the dates may be stored as strings" in dates and "pd.to_datetime" in dates
+        plain = render_observation(wide.execute("{}['x']"))
+        assert "KeyError" in plain and "Hint" not in plain
