@@ -229,9 +229,25 @@ def _observed(part: Part) -> str:
         lines = part.traceback.strip().splitlines()
         if len(lines) > TRACEBACK_LINES:
             lines = [f"[... {len(lines) - TRACEBACK_LINES} traceback lines cut ...]", *lines[-TRACEBACK_LINES:]]
-        return "Error:\n" + "\n".join(lines)
+        hint = pandas_hint(part)
+        return "Error:\n" + "\n".join(lines) + (f"\nHint: {hint}" if hint else "")
     if isinstance(part, FinalValue):
         return f"final_answer: {_short_repr(part.value)}"
+    return ""
+
+
+_DATE_ERRORS = ("Can only use .dt accessor with datetimelike values", "Invalid comparison between dtype=object",
+                "unsupported operand type(s) for -: 'str' and 'str'", "cannot convert")
+
+
+def pandas_hint(failure: ExecutionFailure) -> str:
+    """One line for pandas' common slips (small models make them often), from the traceback alone."""
+    if "pandas" not in failure.traceback:
+        return ""
+    if failure.name == "KeyError":
+        return "that column or label is not there; print(df.columns) to see the DataFrame's columns"
+    if failure.name in ("ValueError", "TypeError", "AttributeError") and any(e in failure.value for e in _DATE_ERRORS):
+        return "the dates may be stored as strings: convert the column with pd.to_datetime(...) first"
     return ""
 
 

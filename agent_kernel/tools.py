@@ -42,6 +42,9 @@ class Tool:
     parameters: Schema | None = None
     output_type: str = ""
     _signature_types: dict[str, str]  # parameter -> Python type text for `python_signature`
+    # A function's *args (an array property) and **kwargs (the schema's additionalProperties), by name.
+    _var_positional: str | None = None
+    _var_keyword: str | None = None
     # Set on subclasses that fill name/parameters per instance (in __init__), not per class.
     _abstract: bool = False
 
@@ -107,6 +110,11 @@ class Tool:
         as a ToolCallingAgent's JSON ones.
         """
         names = self._parameter_names()
+        if self._var_positional is not None:  # the parameters before *args, in order; the rest are *args
+            listed = list((self.parameters or _EMPTY_OBJECT)["properties"])
+            names = listed[: listed.index(self._var_positional)]
+            if len(args) > len(names):
+                args, kwargs = args[: len(names)], {**kwargs, self._var_positional: list(args[len(names) :])}
         problems = []
         if len(args) > len(names):
             problems.append(f"takes {len(names)} positional argument(s) ({', '.join(names) or 'none'}), got {len(args)}")
@@ -145,11 +153,15 @@ class Tool:
         for pname in self._parameter_names():  # required first, as Python demands
             pschema = properties[pname]
             text = f"{pname}: {self._signature_types.get(pname, 'Any')}"
-            if pname not in required:
+            if pname == self._var_positional:
+                text = f"*{text}"
+            elif pname not in required:
                 text += f" = {pschema['default']!r}" if "default" in pschema else " = None"
             params.append(text)
             if pschema.get("description"):
                 arg_docs.append(f"{pname}: {pschema['description']}")
+        if self._var_keyword is not None:
+            params.append(f"**{self._var_keyword}: {self._signature_types.get(self._var_keyword, 'Any')}")
         doc = self.description.strip() or self.name
         if arg_docs:
             doc += "\n\nArgs:\n" + "\n".join(textwrap.indent(a, "    ") for a in arg_docs)
@@ -170,8 +182,9 @@ class FunctionTool(Tool):
     _abstract = True
 
     def __init__(self, fn: Callable[..., Any], *, name: str | None = None, strict: bool = True) -> None:
-        spec = _describe_callable(fn, skip_first=False, strict=strict)
+        spec = _describe_callable(fn, skip_first=False, strict=strict, variadic=True)
         self.fn = fn
+        self._var_positional, self._var_keyword = spec.var_positional, spec.var_keyword
         self.name = name or getattr(fn, "__name__", "") or _snake_case(type(fn).__name__)
         self.description = spec.description
         self.parameters = spec.parameters
@@ -183,12 +196,27 @@ class FunctionTool(Tool):
         self.__wrapped__ = fn
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **self._enum_members(kwargs))
+        args, kwargs = self._spread(args, self._enum_members(kwargs))
+        return self.fn(*args, **kwargs)
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
         if _is_async(self.fn):
-            return await self.fn(*args, **self._enum_members(kwargs))
+            args, kwargs = self._spread(args, self._enum_members(kwargs))
+            return await self.fn(*args, **kwargs)
         return await super().acall(*args, **kwargs)
+
+    def _spread(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The schema's object as the function's call: *args' array after the positional parameters."""
+        if self._var_positional is None or self._var_positional not in kwargs:
+            return args, kwargs
+        kwargs = dict(kwargs)
+        rest = list(kwargs.pop(self._var_positional))
+        positional = []
+        for p in inspect.signature(self.fn).parameters.values():
+            if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or p.name not in kwargs:
+                break
+            positional.append(kwargs.pop(p.name))
+        return (*args, *positional, *rest), kwargs
 
     def _enum_members(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """JSON carries an enum's value; the function was written for the Enum member."""
@@ -328,10 +356,16 @@ class _Spec(typing.NamedTuple):
     output_type: str
     signature_types: dict[str, str]
     enums: dict[str, type[enum.Enum]]
+    var_positional: str | None = None
+    var_keyword: str | None = None
 
 
-def _describe_callable(fn: Callable[..., Any], *, skip_first: bool, strict: bool) -> _Spec:
-    """Schema and docs of `fn`. `strict` (the @tool decorator) demands a docstring and full type hints."""
+def _describe_callable(fn: Callable[..., Any], *, skip_first: bool, strict: bool, variadic: bool = False) -> _Spec:
+    """Schema and docs of `fn`. `strict` (the @tool decorator) demands a docstring and full type hints.
+
+    `variadic` (a function's tool, which spreads the call back): *args becomes an optional array
+    property of that name, whose items are its hint; **kwargs lets other keys in (additionalProperties:
+    its hint's schema), so a model passes them as any other argument. A Tool's forward ignores them."""
     label = getattr(fn, "__qualname__", repr(fn))
     annotated = fn if inspect.isroutine(fn) or inspect.isclass(fn) else type(fn).__call__  # a callable object
     try:
@@ -350,12 +384,25 @@ def _describe_callable(fn: Callable[..., Any], *, skip_first: bool, strict: bool
     required: list[str] = []
     signature_types: dict[str, str] = {}
     enums: dict[str, type[enum.Enum]] = {}
+    var_positional = var_keyword = None
+    extra: Schema | bool = False
     params = list(signature.parameters.values())[1 if skip_first else 0 :]
     for p in params:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             if strict:
                 raise TypeError(f"@tool {label}: *{p.name}/**{p.name} cannot be described to a model; "
                                 "list the parameters")
+            if not variadic:
+                continue
+            item = _schema_for(hints.get(p.name, Any), f"{label}({p.name})")
+            if p.name in hints:
+                signature_types[p.name] = _type_text(hints[p.name])
+            if p.kind == p.VAR_KEYWORD:
+                var_keyword, extra = p.name, item or True
+                continue
+            var_positional = p.name
+            properties[p.name] = {"type": "array", "items": item,
+                                  **({"description": doc.params[p.name]} if p.name in doc.params else {})}
             continue
         if p.name not in hints and strict:
             raise TypeError(f"@tool {label}: parameter {p.name!r} needs a type hint (e.g. `{p.name}: str`)")
@@ -373,10 +420,10 @@ def _describe_callable(fn: Callable[..., Any], *, skip_first: bool, strict: bool
         if isinstance(hint, type) and issubclass(hint, enum.Enum):
             enums[p.name] = hint
     parameters: Schema = {"type": "object", "properties": properties, "required": required,
-                          "additionalProperties": False}
+                          "additionalProperties": extra}
     returns = hints.get("return", signature.return_annotation)
     output_type = "" if returns is inspect.Signature.empty else _type_text(returns)
-    return _Spec(doc.summary, parameters, output_type, signature_types, enums)
+    return _Spec(doc.summary, parameters, output_type, signature_types, enums, var_positional, var_keyword)
 
 
 def _resolve_annotation(annotation: Any, namespace: dict[str, Any]) -> Any:

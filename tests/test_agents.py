@@ -20,7 +20,7 @@ from nbclient import NotebookClient
 from scripted_server import Reply, text, tool_calls
 
 from agent_kernel.agents import CodeAgent, ToolCallingAgent
-from agent_kernel.agents._code import extract_code
+from agent_kernel.agents._code import extract_code, shadowed_tools
 from agent_kernel.agents._context import truncate
 from agent_kernel.agents._tool_calling import parse_json_calls
 from agent_kernel.memory import (
@@ -219,8 +219,8 @@ def test_json_in_text_fallback_for_models_without_tools(scripted_server):
     scripted_server.script([
         text('Adding first.\n{"name": "add", "arguments": {"a": 2, "b": 2}}'),
         text("I think I am done."),  # no call: reminded of the format
-        # an answer given beside another call, before seeing its result, is refused ...
-        text('[{"name": "add", "arguments": {"a": 4, "b": 1}}, {"name": "final_answer", "arguments": {"answer": 7}}]'),
+        # an answer given beside a call that fails, before seeing its error, is refused ...
+        text('[{"name": "add", "arguments": {"a": "x", "b": 1}}, {"name": "final_answer", "arguments": {"answer": 7}}]'),
         text('{"name": "final_answer", "arguments": {"answer": 5}}'),  # ... and given alone once it is seen
     ])
     agent = ToolCallingAgent(model, tools=[add])
@@ -232,8 +232,31 @@ def test_json_in_text_fallback_for_models_without_tools(scripted_server):
     assert '"name": "<tool name>"' in system and "- add: Add two integers." in system
     assert "[add] 4" in _last_content(scripted_server.requests[1])
     assert "called no tool" in _last_content(scripted_server.requests[2])
-    assert [c.result for c in run.action_steps[2].tool_calls] == [5, None]
+    assert [c.result for c in run.action_steps[2].tool_calls] == [None, None]
     assert run.action_steps[2].tool_calls[1].error.startswith("not accepted")
+
+
+def test_a_final_answer_batched_with_other_calls_is_accepted_after_they_run(scripted_server):
+    seen: list[int] = []
+
+    @tool
+    def note(n: int) -> int:
+        """Note a number.
+
+        Args:
+            n: the number.
+        """
+        seen.append(n)
+        return n
+
+    scripted_server.script([  # the answer first in the batch: the other calls still run, then it stands
+        tool_calls([("final_answer", {"answer": 3}), ("note", {"n": 1}), ("note", {"n": 2})]),
+    ])
+    run = ToolCallingAgent(scripted_server.model(), tools=[note]).run("note and answer")
+    assert run.state == "success", run.error
+    assert run.output == 3 and sorted(seen) == [1, 2] and len(run.action_steps) == 1
+    assert [(c.name, c.result, c.error) for c in run.action_steps[0].tool_calls] == [
+        ("final_answer", 3, None), ("note", 1, None), ("note", 2, None)]
 
 
 def test_max_steps_asks_for_a_final_answer(scripted_server):
@@ -663,3 +686,41 @@ def test_tool_calls_from_code_are_recorded_and_the_export_replays_them(scripted_
     assert code_cells[-1].outputs[0].data["text/plain"] == "150.0"
     assert host_calls == ["USD", "GBP", "XXX"]  # the re-run replayed the recorded results
     nbformat.validate(nb)
+
+
+def test_code_that_redefines_a_tool_or_final_answer_is_refused_and_the_real_ones_run(scripted_server):
+    scripted_server.script([
+        text('```python\ndef add(a: int, b: int) -> int:\n    """Add."""\n    ...\n\nprint(add(a=2, b=3))\n```'),
+        text("```python\nfinal_answer = print\nfinal_answer(1)\n```"),
+        text("```python\nfor add in [1]:\n    pass\n```"),
+        text("```python\ntotal = add(a=2, b=3)\nprint(total)\n```"),
+        text("```python\nfinal_answer(total)\n```"),
+    ])
+    with CodeAgent(scripted_server.model(), tools=[add]) as agent:
+        run = agent.run("add 2 and 3")
+    assert run.state == "success", run.error
+    assert run.output == 5
+    redefined, reassigned, loop, called, _ = run.action_steps
+    assert redefined.execution is None and redefined.tool_calls == []  # nothing ran
+    assert "`add` is a tool: call it, do not define or assign it." in redefined.observation
+    assert "`final_answer` is a tool" in reassigned.observation and reassigned.execution is None
+    assert "`add` is a tool" in loop.observation
+    assert "5" in called.observation and [c.result for c in called.tool_calls] == [5]
+    assert "`add` is a tool" in _last_content(scripted_server.requests[1])
+
+
+@pytest.mark.parametrize(
+    ("code", "shadowed"),
+    [
+        ("import math as add", ["add"]),
+        ("with open('f') as add:\n    pass", ["add"]),
+        ("del add", ["add"]),
+        ("if True:\n    (add := 1)", ["add"]),
+        ("def f():\n    global add\n    add = 1", ["add"]),
+        ("class add:\n    pass", ["add"]),
+        ("def f(add):\n    add = 2\n    return add\nx = [add for add in range(3)]\nprint(add(a=1, b=2))", []),
+        ("result = add(a=1, b=2)", []),
+    ],
+)
+def test_shadowed_tools_finds_module_level_bindings_only(code: str, shadowed: list[str]):
+    assert shadowed_tools(code, ["add"]) == shadowed

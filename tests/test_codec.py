@@ -57,8 +57,38 @@ def test_nan_and_infinity_survive_and_the_descriptor_stays_strict_json(tmp_path:
     assert math.isnan(result["nan"]) and result["inf"] == math.inf and result["ninf"] == -math.inf
 
 
-def test_tuples_and_numpy_scalars_become_plain_json(tmp_path: Path) -> None:
-    assert roundtrip((1, (2, 3)), tmp_path) == [1, [2, 3]]
+def test_tuples_stay_tuples_nested_too_and_tag_like_dicts_stay_dicts(tmp_path: Path) -> None:
+    value = [("A", 3), {"k": (1, [2, (3,)])}, (), {"__tuple__": [1]}, {"__dict__": {"__tuple__": 2}}]
+    result = roundtrip(value, tmp_path)
+    assert result == value
+    assert type(result[0]) is tuple and type(result[1]["k"]) is tuple and type(result[1]["k"][1][1]) is tuple
+    assert type(result[3]) is dict and type(result[4]["__dict__"]) is dict
+    assert "tagged" not in encode([1, {"a": [2]}], tmp_path, "v")  # no tuple: plain JSON, as before
+    big = [(i, f"item {i}") for i in range(20_000)]  # through a file as well
+    assert roundtrip(big, tmp_path) == big
+
+
+@pytest.mark.parametrize(
+    "descriptor",
+    [
+        {"kind": "json", "text": '{"__tuple__": 1}', "tagged": True},
+        {"kind": "json", "text": '{"__tuple__": {"a": 1}}', "tagged": True},
+        {"kind": "json", "text": '{"__dict__": {"a": 1}}', "tagged": True},
+        {"kind": "json", "text": '{"__dict__": [1]}', "tagged": True},
+        {"kind": "json", "text": '[1]', "tagged": "yes"},
+        {"kind": "json", "text": '{"__tuple__": ' * 300 + "[]" + "}" * 300, "tagged": True},
+    ],
+)
+def test_malformed_tags_are_refused(descriptor: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(TransferError):
+        decode(descriptor, tmp_path)
+
+
+def test_untagged_json_is_read_as_it_is(tmp_path: Path) -> None:
+    assert decode({"kind": "json", "text": '{"__tuple__": [1]}'}, tmp_path) == {"__tuple__": [1]}
+
+
+def test_numpy_scalars_become_plain_json(tmp_path: Path) -> None:
     result = roundtrip([np.int64(7), np.float32(0.5), np.bool_(True), np.str_("s")], tmp_path)
     assert result == [7, 0.5, True, "s"] and [type(x) for x in result] == [int, float, bool, str]
 

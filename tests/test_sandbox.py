@@ -62,6 +62,16 @@ def test_final_answer_is_decoded_into_the_execution(sb):
     assert not sb.execute("1").has_final_answer  # an answer is reported once
 
 
+def test_tuples_cross_the_boundary_as_tuples():
+    with Sandbox(imports=["*"]) as wide:
+        ex = wide.execute("pair = ('A', 3)\nfinal_answer({'best': pair, 'rows': [(1, 'x')]})")
+        assert ex.error is None and ex.final_answer == {"best": ("A", 3), "rows": [(1, "x")]}
+        assert type(ex.final_answer["best"]) is tuple and type(ex.final_answer["rows"][0]) is tuple
+        assert type(wide.pull(["pair"])["pair"]) is tuple
+        wide.push(back=(1, (2,)))
+        assert wide.execute("print(type(back).__name__, type(back[1]).__name__)").stdout.strip() == "tuple tuple"
+
+
 def test_final_answer_then_error_still_counts(sb):
     ex = sb.execute("final_answer(3)\nraise ValueError('late')")
     assert ex.error.name == "ValueError"
@@ -254,3 +264,25 @@ def test_async_sandbox_closes_with_aclose_and_close_is_a_deprecated_alias():
         assert not work.exists()
 
     asyncio.run(both())
+
+
+def test_tools_and_final_answer_replaced_indirectly_are_restored_and_the_code_is_told():
+    with Sandbox(imports=["*"]) as wide:
+        wide.register_function("double", lambda x: 2 * x)
+        ex = wide.execute("globals()['double'] = lambda x: None\nglobals()['final_answer'] = print")
+        assert "`double` is a tool: call it" in ex.stderr and "`final_answer` is a tool" in ex.stderr
+        ex = wide.execute("final_answer(double(4))")
+        assert ex.error is None and ex.final_answer == 8
+
+
+def test_pandas_slips_get_a_one_line_hint():
+    from agent_kernel.observation import render_observation
+
+    with Sandbox(imports=["*"]) as wide:
+        setup = "import pandas as pd\ndf = pd.DataFrame({'day': ['2024-01-02'], 'amount': [3]})\n"
+        missing = render_observation(wide.execute(setup + "df['Amount']"))
+        assert "KeyError" in missing and "Hint: that column or label is not there; print(df.columns)" in missing
+        dates = render_observation(wide.execute(setup + "df['day'].dt.month"))
+        assert "Hint: the dates may be stored as strings" in dates and "pd.to_datetime" in dates
+        plain = render_observation(wide.execute("{}['x']"))
+        assert "KeyError" in plain and "Hint" not in plain

@@ -288,3 +288,28 @@ def test_unknown_classes_pass_through_for_code_agents():
     t = as_tool(summarise)
     assert t.parameters["properties"]["df"] == {}
     assert t.python_signature().startswith("def summarise(df: Frame, columns: tuple[str, ...] = ()) -> str:")
+
+
+def test_as_tool_takes_star_args_as_an_array_and_star_kwargs_as_extra_arguments():
+    def join(first: int, *rest: int, sep: str = ",", **labels: str) -> str:
+        """Join numbers."""
+        return sep.join(map(str, (first, *rest))) + "".join(f" {k}={v}" for k, v in sorted(labels.items()))
+
+    t = as_tool(join)
+    assert t.parameters["properties"]["rest"] == {"type": "array", "items": {"type": "integer"}}
+    assert t.parameters["additionalProperties"] == {"type": "string"} and t.parameters["required"] == ["first"]
+    assert t(**t.bind((1, 2, 3), {"sep": "-", "unit": "kg"})) == "1-2-3 unit=kg"  # a Python call from sandbox code
+    assert t(**t.validate({"first": 1, "rest": [5], "unit": "g"})) == "1,5 unit=g"  # a JSON call
+    assert t(**t.bind((7,), {})) == "7"
+    with pytest.raises(ToolArgumentError, match="is not of type 'string'"):
+        t.validate({"first": 1, "unit": 3})
+    with pytest.raises(ToolArgumentError, match="is not of type 'integer'"):
+        t.bind((1, "x"), {})
+    assert t.python_signature().startswith("def join(first: int, *rest: int, sep: str = ',', **labels: str) -> str:")
+    compile(t.python_signature(), "<stub>", "exec")
+
+
+def test_as_tool_is_public():
+    import agent_kernel
+
+    assert agent_kernel.as_tool is as_tool and "as_tool" in agent_kernel.__all__

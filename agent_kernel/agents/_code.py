@@ -46,6 +46,46 @@ def extract_code(text: str) -> tuple[str | None, str]:
     return None, _thought(text)
 
 
+def shadowed_tools(code: str, names: Iterable[str]) -> list[str]:
+    """The tool names (and `final_answer`) that `code` binds at module level: a def, class, import-as,
+    assignment, for/with target, walrus or del of one would replace the real tool in the kernel (small
+    models copy the prompt's `def tool(...): ...` stubs). Code that does not parse is left to the kernel."""
+    protected = {*names, "final_answer"}
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return []
+    bound: list[str] = []
+    for node in _module_level(tree.body):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.append(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound += [(a.asname or a.name).split(".")[0] for a in node.names]
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            bound.append(node.id)
+        elif isinstance(node, ast.Global):
+            bound += node.names
+    return sorted({name for name in bound if name in protected})
+
+
+def _module_level(body: list[ast.stmt]) -> Iterable[ast.AST]:
+    """Every node whose bindings land in the kernel's namespace: the top level and its blocks (if, for,
+    try, with); inside a function or class only its decorators and `global` statements count."""
+    stack: list[ast.AST] = list(body)
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            stack += node.decorator_list
+            stack += [n for n in ast.walk(node) if isinstance(n, ast.Global)]
+        elif isinstance(node, ast.Lambda):
+            continue
+        elif isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            stack += [g.iter for g in node.generators]  # comprehension targets are local
+        else:
+            stack += list(ast.iter_child_nodes(node))
+
+
 def _thought(text: str) -> str:
     return re.sub(r"^\s*Thought:\s*", "", text.strip())
 
@@ -198,6 +238,12 @@ class CodeAgent(MultiStepAgent):
             step.observation = _prompts.CODE_FORMAT_REMINDER
             return NO_ANSWER
         if not await self._review(step):
+            return NO_ANSWER
+        shadowed = shadowed_tools(step.code, self.tools)
+        if shadowed:  # refused before it runs: the real tools stay, and the model is told plainly
+            step.error = "refused: the code redefines " + ", ".join(shadowed)
+            step.observation = "\n".join([*(_prompts.TOOL_REDEFINED.format(name=n) for n in shadowed),
+                                          _prompts.TOOL_REDEFINED_END])
             return NO_ANSWER
         self._calls = step.tool_calls
         assert self._sandbox is not None  # _prepare started it

@@ -112,7 +112,10 @@ REVIEW_DECLINED = "The user reviewed this action and declined to run it; nothing
 
 NO_REASON = "(no reason given)"
 
+TOOL_REDEFINED = "`{name}` is a tool: call it, do not define or assign it."
+TOOL_REDEFINED_END = "Nothing ran (the real tools are already in the kernel); rewrite the code without that."
+
 FINAL_ANSWER_NOT_ALONE = (
-    "not accepted: final_answer came in the same reply as other tool calls, before their results. "
+    "not accepted: final_answer came in the same reply as a tool call that failed, before its error was seen. "
     "Read the results above, then call final_answer alone."
 )

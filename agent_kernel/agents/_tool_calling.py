@@ -88,8 +88,13 @@ class ToolCallingAgent(MultiStepAgent):
             return NO_ANSWER
         _number(step, calls)
         if all(c.name == FINAL for c in calls) or await self._review(step):  # an answer alone needs no review
-            others = any(c.name != FINAL for c in step.tool_calls)
-            await asyncio.gather(*(self._call(call, final, others) for call in step.tool_calls))
+            # The other calls run first, wherever the answer sits in the batch; the answer is then accepted,
+            # unless one of them failed (an answer written before seeing that failure is refused).
+            others = [c for c in step.tool_calls if c.name != FINAL]
+            await asyncio.gather(*(self._call(call, final) for call in others))
+            failed_before = any(c.error is not None for c in others)
+            await asyncio.gather(*(self._call(call, final, failed_before)
+                                   for call in step.tool_calls if call.name == FINAL))
         calls = step.tool_calls
         failed = [c for c in calls if c.error is not None]
         if failed and not _reviewed(step, "skip"):
@@ -100,11 +105,12 @@ class ToolCallingAgent(MultiStepAgent):
         answers = [c for c in calls if c.name == FINAL and c.error is None]
         return answers[0].result if answers else NO_ANSWER
 
-    async def _call(self, call: ToolCall, final: bool, with_others: bool) -> None:
+    async def _call(self, call: ToolCall, final: bool, others_failed: bool = False) -> None:
         """Validate and run one call; the outcome lands on the ToolCall (result or error).
 
-        `with_others`: other tools were called in the same reply. A final answer given beside them
-        was decided before their results were seen, so it is refused (small models do this often).
+        `others_failed`: another call of the same reply failed. A final answer given beside it was
+        decided before that error was seen, so it is refused; beside calls that succeeded it stands
+        (small models batch the answer with the calls it rests on; refusing that only repeats the batch).
         """
         known = self._all_tools()
         if call.name not in known:
@@ -113,7 +119,7 @@ class ToolCallingAgent(MultiStepAgent):
         if final and call.name != FINAL:
             call.error = "not run: the steps are used up; call final_answer"
             return
-        if call.name == FINAL and with_others and not final:
+        if call.name == FINAL and others_failed and not final:
             call.error = _prompts.FINAL_ANSWER_NOT_ALONE
             return
         tool = known[call.name]

@@ -95,15 +95,17 @@ def encode(value: Any, transfer_dir: str | Path, name: str) -> dict[str, Any]:
     Never raises for an unsupported or unconvertible value: that becomes a "repr" descriptor whose
     `reason` says why, so one odd variable does not break a whole pull.
     """
+    tags: list[bool] = []
     try:
-        text = json.dumps(_plain(value, 0), ensure_ascii=False, allow_nan=True)
+        text = json.dumps(_plain(value, 0, tags), ensure_ascii=False, allow_nan=True)
     except _NotPlain:
         pass
     else:
+        tagged = {"tagged": True} if tags else {}
         if len(text) <= INLINE_LIMIT:
-            return {"kind": "json", "text": text}
+            return {"kind": "json", "text": text, **tagged}
         data = text.encode("utf-8", "surrogatepass")  # Python strings may hold lone surrogates
-        return _file_descriptor("json", transfer_dir, name, lambda f: f.write(data))
+        return {**_file_descriptor("json", transfer_dir, name, lambda f: f.write(data)), **tagged}
     if type(value) is bytes:
         return _blob_descriptor("bytes", value, transfer_dir, name)
     for test, encoder in _ENCODERS:
@@ -122,9 +124,14 @@ class _NotPlain(Exception):
 _SCALARS = (str, int, float, bool, type(None))
 
 
-def _plain(value: Any, depth: int) -> Any:
-    """`value` as plain JSON data (tuples become lists, numpy scalars Python ones), or _NotPlain.
+_TUPLE, _DICT = "__tuple__", "__dict__"  # tags of a "tagged" JSON value: {"__tuple__": [...]}, {"__dict__": {...}}
 
+
+def _plain(value: Any, depth: int, tags: list[bool]) -> Any:
+    """`value` as plain JSON data (numpy scalars as Python ones), or _NotPlain.
+
+    A tuple becomes {"__tuple__": [...]}, and a dict whose one key is a tag is wrapped in {"__dict__": ...}
+    so it is not read as one; `tags` gets an entry when either happens (the descriptor is then "tagged").
     Stricter than json.dumps: non-string dict keys would silently become strings, so they refuse.
     """
     if type(value) in _SCALARS:
@@ -134,12 +141,19 @@ def _plain(value: Any, depth: int) -> Any:
             return base(value)
     if depth >= _JSON_DEPTH:
         raise _NotPlain
-    if type(value) in (list, tuple):
-        return [_plain(v, depth + 1) for v in value]
+    if type(value) is list:
+        return [_plain(v, depth + 1, tags) for v in value]
+    if type(value) is tuple:
+        tags.append(True)
+        return {_TUPLE: [_plain(v, depth + 1, tags) for v in value]}
     if type(value) is dict:
         if not all(type(k) is str for k in value):
             raise _NotPlain
-        return {k: _plain(v, depth + 1) for k, v in value.items()}
+        plain = {k: _plain(v, depth + 1, tags) for k, v in value.items()}
+        if len(plain) == 1 and next(iter(plain)) in (_TUPLE, _DICT):
+            tags.append(True)
+            return {_DICT: plain}
+        return plain
     np = _loaded("numpy")
     if np is not None and isinstance(value, np.generic) and value.dtype.kind in "biufU":
         return value.item()
@@ -416,14 +430,39 @@ def cleanup(descriptor: Any, transfer_dir: str | Path) -> None:
 
 
 def _decode_json(descriptor: dict[str, Any], transfer_dir: str | Path, budget: Budget) -> Any:
+    tagged = descriptor.get("tagged", False)
+    if tagged is not True and tagged is not False:
+        raise TransferError(f"the JSON transfer's 'tagged' must be true or false, not {_bounded_repr(tagged, 50)}")
     if "file" in descriptor:
         with _open_file(descriptor, transfer_dir, budget) as f:
             data = f.read()
-        budget.charge(json_cost(data) + len(data), "a JSON value")  # its text, then its objects
-        return json.loads(data.decode("utf-8", "surrogatepass"))
-    text = _field(descriptor, "text", str)
-    budget.charge(json_cost(text), "an inline JSON value")
-    return json.loads(text)
+        cost = json_cost(data)
+        budget.charge(cost * (2 if tagged else 1) + len(data), "a JSON value")  # its text, then its objects
+        value = json.loads(data.decode("utf-8", "surrogatepass"))
+    else:
+        text = _field(descriptor, "text", str)
+        cost = json_cost(text)
+        budget.charge(cost * (2 if tagged else 1), "an inline JSON value")  # a tagged one is copied once
+        value = json.loads(text)
+    return _untag(value, 0) if tagged else value
+
+
+def _untag(value: Any, depth: int) -> Any:
+    """A tagged JSON value's tuples as tuples; a tag of the wrong shape is refused (the sandbox wrote it)."""
+    if depth > 2 * _JSON_DEPTH + 2:  # each level may be wrapped once
+        raise TransferError("the transferred data is nested too deeply")
+    if type(value) is list:
+        return [_untag(v, depth + 1) for v in value]
+    if type(value) is not dict:
+        return value
+    if len(value) == 1 and next(iter(value)) in (_TUPLE, _DICT):
+        tag, inner = next(iter(value.items()))
+        if tag == _TUPLE and type(inner) is list:
+            return tuple(_untag(v, depth + 1) for v in inner)
+        if tag == _DICT and type(inner) is dict and len(inner) == 1 and next(iter(inner)) in (_TUPLE, _DICT):
+            return {k: _untag(v, depth + 1) for k, v in inner.items()}
+        raise TransferError(f"a malformed {tag!r} tag in a JSON transfer: {_bounded_repr(inner, 100)}")
+    return {k: _untag(v, depth + 1) for k, v in value.items()}
 
 
 def _decode_bytes(descriptor: dict[str, Any], transfer_dir: str | Path, budget: Budget) -> bytes:

@@ -92,6 +92,7 @@ class Bridge:
         self.transfer_dir = Path(transfer_dir)
         self.transfer_dir.mkdir(exist_ok=True)
         self._transfer = Transfer(self.transfer_dir, inline)  # inline: the host is behind a gateway
+        self._kept: dict[str, Any] = {}  # final_answer and the tool stubs: put back if code replaced them
 
     # -- final answer ---------------------------------------------------------------------------
     def final_answer(self, answer: Any) -> None:
@@ -163,6 +164,17 @@ class Bridge:
     def _expose(self, name: str, value: Any) -> None:
         self._shell.user_ns[name] = value
         self._shell.user_ns_hidden[name] = value
+        self._kept[name] = value
+
+    def restore(self, _result: Any = None) -> None:
+        """After each cell: tools and final_answer that code replaced (globals()[...] = ..., del) are put
+        back, and the code is told (the host refuses plain redefinitions before they run)."""
+        ns = self._shell.user_ns
+        replaced = [name for name, value in self._kept.items() if ns.get(name) is not value]
+        for name in replaced:
+            self._expose(name, self._kept[name])
+            sys.stderr.write(f"[agent_kernel] `{name}` is a tool: call it, do not define or assign it "
+                             "(the code replaced it; the real one is back)\n")
 
 
 def install(
@@ -181,6 +193,7 @@ def install(
     _describe_figures(shell)
     shell.events.register("post_run_cell", lambda result: _show_open_figures(shell))
     shell.events.register("post_run_cell", lambda result: _forget_last_error(shell, result))
+    shell.events.register("post_run_cell", bridge.restore)
     shell.events.register("post_run_cell", bridge.report)
     return bridge
 
