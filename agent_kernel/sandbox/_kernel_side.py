@@ -179,12 +179,15 @@ class Bridge:
 
 def install(
     shell: Any, imports: list[str], isolation: Isolation, transfer_dir: str, max_output: int, inline: bool = False,
-    max_output_bytes: int = 64 * 1024**2,
+    max_output_bytes: int = 64 * 1024**2, agent: bool = True,
 ) -> Bridge:
+    """Set the kernel up for code from a model. With `agent` False (a kernel a Jupyter frontend started,
+    no agent on the other side) there is no final_answer of the sandbox's, and none is kept."""
     bridge = Bridge(shell, transfer_dir, isolation, inline)
     shell.user_ns[HANDLE] = bridge
     shell.user_ns_hidden[HANDLE] = bridge
-    bridge._expose("final_answer", bridge.final_answer)
+    if agent:
+        bridge._expose("final_answer", bridge.final_answer)
     if "*" not in imports:
         _install_import_policy(DEFAULT_IMPORTS | set(imports))
     _cap_displays(shell, max_output_bytes)  # first: its note is written before the output cap's tail

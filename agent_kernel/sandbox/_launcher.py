@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None, *, zygote: str | None = None, parent_han
         max_output=settings.get("max_output", 100_000),
         max_output_bytes=settings.get("max_output_bytes", 64 * 1024**2),
         inline=bool(settings.get("inline", False)),
+        agent=bool(settings.get("agent", True)),
     )
     _wait_for_heartbeat(app)
     seal_unix_sockets(isolation, strict=bool(settings.get("strict", False)))

@@ -100,6 +100,7 @@ class SandboxProvisioner(LocalProvisioner):
             "runtime_dir": str(self._private), "workdir": folders["work"], "transfer_dir": folders["transfer"],
             "cwd": start if readable else folders["work"], "read_paths": [start] if readable else [],
             "imports": ["*"], "announce_busy": True,  # a Jupyter frontend shows the kernel's busy status
+            "agent": False,  # no agent on the other side: the notebook's own final_answer (an export's) stays
         }
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
