@@ -66,7 +66,6 @@ def test_tables_are_the_same_for_the_seed_and_differ_for_another() -> None:
 
 def test_harness_end_to_end_on_the_scripted_server(scripted_server: ScriptedServer, tables: dict[str, Any]) -> None:
     """Two questions for all three agents on one scripted model: one right, one wrong but finished."""
-    pytest.importorskip("smolagents")
     by_id = {q.id: q for q in bq.QUESTIONS}
     questions = [by_id["people_headcount"], by_id["sales_total"]]
     scripted_server.script(lambda body: text(
