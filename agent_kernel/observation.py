@@ -226,7 +226,7 @@ def _observed(part: Part) -> str:
     if isinstance(part, Note):
         return f"[{part.text}{'; redo what you need' if part.kind == 'restarted' else ''}]"
     if isinstance(part, ExecutionFailure):
-        lines = part.traceback.strip().splitlines()
+        lines = _user_frames(part.traceback.strip().splitlines())
         if len(lines) > TRACEBACK_LINES:
             lines = [f"[... {len(lines) - TRACEBACK_LINES} traceback lines cut ...]", *lines[-TRACEBACK_LINES:]]
         hint = pandas_hint(part)
@@ -236,18 +236,47 @@ def _observed(part: Part) -> str:
     return ""
 
 
+def _user_frames(lines: list[str]) -> list[str]:
+    """A traceback without the frames of installed libraries (pandas' internals run to dozens of
+    lines the model cannot act on): the frames of the code that ran, and the error itself."""
+    kept: list[str] = []
+    cut, at = 0, 0
+    in_library = False
+    for line in lines:
+        if line.startswith("File "):  # IPython starts a library frame so; "Cell In[..]" is the code's
+            cut, at, in_library = cut + 1, at if cut else len(kept), True
+        elif not (in_library and (not line.strip() or line[:1].isspace() or line.startswith("-"))):
+            in_library = False  # past the library frame's context lines
+            kept.append(line)
+    if cut:
+        kept.insert(at, f"[... {cut} frame{'s' * (cut > 1)} in library code cut ...]")
+    return kept
+
+
 _DATE_ERRORS = ("Can only use .dt accessor with datetimelike values", "Invalid comparison between dtype=object",
                 "unsupported operand type(s) for -: 'str' and 'str'", "cannot convert")
 
 
+_ALIASES = {"pd": "pandas", "np": "numpy", "plt": "matplotlib.pyplot", "sns": "seaborn"}
+
+
 def pandas_hint(failure: ExecutionFailure) -> str:
-    """One line for pandas' common slips (small models make them often), from the traceback alone."""
+    """One line for pandas' common slips (small models make them often), from the error alone."""
+    alias = re.fullmatch(r"name '(\w+)' is not defined", failure.value)
+    if failure.name == "NameError" and alias and alias[1] in _ALIASES:
+        return f"import {_ALIASES[alias[1]]} as {alias[1]} first"
+    scalar = re.fullmatch(r"'(numpy\.\w+|int|float)' object has no attribute '(\w+)'", failure.value)
+    if failure.name == "AttributeError" and scalar:
+        return (f"that value is a single number ({scalar[1]}), not a Series or DataFrame: an earlier step "
+                f"reduced it (e.g. .sum() or .max()); keep the Series, e.g. groupby(...)[col].sum(), to call .{scalar[2]}")
     if "pandas" not in failure.traceback:
         return ""
     if failure.name == "KeyError":
         return "that column or label is not there; print(df.columns) to see the DataFrame's columns"
     if failure.name in ("ValueError", "TypeError", "AttributeError") and any(e in failure.value for e in _DATE_ERRORS):
         return "the dates may be stored as strings: convert the column with pd.to_datetime(...) first"
+    if "subset columns with a tuple" in failure.value:
+        return "select several columns with a list inside the brackets: df.groupby(key)[['a', 'b']]"
     return ""
 
 

@@ -12,7 +12,8 @@ All three agents run on one model, side by side:
   smol   smolagents' CodeAgent (LiteLLMModel, the same model name and base), tables via additional_args.
 
     nice -n 10 .venv/bin/python bench/bench_quality.py [--model local/qwen2.5-coder-1.5b]
-        [--api-base URL] [--agents code,tools,smol] [--only ID,ID] [--limit N] [--list] [--json out.json]
+        [--api-base URL] [--agents code,tools,smol] [--only ID,ID] [--limit N] [--stride N] [--list]
+        [--json out.json [--resume]]
 
 smolagents needs the `bench` extra (`pip install -e '.[bench]'`).
 """
@@ -416,8 +417,10 @@ QUESTIONS: list[Question] = [
 ]
 
 
-def select(questions: list[Question], only: Iterable[str] = (), limit: int | None = None) -> list[Question]:
-    wanted = [q for q in questions if not only or q.id in set(only)]
+def select(questions: list[Question], only: Iterable[str] = (), limit: int | None = None,
+           stride: int = 1) -> list[Question]:
+    """The questions asked: those named (all if none), every `stride`-th of them, the first `limit`."""
+    wanted = [q for q in questions if not only or q.id in set(only)][::stride]
     unknown = set(only) - {q.id for q in questions}
     if unknown:
         raise SystemExit(f"unknown question ids: {sorted(unknown)} (see --list)")
@@ -550,20 +553,27 @@ def summarize(agent: str, outcomes: list[Outcome]) -> Summary:
 
 
 def run_bench(agents: list[str], spec: ModelSpec, questions: list[Question],
-              log: Callable[[str], None] = print) -> tuple[list[Outcome], list[Summary]]:
+              log: Callable[[str], None] = print, done: Iterable[Outcome] = (),
+              saved: Callable[[list[Outcome]], None] = lambda outcomes: None) -> tuple[list[Outcome], list[Summary]]:
+    """Every question on every agent; `done`: outcomes of an earlier, interrupted run of the same
+    bench, kept and not run again; `saved` is called with all outcomes after each new one."""
     if spec.name.startswith("local/"):
         from agent_kernel.local_model import register
 
         register()  # litellm's `local/` provider, for smolagents' LiteLLMModel too
     tables = make_tables()
-    outcomes = []
+    outcomes = [o for o in done if o.agent in agents and o.question in {q.id for q in questions}]
+    finished = {(o.agent, o.question) for o in outcomes}
     for question in questions:  # one question on every agent before the next: the machine's load hits all alike
         for agent in agents:
+            if (agent, question.id) in finished:
+                continue
             outcome = run_one(agent, spec, question, tables)
             log(f"[{agent:5}] {'ok ' if outcome.right else 'BAD'} {outcome.seconds:6.1f}s "
                 f"{'success' if outcome.success else 'failed ':7} {outcome.steps} steps  {question.id}: "
                 f"{outcome.output!r} (expected {outcome.expected!r}){'  ' + outcome.error if outcome.error else ''}")
             outcomes.append(outcome)
+            saved(outcomes)
     return outcomes, [summarize(agent, outcomes) for agent in agents]
 
 
@@ -576,11 +586,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agents", default=",".join(AGENTS), help=f"a comma list of {', '.join(AGENTS)}")
     parser.add_argument("--only", default="", help="a comma list of question ids (see --list)")
     parser.add_argument("--limit", type=int, help="the first N questions only")
+    parser.add_argument("--stride", type=int, default=1,
+                        help="every Nth question only: a sample over all the tables in 1/N of the time")
     parser.add_argument("--list", action="store_true", help="print the questions and their expected answers")
-    parser.add_argument("--json", help="also write every outcome and the summaries here")
+    parser.add_argument("--json", help="also write every outcome (after each one) and the summaries here")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the outcomes already in --json's file (same model) and run only the rest")
     args = parser.parse_args(argv)
 
-    questions = select(QUESTIONS, [q for q in args.only.split(",") if q], args.limit)
+    if args.stride < 1:
+        parser.error("--stride takes a positive whole number")
+    questions = select(QUESTIONS, [q for q in args.only.split(",") if q], args.limit, args.stride)
     if args.list:
         tables = make_tables()
         for q in questions:
@@ -590,19 +606,36 @@ def main(argv: list[str] | None = None) -> int:
     if set(agents) - set(AGENTS):
         parser.error(f"--agents takes {', '.join(AGENTS)}")
     spec = ModelSpec(args.model, args.api_base)
-    outcomes, summaries = run_bench(agents, spec, questions, lambda line: print(line, flush=True))
+    done = _earlier(args.json, args.model) if args.resume else []
+
+    def save(outcomes: list[Outcome], summaries: list[Summary] | None = None) -> None:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"model": args.model, "api_base": args.api_base, "seed": SEED,
+                           "outcomes": [asdict(o) for o in outcomes],
+                           "summaries": [asdict(s) for s in summaries or []]}, f, indent=1, default=str)
+
+    outcomes, summaries = run_bench(agents, spec, questions, lambda line: print(line, flush=True), done, save)
     print(f"\n{len(questions)} questions, model {args.model}, load average {os.getloadavg()[0]:.2f}")
     for s in summaries:
         per_right = f"{s.seconds_per_right:.1f}" if s.seconds_per_right is not None else "-"
         print(f"  {s.agent:5}: {s.right}/{s.questions} right, {s.wrong_marked_success} wrong marked success, "
               f"{s.mean_steps:.1f} steps, {s.tokens_per_question:.0f} tokens, {s.seconds_per_question:.1f} s "
               f"per question, {per_right} s per right answer")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"model": args.model, "api_base": args.api_base, "seed": SEED,
-                       "outcomes": [asdict(o) for o in outcomes], "summaries": [asdict(s) for s in summaries]},
-                      f, indent=1, default=str)
+    save(outcomes, summaries)
     return 0
+
+
+def _earlier(path: str | None, model: str) -> list[Outcome]:
+    """The outcomes a run interrupted before it finished left in its --json file."""
+    if not path or not os.path.exists(path):
+        raise SystemExit("--resume needs --json FILE, the file of the run to go on with")
+    with open(path) as f:
+        earlier = json.load(f)
+    if earlier.get("model") != model or earlier.get("seed") != SEED:
+        raise SystemExit(f"{path} holds a run of {earlier.get('model')!r} (seed {earlier.get('seed')}), "
+                         f"not of {model!r} (seed {SEED}): give another --json file to start afresh")
+    return [Outcome(**o) for o in earlier["outcomes"]]
 
 
 if __name__ == "__main__":

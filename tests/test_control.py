@@ -305,6 +305,36 @@ def test_the_same_action_four_times_ends_as_stuck(scripted_server: Any) -> None:
     assert len(run.action_steps) == 4 and all(s.error is None for s in run.action_steps)
 
 
+def test_two_failing_attempts_in_turn_get_a_note_then_end_as_stuck(scripted_server: Any) -> None:
+    attempts = [_code("import no_such_module"), _code("value = {'a': 1}['missing']")]
+    scripted_server.script(attempts * 4)
+    with CodeAgent(scripted_server.model(), max_steps=10) as agent:
+        run = agent.run("two ways, neither works")
+    assert run.state == "stuck" and "the same two attempts in turn, 5 steps in a row" in run.error
+    assert [s.error.split(":")[0] for s in run.action_steps] == ["ImportError", "KeyError"] * 2 + ["ImportError"]
+    notes = ["back and forth between the same two attempts" in _user_texts(r) for r in scripted_server.requests]
+    assert notes == [False, False, False, False, True]  # the note follows the fourth step of the cycle
+
+
+def test_the_same_code_right_after_it_ran_is_not_run_again(scripted_server: Any) -> None:
+    scripted_server.script([_code("counter = globals().get('counter', 0) + 1\nprint(counter)")] * 2
+                           + [_code("final_answer(counter)")])
+    with CodeAgent(scripted_server.model(), max_steps=10) as agent:
+        run = agent.run("count once")
+    assert run.state == "success" and run.output == 1  # the copy did not run: counter is still 1
+    again = run.action_steps[1]
+    assert again.execution is None and "exactly the code of the previous step" in again.observation
+    assert "exactly the code of the previous step" in _user_texts(scripted_server.requests[2])
+
+
+def test_different_errors_in_turn_with_progress_between_are_not_stuck(scripted_server: Any) -> None:
+    scripted_server.script([_code("import no_such_module"), _code("x = 1"), _code("value = {'a': 1}['missing']"),
+                            _code("x = 2"), _code("import no_such_module"), _code("final_answer(x)")])
+    with CodeAgent(scripted_server.model(), max_steps=10) as agent:
+        run = agent.run("some fail, some work")
+    assert run.state == "success" and run.output == 2 and len(run.action_steps) == 6
+
+
 # -- figures -----------------------------------------------------------------------------------------
 
 PLOT = ("import matplotlib.pyplot as plt\nfig, ax = plt.subplots(figsize=(16, 8), dpi=100)\n"
@@ -440,7 +470,7 @@ def test_notebook_review_budgets_session_cap_and_provenance(tmp_path: Path) -> N
 
 def test_review_asks_through_input_in_a_real_kernel(tmp_path: Path) -> None:
     with ScriptedServer() as server:
-        server.script([_code("print('first')"), _code("final_answer(7)")], key="Ask me")
+        server.script([_code("print('first')"), _code("final_answer(3 + 4)")], key="Ask me")
         km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
         prompts: list[str] = []
         answers = iter(["s", "show me something else", "r"])

@@ -106,7 +106,7 @@ def test_a_prose_answer_after_an_observation_ends_the_run_with_its_sources_and_u
         text("Thought: growth first.\n```python\ng = (548 - 500) / 500\nprint('growth', g)\n```"),
         text("Thought: I have the result.\nFinal answer: growth was 9.6%, about 15% of the 500 units."),
     ])
-    with CodeAgent(scripted_server.model()) as agent:
+    with CodeAgent(scripted_server.model(), check_numbers=False) as agent:
         run = agent.run("growth from 500 to 548?")
     assert run.state == "success", run.error
     assert run.output == "growth was 9.6%, about 15% of the 500 units."
@@ -144,7 +144,7 @@ def test_prose_before_any_observation_is_still_told_to_write_code(scripted_serve
 
 def test_an_answer_never_printed_is_unverified_in_the_display_and_the_export(scripted_server, tmp_path):
     scripted_server.script([text("```python\nfinal_answer('revenue grew 12%')\n```")])
-    with CodeAgent(scripted_server.model()) as agent:
+    with CodeAgent(scripted_server.model(), check_numbers=False) as agent:
         run = agent.run("how much did revenue grow?")
     assert run.state == "success" and run.output == "revenue grew 12%"
     assert run.unverified == ["12%"] and run.steps[-1].sources == {}
@@ -158,7 +158,58 @@ def test_a_tool_result_is_evidence_and_the_final_answer_call_is_not(scripted_ser
         tool_calls([("add", {"a": 40, "b": 2})]),
         tool_calls([("final_answer", {"answer": "40 + 2 = 42, twice that is 84"})]),
     ])
-    run = ToolCallingAgent(scripted_server.model(), tools=[add]).run("add forty and two")
+    run = ToolCallingAgent(scripted_server.model(), tools=[add], check_numbers=False).run("add forty and two")
     assert run.state == "success"
     assert run.steps[-1].sources == {"42": 1} and run.unverified == ["40", "2", "84"]
     assert "unverified: 40, 2 and 84 were never computed" in render_text(run)
+
+
+# -- the check before answering: a number nothing computed is sent back once ---------------------------
+
+
+def test_an_answer_with_a_number_never_computed_is_sent_back_once_and_the_computed_one_stands(scripted_server):
+    scripted_server.script([
+        text("```python\nfinal_answer('East, $12,000')\n```"),
+        text("```python\nby_region = {'East': 3 * 4000 + 500}\nprint(by_region)\n```"),
+        text("Final answer: East, $12,500"),
+    ])
+    with CodeAgent(scripted_server.model()) as agent:
+        run = agent.run("which region sold most, and how much?")
+    assert run.state == "success", run.error
+    first = run.action_steps[0]
+    assert not first.is_final and first.error == "final answer sent back: it states numbers that no output showed"
+    assert "the answer states 12,000, which no output above shows" in first.observation
+    assert "Compute the answer in code and print it" in scripted_server.requests[1]["messages"][-1]["content"]
+    assert run.output == "East, $12,500" and run.unverified == [] and run.steps[-1].sources == {"12,500": 2}
+
+
+def test_an_answer_given_again_after_it_was_sent_back_stands_marked_unverified(scripted_server):
+    scripted_server.script([
+        text("```python\nx = add(40, 2)\nprint(x)\n```"),
+        text("Final answer: 42, twice that is 84"),
+        text("Final answer: 42, twice that is 84"),
+    ])
+    with CodeAgent(scripted_server.model(), tools=[add]) as agent:
+        run = agent.run("add forty and two")
+    assert run.state == "success" and len(run.action_steps) == 3
+    assert run.action_steps[1].error is not None and "84, which no output above shows" in run.action_steps[1].observation
+    assert run.action_steps[2].error is None  # once a run: the second answer is not sent back again
+    assert run.output == "42, twice that is 84" and run.unverified == ["84"] and run.steps[-1].sources == {"42": 1}
+
+
+def test_a_tool_calling_agent_cannot_compute_so_its_answer_is_not_sent_back(scripted_server):
+    scripted_server.script([tool_calls([("final_answer", {"answer": "about 84"})])])
+    run = ToolCallingAgent(scripted_server.model(), tools=[add]).run("twice forty-two")
+    assert run.state == "success" and len(run.action_steps) == 1 and run.unverified == ["84"]
+
+
+def test_answers_whose_numbers_were_shown_or_have_none_are_not_sent_back(scripted_server):
+    scripted_server.script([
+        text("```python\ntotal = sum(range(10))\nfinal_answer(f'the total is {total}')\n```"),
+    ])
+    with CodeAgent(scripted_server.model()) as agent:
+        run = agent.run("add 0 to 9")
+        assert run.state == "success" and len(run.action_steps) == 1 and run.steps[-1].sources == {"45": 1}
+        scripted_server.script([text("```python\nfinal_answer('South')\n```")])
+        run = agent.run("which region?")
+        assert run.state == "success" and len(run.action_steps) == 1 and run.output == "South"

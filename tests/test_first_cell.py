@@ -47,7 +47,7 @@ def _run(script: str, server: ScriptedServer, tmp_path: Path) -> dict[str, objec
 
 def test_load_imports_litellm_and_the_first_code_cell_runs_in_the_warm_sandbox(tmp_path: Path) -> None:
     with ScriptedServer() as server:
-        server.script([text("```python\nfinal_answer(6 * 7)\n```"), text("```python\nfinal_answer(1)\n```")])
+        server.script([text("```python\nfinal_answer(6 * 7)\n```"), text("```python\nfinal_answer(len('x'))\n```")])
         result = _run("""
             loaded = _litellm.loaded()
             shell.run_cell_magic("agent", "code --out first", "What is six times seven?")
@@ -71,7 +71,7 @@ def test_an_unused_warm_sandbox_ends_with_the_extension(tmp_path: Path) -> None:
 
 def test_a_cell_with_other_sandbox_settings_does_not_take_the_warm_sandbox(tmp_path: Path) -> None:
     with ScriptedServer() as server:
-        server.script([text("```python\nfinal_answer(3)\n```")])
+        server.script([text("```python\nfinal_answer(len('abc'))\n```")])
         result = _run("""
             shell.run_cell_magic("agent", "code --network --out n", "Three?")
             other = magics._agents["code"].sandbox is not warm

@@ -284,5 +284,16 @@ def test_pandas_slips_get_a_one_line_hint():
         assert "KeyError" in missing and "Hint: that column or label is not there; print(df.columns)" in missing
         dates = render_observation(wide.execute(setup + "df['day'].dt.month"))
         assert "Hint: the dates may be stored as strings" in dates and "pd.to_datetime" in dates
+        tupled = render_observation(wide.execute(setup + "def total():\n    return df.groupby('day')['amount', 'day'].sum()\n"
+                                                  "total()"))
+        assert "Hint: select several columns with a list" in tupled and "[['a', 'b']]" in tupled
+        assert "Cell In[" in tupled and "in total()" in tupled  # the frames of the code that ran stay
+        assert "frame in library code cut" in tupled and "site-packages" not in tupled and "def __getitem__" not in tupled
+        assert tupled.splitlines()[-2].startswith("ValueError: Cannot subset columns with a tuple")
+        reduced = render_observation(wide.execute(setup + "df['amount'].sum().sort_values()"))
+        assert "Hint: that value is a single number (numpy.int64), not a Series" in reduced and ".sort_values" in reduced
+        unimported = render_observation(wide.execute("np.mean([1, 2])"))
+        assert "Hint: import numpy as np first" in unimported
+        assert "Hint" not in render_observation(wide.execute("undefined_name"))
         plain = render_observation(wide.execute("{}['x']"))
         assert "KeyError" in plain and "Hint" not in plain

@@ -113,6 +113,17 @@ def _observed(memory: list[Step]) -> bool:
     return False
 
 
+def _same_as_last(memory: list[Step], code: str) -> bool:
+    """Whether `code` is what the run's last action step ran, without an error."""
+    for step in reversed(memory):
+        if isinstance(step, TaskStep):
+            return False
+        if isinstance(step, ActionStep):
+            return step.execution is not None and step.error is None and step.code is not None \
+                and step.code.strip() == code.strip()
+    return False
+
+
 def _is_code(text: str) -> bool:
     """Python that does something: prose like "Done." or a lone name parses, but is not an action."""
     try:
@@ -134,6 +145,7 @@ class CodeAgent(MultiStepAgent):
     default_description = ("A Python agent with its own kernel: give it a task in plain language "
                            "(data analysis, computation); it returns the result.")
     _max_steps_prompt: ClassVar[str] = _prompts.MAX_STEPS_CODE
+    _uncomputed_prompt: ClassVar[str | None] = _prompts.UNCOMPUTED_NUMBERS
 
     def __init__(
         self,
@@ -244,6 +256,9 @@ class CodeAgent(MultiStepAgent):
             step.error = "refused: the code redefines " + ", ".join(shadowed)
             step.observation = "\n".join([*(_prompts.TOOL_REDEFINED.format(name=n) for n in shadowed),
                                           _prompts.TOOL_REDEFINED_END])
+            return NO_ANSWER
+        if _same_as_last(self.memory, step.code):  # small models copy their last reply: running it shows nothing new
+            step.observation = _prompts.SAME_CODE_AGAIN
             return NO_ANSWER
         self._calls = step.tool_calls
         assert self._sandbox is not None  # _prepare started it

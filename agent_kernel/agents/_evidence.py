@@ -75,12 +75,14 @@ def numbers(text: str) -> list[Number]:
     return found
 
 
-def weigh(answer: Any, run: RunRecord) -> Evidence:
-    """Each of the answer's numbers, sourced to the last step that showed it, else to the task."""
+def weigh(answer: Any, run: RunRecord, pending: ActionStep | None = None) -> Evidence:
+    """Each of the answer's numbers, sourced to the last step that showed it, else to the task.
+    `pending`: the step that gave the answer, when it is not recorded in the run yet."""
     claimed = _answer_numbers(answer)
     if not claimed:
         return Evidence()
-    shown = [(step.index, numbers(text)) for step in run.action_steps for text in _shown(step, claimed)]
+    looked_at = [*run.action_steps, *([pending] if pending is not None else [])]
+    shown = [(step.index, numbers(text)) for step in looked_at for text in _shown(step, claimed)]
     given = numbers(run.task)
     evidence = Evidence()
     for number in claimed:

@@ -40,6 +40,7 @@ from . import _context, _evidence, _prompts, _sync
 from ._context import Message
 from ._limits import Budget, Limits, _RunEnded
 from ._options import AgentOptions
+from ._variables import describe_variable
 
 if TYPE_CHECKING:
     from ..sandbox import SandboxLike, SandboxPool
@@ -58,6 +59,7 @@ NO_ANSWER: Any = _NoAnswer()
 _DONE = object()
 REPEAT_NOTE_AT = 3  # the same error or action this many times in a row: the model is told
 STUCK_AT = 4  # ... and this many times ends the run as "stuck"
+UNCOMPUTED = "final answer sent back: it states numbers that no output showed"
 
 
 class MultiStepAgent:
@@ -66,6 +68,7 @@ class MultiStepAgent:
     kind: ClassVar[Literal["code", "tools"]]
     default_description: ClassVar[str]  # what a manager agent reads when this agent is its tool
     _max_steps_prompt: ClassVar[str]  # the last request when the steps are used up
+    _uncomputed_prompt: ClassVar[str | None] = None  # sends back an answer with numbers nothing showed
 
     def __init__(self, model: Any, tools: Iterable[Any] = (), **options: Any) -> None:
         """Args:
@@ -151,7 +154,7 @@ class MultiStepAgent:
 
     async def _prepare(self, variables: dict[str, Any], reset: bool) -> dict[str, str]:
         """Make the variables available to the actions; return name -> preview for the prompt."""
-        return {name: _preview(value) for name, value in variables.items()}
+        return {name: describe_variable(value) for name, value in variables.items()}
 
     def new_run(self, sandbox: SandboxLike | None = None) -> MultiStepAgent:
         """A copy for one more run beside this one (a task of a batch): the same model, tools and
@@ -349,18 +352,22 @@ class MultiStepAgent:
         if answer is NO_ANSWER and final and not step.tool_calls and step.code is None:
             answer = step.model_output.strip() or NO_ANSWER  # a plain-text last word is the best answer left
         if answer is not NO_ANSWER and not final:
-            rejection = await self._check_answer(answer, run)
+            rejection = self._uncomputed(answer, run, step) or await self._check_answer(answer, run)
             if rejection is not None:
                 self._reject_answer(step, _prompts.CHECK_FAILED.format(reason=rejection))
                 answer = NO_ANSWER
         step.is_final = answer is not NO_ANSWER
-        repeats = 0 if step.is_final else _repeats(run.action_steps, step)
+        repeats, alternating = (0, False) if step.is_final else _repeats(run.action_steps, step)
         if repeats == REPEAT_NOTE_AT:
-            step.observation = _context.join(step.observation, _prompts.REPEATING.format(times=repeats))
+            note = _prompts.ALTERNATING if alternating else _prompts.REPEATING
+            step.observation = _context.join(step.observation, note.format(times=repeats + alternating))
         step.duration = time.perf_counter() - started - (budget.waited - waited)  # not the review's wait
         current.clear()
         self._record(run, step, sink)
         if repeats >= STUCK_AT:
+            if alternating:
+                raise _RunEnded("stuck", f"stuck: the same two attempts in turn, {repeats + 1} steps in a row; "
+                                         "the run was stopped")
             what = f"the error {step.error}" if step.error else "the same action"
             raise _RunEnded("stuck", f"stuck: {what} {repeats} times in a row; the run was stopped")
         return answer
@@ -432,6 +439,20 @@ class MultiStepAgent:
         """The run's clock stopped while the user is asked (no run in progress: nothing to stop)."""
         return self._budget.paused() if self._budget is not None else contextlib.nullcontext()
 
+    def _uncomputed(self, answer: Any, run: Run, step: ActionStep) -> str | None:
+        """Why an answer stating numbers that no output showed goes back to a model that can compute
+        them (once a run: a second answer stands, and its record says which numbers are unverified);
+        None to accept it."""
+        if (self._uncomputed_prompt is None or not self.options.check_numbers
+                or any(s.error == UNCOMPUTED for s in run.action_steps)):
+            return None
+        unverified = _evidence.weigh(answer, run, step).unverified
+        if not unverified:
+            return None
+        step.error = UNCOMPUTED
+        listed = ", ".join(unverified[:-1]) + (" and " if len(unverified) > 1 else "") + unverified[-1]
+        return self._uncomputed_prompt.format(numbers=listed, pronoun="them" if len(unverified) > 1 else "it")
+
     async def _check_answer(self, answer: Any, run: Run) -> str | None:
         """None when every check passes, else the reason to show the model."""
         for check in self.final_answer_checks:
@@ -476,21 +497,24 @@ class MultiStepAgent:
         return f"<{type(self).__name__} {self.name!r} model={self.model_name!r} tools={list(self.tools)}>"
 
 
-def _repeats(previous: list[ActionStep], step: ActionStep) -> int:
-    """How many times in a row, ending with `step`, the same error or the same action came up."""
+def _repeats(previous: list[ActionStep], step: ActionStep) -> tuple[int, bool]:
+    """How many times in a row, ending with `step`, the same error or the same action came up, and
+    whether it is two of them in turn (A B A B: the count is the steps after the first)."""
+    steps = [*previous, step]
 
-    def run_length(key: Callable[[ActionStep], str | None]) -> int:
-        mine = key(step)
-        if mine is None:
+    def trailing(key: Callable[[ActionStep], str | None], period: int) -> int:
+        keys = [key(s) for s in steps]
+        if keys[-1] is None or (period == 2 and (len(keys) < 2 or keys[-2] in (None, keys[-1]))):
             return 0
-        count = 1
-        for earlier in reversed(previous):
-            if key(earlier) != mine:
-                break
+        count = period
+        while count < len(keys) and keys[-1 - count] == keys[-1 - count + period]:
             count += 1
-        return count
+        return count if period == 1 else count - 1
 
-    return max(run_length(lambda s: s.error), run_length(_action_key))
+    errors, actions = (lambda s: s.error), _action_key
+    same = max(trailing(errors, 1), trailing(actions, 1))
+    in_turn = max(trailing(errors, 2), trailing(actions, 2))
+    return (same, False) if same >= in_turn else (in_turn, True)
 
 
 def _action_key(step: ActionStep) -> str | None:
@@ -519,10 +543,3 @@ def _as_model(model: Any) -> Any:
         raise TypeError(f"model must be a model name (e.g. 'openai/gpt-4o-mini') or an agent_kernel Model, "
                         f"got {model!r}")
     return model
-
-
-def _preview(value: Any) -> str:
-    """The codec's short description of a value (type, shape, columns), as the model sees it."""
-    from ..sandbox import describe
-
-    return describe(value)

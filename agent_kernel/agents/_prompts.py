@@ -20,9 +20,26 @@ so print summaries (shapes, heads, counts), not whole datasets.
 - Importable modules: {imports}.
 - Call tools as Python functions, with keyword arguments; they return Python values.
 - After an error, read it and fix the cause; don't repeat the same code.
-{network}- Every reply must contain a ```python code block. Once you know the answer, your code \
-block is just `final_answer(answer)`; the run ends there. The answer can be any value: a number, \
-a string, a DataFrame, a figure.
+{network}- Every reply must contain a ```python code block. Compute the answer and print it first; once \
+you have seen it, your code block is just `final_answer(...)` with the variable that holds it, in the \
+form the task asks for (a number, a name, a dict, a DataFrame, a figure); the run ends there. Never \
+type a number into final_answer that no output showed.
+
+Example:
+Task: which product sold the most units in March? (`shop`: columns day, product, units)
+Thought: Total the March units per product and print the totals, largest first.
+```python
+march = shop[shop["day"].dt.month == 3]
+units = march.groupby("product")["units"].sum().sort_values(ascending=False)
+print(units)
+```
+Observation: product
+Gizmo     412
+Widget    380
+Thought: Gizmo sold the most (412 units); its name is the first index of `units`.
+```python
+final_answer(units.index[0])
+```
 
 Functions already defined:
 ```python
@@ -72,6 +89,11 @@ To finish, call final_answer(answer) in the code."""
 
 TOOLS_FORMAT_REMINDER = "Your reply called no tool. Call a tool, or call `final_answer` with the answer to finish."
 
+UNCOMPUTED_NUMBERS = (
+    "the answer states {numbers}, which no output above shows: nothing computed {pronoun}. Compute the "
+    "answer in code and print it, then give final_answer the computed value."
+)
+
 CHECK_FAILED = "Your final answer was not accepted: {reason}\nFix it and give the final answer again."
 
 PLANNING = """\
@@ -100,6 +122,10 @@ REPEATING = """\
 [Note: this is the {times}th time in a row with the same error or the same action. You are repeating \
 yourself: step back, try a different approach, or give your best final answer. One more repeat ends the run.]"""
 
+ALTERNATING = """\
+[Note: the last {times} steps went back and forth between the same two attempts. Neither works: step \
+back, try a different approach, or give your best final answer. One more such step ends the run.]"""
+
 REVIEW_EDITED_CODE = """\
 [The user reviewed your code and edited it before it ran. This is what ran:
 ```python
@@ -111,6 +137,10 @@ REVIEW_EDITED_CALLS = "[The user reviewed your tool calls and edited them before
 REVIEW_DECLINED = "The user reviewed this action and declined to run it; nothing ran. Reason: {reason}"
 
 NO_REASON = "(no reason given)"
+
+SAME_CODE_AGAIN = """\
+Nothing ran: this is exactly the code of the previous step, whose output is above. Do not run it \
+again: write the next step, which uses that output, or call final_answer if it answers the task."""
 
 TOOL_REDEFINED = "`{name}` is a tool: call it, do not define or assign it."
 TOOL_REDEFINED_END = "Nothing ran (the real tools are already in the kernel); rewrite the code without that."

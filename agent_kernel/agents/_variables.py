@@ -1,0 +1,82 @@
+"""What the model is told about the variables a task hands it: described, not dumped.
+
+A DataFrame gets a line per column saying what is in it (the range of numbers and dates, the values of
+a text column with few, how many are missing, and text that holds dates), because a small model that
+only sees `order_date: object` parses dates it never looked at, or filters on a region spelled as it
+guessed. The values are the analyst's own (host side, before they are copied into the sandbox); the
+sandbox's are never profiled here. Other values get the codec's one-line preview.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+MAX_COLUMNS = 30  # columns described one by one; the rest are listed by name
+MAX_VALUES = 8  # distinct values of a text column listed when it has no more than this
+_CELL = 24  # characters of one listed value
+_DATE_TEXT = re.compile(r"^\s*(\d{4}-\d{1,2}-\d{1,2}|\d{1,2}/\d{1,2}/\d{2,4}|\d{4}-\d{2})([ T]\d{1,2}:\d{2}.*)?\s*$")
+
+
+def describe_variable(value: Any) -> str:
+    """The preview of one variable for the task message."""
+    from ..sandbox import describe
+
+    try:
+        import pandas as pd
+    except ImportError:
+        return describe(value)
+    if type(value) is not pd.DataFrame:
+        return describe(value)
+    try:
+        return _frame(value, pd)
+    except Exception:  # noqa: BLE001 - an odd column must not break the task; the one-liner still tells
+        return describe(value)
+
+
+def _frame(frame: Any, pd: Any) -> str:
+    rows, cols = frame.shape
+    lines = [f"DataFrame, {rows} rows x {cols} columns:"]
+    for name in frame.columns[:MAX_COLUMNS]:
+        lines.append(f"    {name}: {_column(frame[name], pd)}")
+    if cols > MAX_COLUMNS:
+        rest = ", ".join(str(c) for c in frame.columns[MAX_COLUMNS:MAX_COLUMNS + 50])
+        lines.append(f"    ... {cols - MAX_COLUMNS} more columns: {rest}{', ...' if cols > MAX_COLUMNS + 50 else ''}")
+    return "\n".join(lines)
+
+
+def _column(column: Any, pd: Any) -> str:
+    if isinstance(column, pd.DataFrame):  # a duplicated column name
+        return "several columns share this name"
+    dtype, present = column.dtype, column.dropna()
+    missing = len(column) - len(present)
+    parts = [str(dtype)]
+    if len(present) == 0:
+        parts.append("all missing")
+    elif pd.api.types.is_bool_dtype(dtype):
+        parts.append(f"{int(present.sum())} True")
+    elif pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_datetime64_any_dtype(dtype):
+        parts.append(f"{_cell(present.min())} to {_cell(present.max())}")
+    else:
+        parts.append(_text(present))
+    if missing:
+        parts.append(f"{missing} missing")
+    return ", ".join(parts)
+
+
+def _text(present: Any) -> str:
+    """A text column: its values when few, else how many; and whether it holds dates as text."""
+    sample = present.head(200).astype(str)
+    if sample.str.match(_DATE_TEXT).all():
+        return f"dates stored as text, like {_cell(sample.iloc[0])!r} (pd.to_datetime parses them)"
+    distinct = present.astype(str).value_counts()
+    if len(distinct) <= MAX_VALUES:
+        return f"{len(distinct)} values: " + ", ".join(repr(_cell(v)) for v in distinct.index)
+    return f"{len(distinct)} distinct values, e.g. " + ", ".join(repr(_cell(v)) for v in distinct.index[:3])
+
+
+def _cell(value: Any) -> str:
+    """One value, short; a timestamp at midnight as its date."""
+    normalize = getattr(value, "normalize", None)
+    text = str(value.date()) if normalize is not None and value == normalize() else str(value)
+    return text if len(text) <= _CELL else text[: _CELL - 1] + "…"
