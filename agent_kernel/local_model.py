@@ -90,6 +90,9 @@ def _llama_cpp() -> Any:
     return llama_cpp
 
 
+_MAX_GRAMMARS = 16  # checked grammars an engine keeps
+
+
 class LocalEngine:
     """One GGUF model loaded in this process, with its chat template and its KV cache."""
 
@@ -120,6 +123,7 @@ class LocalEngine:
         )
         self.lock = threading.Lock()
         self.last_timings = Timings()
+        self._grammars: dict[str, Any] = {}  # GBNF text -> its checked LlamaGrammar
 
     def _token_text(self, token: int) -> str:
         return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token != -1 else ""
@@ -137,6 +141,22 @@ class LocalEngine:
         tokens = self.llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=False, special=True)
         stops = [formatted.stop] if isinstance(formatted.stop, str) else list(formatted.stop or ())
         return tokens, [s for s in stops if s]
+
+    def grammar(self, gbnf: str) -> Any:
+        """A GBNF grammar checked against this model's vocabulary, once per text. llama-cpp-python
+        hands the text to llama.cpp unchecked, and a grammar that does not parse crashes the process
+        when sampling starts; llama.cpp's own parser (a sampler made and freed here) says first."""
+        if gbnf not in self._grammars:
+            llama_cpp = _llama_cpp()
+            vocab = self.llm._model.vocab  # noqa: SLF001 - the vocabulary pointer llama.cpp's parser needs
+            sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+            if not sampler:
+                raise LocalModelError(400, "the grammar does not parse as GBNF (llama.cpp's grammar format)")
+            llama_cpp.llama_sampler_free(sampler)
+            if len(self._grammars) >= _MAX_GRAMMARS:
+                self._grammars.clear()
+            self._grammars[gbnf] = llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)
+        return self._grammars[gbnf]
 
     def reset(self) -> None:
         """Forget the KV cache: the next call evaluates its whole prompt."""
@@ -342,6 +362,8 @@ def _chunks(
     max_tokens = int(params.get("max_tokens") or params.get("max_completion_tokens") or DEFAULT_MAX_TOKENS)
     sampling = {k: params[k] for k in _SAMPLING if params.get(k) is not None}
     sampling.setdefault("temperature", 0.0)  # greedy: an agent's code should not depend on the dice
+    if params.get("grammar"):
+        sampling["grammar"] = llm.grammar(str(params["grammar"]))
     held = _HoldToolCalls() if tools else None
     finish = "stop"
     for piece, reason in llm.generate(tokens, stop=template_stop + stop, max_tokens=max_tokens,

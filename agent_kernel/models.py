@@ -115,7 +115,8 @@ class Model:
     limits, 5xx, timeouts and dropped connections are retried `num_retries` times with exponential
     backoff starting at `retry_delay` seconds. Other keyword arguments go to `litellm.acompletion`.
     `supports_stop` / `supports_tools` / `supports_vision` come from litellm; assign them to
-    override a wrong guess.
+    override a wrong guess. `supports_grammar`: the reply can be held to a llama.cpp GBNF grammar
+    (the embedded `local/` provider; assign True for a llama.cpp server that reads `grammar`).
     """
 
     def __init__(
@@ -197,6 +198,10 @@ class Model:
         return bool(litellm.supports_function_calling(self.model_id))
 
     @cached_property
+    def supports_grammar(self) -> bool:
+        return self.model_id.startswith("local/")
+
+    @cached_property
     def supports_vision(self) -> bool:
         """Whether the model takes images in its messages (litellm's model table; unknown: no)."""
         try:
@@ -227,13 +232,17 @@ class Model:
         tools: list[dict[str, Any]] | None = None,
         stop: list[str] | None = None,
         on_delta: Callable[[str], None] | None = None,
+        grammar: str | None = None,
     ) -> ModelReply:
         """One completion. With `on_delta` the reply streams and each new piece of text is passed to
-        it as it arrives; the returned content is always cut at the first stop sequence."""
+        it as it arrives; the returned content is always cut at the first stop sequence. `grammar`
+        (GBNF) holds the reply to a format where the model supports it, and is left out elsewhere."""
         if not _litellm.loaded():  # a first import takes seconds: keep the shared loop responsive
             await asyncio.to_thread(_litellm.load)
         self._preflight()
         request = self._request(messages, tools, stop)
+        if grammar is not None and self.supports_grammar:
+            request["grammar"] = grammar
         started = time.monotonic()
         attempt = 0
         while True:
@@ -264,8 +273,9 @@ class Model:
         tools: list[dict[str, Any]] | None = None,
         stop: list[str] | None = None,
         on_delta: Callable[[str], None] | None = None,
+        grammar: str | None = None,
     ) -> ModelReply:
-        return _aio.run_sync(self.agenerate(messages, tools=tools, stop=stop, on_delta=on_delta))
+        return _aio.run_sync(self.agenerate(messages, tools=tools, stop=stop, on_delta=on_delta, grammar=grammar))
 
     def _request(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, stop: list[str] | None

@@ -287,6 +287,23 @@ def test_max_tokens_and_non_streamed_completion(local: str) -> None:
 
 
 @needs_model
+def test_a_grammar_holds_the_reply_to_its_format(local: str) -> None:
+    from agent_kernel.agents._code import STEP_GRAMMAR, extract_code
+    from agent_kernel.errors import AgentKernelError
+    from agent_kernel.models import Model
+
+    model = Model(local)
+    assert model.supports_grammar
+    held = model.generate(COUNT, grammar='root ::= "yes" | "no"')
+    assert held.content in ("yes", "no")
+    step = model.generate([{"role": "user", "content": "What is 2 + 2? Just tell me."}], grammar=STEP_GRAMMAR)
+    code, thought = extract_code(step.content)
+    assert step.content.startswith("Thought: ") and code and thought, step.content  # code even when prose would do
+    with pytest.raises(AgentKernelError, match="does not parse as GBNF"):
+        model.generate(COUNT, grammar="root ::= (")
+
+
+@needs_model
 def test_the_kv_cache_of_a_shared_prefix_is_reused(local: str) -> None:
     from agent_kernel.local_model import engine
     from agent_kernel import _litellm

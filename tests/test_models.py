@@ -231,6 +231,29 @@ def test_stop_is_sent_when_supported(scripted_server: ScriptedServer, model: Mod
     assert reply.content == "print(1)\n"
 
 
+def test_a_grammar_is_sent_only_to_a_model_that_takes_one(scripted_server: ScriptedServer, model: Model) -> None:
+    assert not model.supports_grammar and Model("local/qwen2.5-coder-1.5b").supports_grammar
+    scripted_server.script([text("a"), text("b")])
+    model.generate(USER, grammar='root ::= "a"')
+    assert "grammar" not in scripted_server.requests[0]  # a provider that does not know it would refuse it
+    model.supports_grammar = True  # e.g. a llama.cpp server behind api_base
+    model.generate(USER, grammar='root ::= "b"')
+    assert scripted_server.requests[1]["grammar"] == 'root ::= "b"'
+
+
+def test_a_code_agent_holds_a_model_that_takes_a_grammar_to_its_step_format(scripted_server: ScriptedServer) -> None:
+    from agent_kernel.agents import CodeAgent
+    from agent_kernel.agents._code import STEP_GRAMMAR
+
+    scripted_server.script([text("Thought: done.\n```python\nfinal_answer(len('ab'))\n```")] * 2)
+    for takes_grammar in (False, True):
+        model = scripted_server.model()
+        model.supports_grammar = takes_grammar
+        with CodeAgent(model) as agent:
+            assert agent.run("two").output == 2
+        assert scripted_server.requests[-1].get("grammar") == (STEP_GRAMMAR if takes_grammar else None)
+
+
 def test_supports_vision_comes_from_litellms_table_and_unknown_models_cannot_see() -> None:
     assert Model("openai/gpt-4o-mini").supports_vision is True
     assert Model("openai/no-such-model-here", api_base="http://127.0.0.1:9").supports_vision is False

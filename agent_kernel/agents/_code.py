@@ -27,6 +27,13 @@ _FENCE = re.compile(r"```[ \t]*(?P<lang>[\w+-]*)[^\n]*\n(?P<code>.*?)(?:\n[ \t]*
 _CODE_TAG = re.compile(r"<code>\s*(?P<code>.*?)\s*(?:</code>|\Z)", re.S)
 _PYTHON_LANGS = {"", "python", "py", "python3", "ipython", "pycon"}
 _STOP = ["\n```\n"]  # the closing fence: the model would go on to invent the output
+# The step format, for models that can be held to a grammar (llama.cpp's GBNF): a thought, then one
+# python block. A small model then cannot answer in prose, hallucinate an output, or forget the code.
+STEP_GRAMMAR = r"""
+root ::= "Thought: " thought "\n```python\n" line+ "```" "\n"?
+thought ::= [^\n`]+
+line ::= ([^`\n] [^\n]* | "`" [^`\n] [^\n]* | "``" [^`\n] [^\n]*)? "\n"
+"""
 MAX_IMAGES = 3  # figures of one step sent to a model that can see: the last few
 IMAGE_MAX_SIDE = 768  # pixels; larger figures are scaled down (cheaper, and enough to read a plot)
 _MAX_DECODE_PIXELS = 40_000_000  # a PNG claiming more is not decoded at all (decompression bombs)
@@ -239,6 +246,8 @@ class CodeAgent(MultiStepAgent):
 
     async def _request(self, messages: list[Message], on_delta: Callable[[str], None] | None, final: bool) -> Any:
         # The model sends `stop` only where the provider takes it, and cuts the text itself otherwise.
+        if getattr(self.model, "supports_grammar", False):
+            return await self.model.agenerate(messages, stop=_STOP, on_delta=on_delta, grammar=STEP_GRAMMAR)
         return await self.model.agenerate(messages, stop=_STOP, on_delta=on_delta)
 
     async def _act(self, step: ActionStep, reply: Any, final: bool) -> Any:
