@@ -132,7 +132,7 @@ HOSTILE = ("Thought: <script>alert('thought')</script><img src=x onerror=\"alert
            "from IPython.display import HTML, Javascript, display\n"
            "display(Javascript(\"alert('js')\"))\n"
            "display(HTML(\"<img src=x onerror=alert('html')><script>alert('script')</script><b>bold</b>\"))\n"
-           "print('<script>alert(1)</script>')\nfinal_answer('<img src=x onerror=alert(2)>')\n```\n")
+           "print('<script>alert(1)</script>')\nfinal_answer('<img src=x onerror=alert(document.domain)>')\n```\n")
 
 
 def test_hostile_model_and_sandbox_output_fires_nothing_now_or_after_a_reload(
