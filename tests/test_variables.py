@@ -51,3 +51,13 @@ def test_the_model_reads_the_description_in_the_task(scripted_server) -> None:
     assert (f"- orders: DataFrame, 2 rows x 2 columns:\n    order_date: {orders.dtypes['order_date']}, dates stored as "
             "text, like '03/14/2025'") in task
     assert "    price: float64, 9.5 to 20.0" in task
+
+
+def test_describing_a_variable_does_not_import_pandas() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom agent_kernel.agents._variables import describe_variable\n"
+            "print(describe_variable([1, 2]), 'pandas' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "list len=2: [1, 2] False", done.stderr

@@ -10,6 +10,7 @@ sandbox's are never profiled here. Other values get the codec's one-line preview
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any
 
 MAX_COLUMNS = 30  # columns described one by one; the rest are listed by name
@@ -22,11 +23,8 @@ def describe_variable(value: Any) -> str:
     """The preview of one variable for the task message."""
     from ..sandbox import describe
 
-    try:
-        import pandas as pd
-    except ImportError:
-        return describe(value)
-    if type(value) is not pd.DataFrame:
+    pd = sys.modules.get("pandas")  # not imported: the value cannot be a DataFrame (and no import is paid)
+    if pd is None or type(value) is not pd.DataFrame:
         return describe(value)
     try:
         return _frame(value, pd)
