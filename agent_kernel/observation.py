@@ -185,13 +185,17 @@ def answer_sources(step: FinalAnswerStep) -> str:
                      for number, index in step.sources.items())
 
 
+def spoken_list(items: list[str]) -> str:
+    """"a", "a and b", "a, b and c": items as a sentence names them."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" and {items[-1]}"
+
+
 def unverified_note(step: FinalAnswerStep) -> str:
     """"unverified: 10% was never computed" for numbers no step showed ("" when every one was)."""
     numbers = step.unverified
     if not numbers:
         return ""
-    listed = numbers[0] if len(numbers) == 1 else ", ".join(numbers[:-1]) + f" and {numbers[-1]}"
-    return f"unverified: {listed} {'was' if len(numbers) == 1 else 'were'} never computed"
+    return f"unverified: {spoken_list(numbers)} {'was' if len(numbers) == 1 else 'were'} never computed"
 
 
 def review_label(step: ActionStep) -> str:

@@ -35,6 +35,7 @@ from ..memory import (
     TaskStep,
     TextDelta,
 )
+from ..observation import spoken_list
 from ..tools import Tool, as_tool
 from . import _context, _evidence, _prompts, _sync
 from ._context import Message
@@ -450,8 +451,8 @@ class MultiStepAgent:
         if not unverified:
             return None
         step.error = UNCOMPUTED
-        listed = ", ".join(unverified[:-1]) + (" and " if len(unverified) > 1 else "") + unverified[-1]
-        return self._uncomputed_prompt.format(numbers=listed, pronoun="them" if len(unverified) > 1 else "it")
+        pronoun = "them" if len(unverified) > 1 else "it"
+        return self._uncomputed_prompt.format(numbers=spoken_list(unverified), pronoun=pronoun)
 
     async def _check_answer(self, answer: Any, run: Run) -> str | None:
         """None when every check passes, else the reason to show the model."""
