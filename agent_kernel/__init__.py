@@ -21,6 +21,7 @@ _PUBLIC = {
     "Tool": "agent_kernel.tools",
     "tool": "agent_kernel.tools",
     "as_tool": "agent_kernel.tools",
+    "ToolError": "agent_kernel.tools",
     "CodeAgent": "agent_kernel.agents",
     "ToolCallingAgent": "agent_kernel.agents",
     "WebSearchTool": "agent_kernel.base_tools",

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .errors import AgentKernelError
 from .observation import render_observation
-from .tools import Tool
+from .tools import Tool, ToolError
 
 if TYPE_CHECKING:
     import httpx
@@ -530,7 +530,11 @@ class PythonInterpreterTool(Tool):
             code: the Python source to run. Print what you need to see.
         """
         sandbox = await self._started()
-        return render_observation(await sandbox.execute(code))
+        execution = await sandbox.execute(code)
+        observed = render_observation(execution)
+        if execution.error is not None:  # a failed call: a final answer given beside it was written blind
+            raise ToolError(f"the code raised {execution.error.name}\n{observed}")
+        return observed
 
     async def _started(self) -> SandboxLike:
         async with self._starting:

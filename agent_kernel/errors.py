@@ -14,11 +14,12 @@ can import it too).
     ├── LocalModelError                    local_model: the embedded llama.cpp cannot run the request
     ├── ModelFetchError                    model_fetch: a local model could not be fetched or found
     ├── ToolArgumentError (ValueError)     tools: the model's arguments do not fit the schema
+    ├── ToolError (RuntimeError)           tools: a tool ran and failed; the message is for the model
+    │   └── MCPToolError                     mcp: the server's tool reported an error
     ├── SearchError (RuntimeError)         base_tools: the search service failed
     ├── URLNotAllowed (ValueError)         base_tools: visit_webpage refused a URL (SSRF guard)
     ├── PageError (RuntimeError)           base_tools: a page could not be read
     ├── MCPConnectionError (RuntimeError)  mcp: the server could not be started or reached
-    ├── MCPToolError (RuntimeError)        mcp: the server's tool reported an error
     ├── WidgetsUnavailable (ValueError)    review: widgets asked for where they cannot show
     ├── SandboxError (RuntimeError)        sandbox: the sandbox could not do what was asked
     ├── TransferError (ValueError)         sandbox: a value could not cross the boundary

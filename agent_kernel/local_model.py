@@ -276,7 +276,7 @@ def parse_tool_calls(text: str, names: Iterable[str] = ()) -> tuple[str, list[di
 
 def _call(index: int, body: str) -> dict[str, Any]:
     try:
-        value = json.loads(body)
+        value = json.loads(body, strict=False)  # a raw newline in a code string is still the code
     except json.JSONDecodeError:
         value = None
     if isinstance(value, dict) and isinstance(value.get("name"), str):
@@ -362,8 +362,9 @@ def _chunks(
     max_tokens = int(params.get("max_tokens") or params.get("max_completion_tokens") or DEFAULT_MAX_TOKENS)
     sampling = {k: params[k] for k in _SAMPLING if params.get(k) is not None}
     sampling.setdefault("temperature", 0.0)  # greedy: an agent's code should not depend on the dice
-    if params.get("grammar"):
-        sampling["grammar"] = llm.grammar(str(params["grammar"]))
+    grammar = params.get("grammar") or (calls_grammar(_chosen(tools, params.get("tool_choice"))) if tools else None)
+    if grammar:
+        sampling["grammar"] = llm.grammar(str(grammar))
     held = _HoldToolCalls() if tools else None
     finish = "stop"
     for piece, reason in llm.generate(tokens, stop=template_stop + stop, max_tokens=max_tokens,
@@ -387,6 +388,59 @@ def _chunks(
         "prompt_tokens_details": {"cached_tokens": timings.cached_tokens},
     }
     yield _chunk("", finish="tool_calls" if calls else finish, usage=usage)
+
+
+def _chosen(tools: list[dict[str, Any]], tool_choice: Any) -> list[dict[str, Any]]:
+    """The tools a reply must call (OpenAI's `tool_choice`): all for "required", the named one for
+    {"type": "function", "function": {"name": ...}}, none otherwise ("auto", "none", absent)."""
+    if tool_choice == "required":
+        return tools
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name")
+        return [t for t in tools if (t.get("function") or {}).get("name") == name]
+    return []
+
+
+def calls_grammar(tools: list[dict[str, Any]]) -> str | None:
+    """GBNF for a reply of Hermes tool calls only, one or more, each naming one of `tools` with the
+    arguments its JSON schema describes (llama-cpp-python's schema converter writes that part).
+    None when no tool is chosen: the reply is free."""
+    bodies = [{"type": "object", "required": ["name", "arguments"],
+               "properties": {"name": {"const": f["name"]},
+                              "arguments": _typed(f.get("parameters") or {"type": "object"})}}
+              for f in ((t.get("function") or {}) for t in tools) if isinstance(f.get("name"), str)]
+    if not bodies:
+        return None
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        call = json_schema_to_gbnf(json.dumps({"oneOf": bodies}), prop_order=["name", "arguments"])
+    except Exception as e:  # the converter raises bare Exceptions on schemas it does not cover
+        raise LocalModelError(400, f"a tool's parameters cannot be turned into a grammar: {e}") from None
+    # The converter names its top rule root: here it is the body of one call.
+    call = re.sub(r"^root ::=", "call-body ::=", call, count=1, flags=re.MULTILINE)
+    return (f'root ::= tool-call ("\\n" tool-call)*\n'
+            f'tool-call ::= "{_TOOL_OPEN}\\n" call-body "\\n</tool_call>"\n{call}')
+
+
+_ANY_JSON = ["string", "number", "boolean", "null", "array", "object"]
+_SHAPED_BY = ("type", "$ref", "const", "enum", "anyOf", "oneOf", "allOf", "properties", "items", "prefixItems")
+
+
+def _typed(schema: Any) -> Any:
+    """`schema` with every part that says nothing of its shape (`{"description": ...}`: any value,
+    as a parameter typed Any is) made to say so; the converter takes such a part for an error."""
+    if not isinstance(schema, dict):
+        return schema
+    typed = {key: ({name: _typed(part) for name, part in value.items()} if key == "properties" and isinstance(value, dict)
+                   else [_typed(part) for part in value] if key in ("anyOf", "oneOf", "allOf", "prefixItems")
+                   and isinstance(value, list)
+                   else _typed(value) if key in ("items", "additionalProperties")
+                   else value)
+             for key, value in schema.items()}
+    if not any(key in typed for key in _SHAPED_BY):
+        typed["type"] = _ANY_JSON
+    return typed
 
 
 def _chunk(text: str, *, tool_use: dict[str, Any] | None = None, finish: str | None = None,

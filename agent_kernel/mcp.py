@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _aio
 from .errors import AgentKernelError
-from .tools import Tool, check_definition, schema_type_text, schema_types
+from .tools import Tool, ToolError, check_definition, schema_type_text, schema_types
 
 if TYPE_CHECKING:
     import mcp_types
@@ -36,7 +36,7 @@ class MCPConnectionError(AgentKernelError, RuntimeError):
     """The MCP server could not be started or reached, or it went away."""
 
 
-class MCPToolError(AgentKernelError, RuntimeError):
+class MCPToolError(ToolError):
     """The MCP tool itself reported an error; the message is the server's."""
 
 

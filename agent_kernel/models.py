@@ -114,7 +114,7 @@ class Model:
     `api_base` points at any OpenAI-compatible server ("openai/<name>" with a local URL). Rate
     limits, 5xx, timeouts and dropped connections are retried `num_retries` times with exponential
     backoff starting at `retry_delay` seconds. Other keyword arguments go to `litellm.acompletion`.
-    `supports_stop` / `supports_tools` / `supports_vision` come from litellm; assign them to
+    `supports_stop` / `supports_tools` / `supports_tool_choice` / `supports_vision` come from litellm; assign them to
     override a wrong guess. `supports_grammar`: the reply can be held to a llama.cpp GBNF grammar
     (the embedded `local/` provider; assign True for a llama.cpp server that reads `grammar`).
     """
@@ -198,6 +198,11 @@ class Model:
         return bool(litellm.supports_function_calling(self.model_id))
 
     @cached_property
+    def supports_tool_choice(self) -> bool:
+        """Whether a reply can be required to call a tool (OpenAI's `tool_choice`)."""
+        return "tool_choice" in self._supported_params
+
+    @cached_property
     def supports_grammar(self) -> bool:
         return self.model_id.startswith("local/")
 
@@ -233,16 +238,20 @@ class Model:
         stop: list[str] | None = None,
         on_delta: Callable[[str], None] | None = None,
         grammar: str | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
     ) -> ModelReply:
         """One completion. With `on_delta` the reply streams and each new piece of text is passed to
         it as it arrives; the returned content is always cut at the first stop sequence. `grammar`
-        (GBNF) holds the reply to a format where the model supports it, and is left out elsewhere."""
+        (GBNF) holds the reply to a format where the model supports it, and is left out elsewhere;
+        so is `tool_choice` ("required": the reply calls one or more of `tools`)."""
         if not _litellm.loaded():  # a first import takes seconds: keep the shared loop responsive
             await asyncio.to_thread(_litellm.load)
         self._preflight()
         request = self._request(messages, tools, stop)
         if grammar is not None and self.supports_grammar:
             request["grammar"] = grammar
+        if tool_choice is not None and tools and self.supports_tool_choice:
+            request["tool_choice"] = tool_choice
         started = time.monotonic()
         attempt = 0
         while True:
@@ -274,8 +283,10 @@ class Model:
         stop: list[str] | None = None,
         on_delta: Callable[[str], None] | None = None,
         grammar: str | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
     ) -> ModelReply:
-        return _aio.run_sync(self.agenerate(messages, tools=tools, stop=stop, on_delta=on_delta, grammar=grammar))
+        return _aio.run_sync(self.agenerate(messages, tools=tools, stop=stop, on_delta=on_delta, grammar=grammar,
+                                            tool_choice=tool_choice))
 
     def _request(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, stop: list[str] | None

@@ -21,13 +21,18 @@ from typing import Any, Protocol, runtime_checkable
 
 from .errors import AgentKernelError
 
-__all__ = ["Tool", "ToolArgumentError", "as_tool", "tool"]
+__all__ = ["Tool", "ToolArgumentError", "ToolError", "as_tool", "tool"]
 Schema = dict[str, Any]
 _RESERVED_NAMES = frozenset({"final_answer"})
 
 
 class ToolArgumentError(AgentKernelError, ValueError):
     """The model's arguments do not fit the tool's schema; the message is written for the model."""
+
+
+class ToolError(AgentKernelError, RuntimeError):
+    """A tool ran and failed; the message is written for the model, which sees it as the call's error
+    (a tool's other exceptions reach it as "TypeName: message")."""
 
 
 class Tool:

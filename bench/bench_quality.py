@@ -453,6 +453,14 @@ class Outcome:
     tokens: int
     seconds: float
     error: str | None = None
+    transcript: list[str] = field(default_factory=list)  # each step: what the model wrote, what came back
+
+
+_SHOWN = 600  # characters of each step's reply and of its observation kept in the transcript
+
+
+def _step_text(wrote: str, observed: str) -> str:
+    return f"{wrote.strip()[:_SHOWN]}\n-> {observed.strip()[:_SHOWN]}"
 
 
 @dataclass
@@ -469,7 +477,10 @@ def _our_model(spec: ModelSpec) -> Any:
     return Model(spec.name, api_base=spec.api_base, api_key=spec.api_key, **spec.options)
 
 
-def run_ours(kind: str, spec: ModelSpec, question: Question, tables: dict[str, Any]) -> tuple[Any, bool, int, int, str | None]:
+Result = tuple[Any, bool, int, int, str | None, list[str]]  # output, success, steps, tokens, error, transcript
+
+
+def run_ours(kind: str, spec: ModelSpec, question: Question, tables: dict[str, Any]) -> Result:
     from agent_kernel.agents import CodeAgent, ToolCallingAgent
     from agent_kernel.base_tools import PythonInterpreterTool
     from agent_kernel.sandbox import Sandbox
@@ -488,10 +499,12 @@ def run_ours(kind: str, spec: ModelSpec, question: Question, tables: dict[str, A
             run = ToolCallingAgent(_our_model(spec), tools=[tool], max_steps=MAX_STEPS).run(
                 task_text(question, tables, "already defined in the python_interpreter tool"))
     tokens = run.usage.input_tokens + run.usage.output_tokens
-    return run.output, run.state == "success", len(run.action_steps), tokens, run.error
+    transcript = [_step_text(s.model_output, f"{s.observation}{' [error: ' + s.error + ']' if s.error else ''}")
+                  for s in run.action_steps]
+    return run.output, run.state == "success", len(run.action_steps), tokens, run.error, transcript
 
 
-def run_smolagents(spec: ModelSpec, question: Question, tables: dict[str, Any]) -> tuple[Any, bool, int, int, str | None]:
+def run_smolagents(spec: ModelSpec, question: Question, tables: dict[str, Any]) -> Result:
     from smolagents import CodeAgent as SmolCodeAgent
     from smolagents import LiteLLMModel
     from smolagents.memory import ActionStep
@@ -504,8 +517,11 @@ def run_smolagents(spec: ModelSpec, question: Question, tables: dict[str, Any]) 
                        additional_args={n: tables[n] for n in question.tables}, return_full_result=True)
     usage = result.token_usage
     tokens = usage.input_tokens + usage.output_tokens if usage else 0
-    steps = sum(isinstance(s, ActionStep) for s in agent.memory.steps)
-    return result.output, result.state == "success", steps, tokens, None if result.state == "success" else result.state
+    actions = [s for s in agent.memory.steps if isinstance(s, ActionStep)]
+    transcript = [_step_text(str(s.model_output or ""), f"{s.observations or ''}{' [error: ' + str(s.error) + ']' if s.error else ''}")
+                  for s in actions]
+    error = None if result.state == "success" else result.state
+    return result.output, result.state == "success", len(actions), tokens, error, transcript
 
 
 def run_one(agent: str, spec: ModelSpec, question: Question, tables: dict[str, Any]) -> Outcome:
@@ -513,13 +529,13 @@ def run_one(agent: str, spec: ModelSpec, question: Question, tables: dict[str, A
     started = time.monotonic()
     try:
         if agent == "smol":
-            output, success, steps, tokens, error = run_smolagents(spec, question, tables)
+            output, success, steps, tokens, error, transcript = run_smolagents(spec, question, tables)
         else:
-            output, success, steps, tokens, error = run_ours(agent, spec, question, tables)
+            output, success, steps, tokens, error, transcript = run_ours(agent, spec, question, tables)
     except Exception as exc:  # a crash of one agent on one question is a wrong answer, not the end of the bench
-        output, success, steps, tokens, error = None, False, 0, 0, f"{type(exc).__name__}: {exc}"
+        output, success, steps, tokens, error, transcript = None, False, 0, 0, f"{type(exc).__name__}: {exc}", []
     return Outcome(agent, question.id, expected.plain(), _plain(output), expected.judge(output), success, steps,
-                   tokens, time.monotonic() - started, error)
+                   tokens, time.monotonic() - started, error, transcript)
 
 
 def _plain(value: Any) -> Any:

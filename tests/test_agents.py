@@ -250,13 +250,21 @@ def test_a_final_answer_batched_with_other_calls_is_accepted_after_they_run(scri
         return n
 
     scripted_server.script([  # the answer first in the batch: the other calls still run, then it stands
-        tool_calls([("final_answer", {"answer": 3}), ("note", {"n": 1}), ("note", {"n": 2})]),
+        tool_calls([("final_answer", {"answer": 2}), ("note", {"n": 1}), ("note", {"n": 2})]),
     ])
     run = ToolCallingAgent(scripted_server.model(), tools=[note]).run("note and answer")
     assert run.state == "success", run.error
-    assert run.output == 3 and sorted(seen) == [1, 2] and len(run.action_steps) == 1
+    assert run.output == 2 and sorted(seen) == [1, 2] and len(run.action_steps) == 1
     assert [(c.name, c.result, c.error) for c in run.action_steps[0].tool_calls] == [
-        ("final_answer", 3, None), ("note", 1, None), ("note", 2, None)]
+        ("final_answer", 2, None), ("note", 1, None), ("note", 2, None)]
+
+
+def test_a_tool_call_that_is_not_json_is_told_so(scripted_server):
+    scripted_server.script([tool_calls([("", '{"name": "note", "arguments": {"n": 1')]),  # cut off
+                            tool_calls([("final_answer", {"answer": "done"})])])
+    run = ToolCallingAgent(scripted_server.model()).run("answer")
+    assert run.action_steps[0].tool_calls[0].error.startswith("the tool call is not valid JSON")
+    assert run.output == "done"
 
 
 def test_max_steps_asks_for_a_final_answer(scripted_server):
@@ -404,8 +412,8 @@ def test_interrupt_cancels_the_model_call_and_keeps_the_steps(scripted_server):
     assert run.action_steps[0].tool_calls[0].result == 2
     assert run.action_steps[1].error == "interrupted"
     # the agent can run again afterwards
-    scripted_server.script([tool_calls([("final_answer", {"answer": 1})])])
-    assert agent.run("interrupt me again").output == 1
+    scripted_server.script([tool_calls([("final_answer", {"answer": "again"})])])
+    assert agent.run("interrupt me again").output == "again"
 
 
 def test_ctrl_c_during_a_stream_interrupts_and_still_delivers_the_run(scripted_server):

@@ -89,19 +89,19 @@ def test_harness_end_to_end_on_the_scripted_server(scripted_server: ScriptedServ
     assert [(o.agent, o.question, o.right, o.success, o.steps) for o in outcomes] == [
         ("code", "people_headcount", True, True, 1), ("tools", "people_headcount", True, True, 2),
         ("smol", "people_headcount", True, True, 1), ("code", "sales_total", False, True, 2),
-        ("tools", "sales_total", False, True, 1), ("smol", "sales_total", False, True, 1)], lines
-    # the CodeAgent sent the guess (1.5 was never computed) back once; given again, it stands
+        ("tools", "sales_total", False, True, 2), ("smol", "sales_total", False, True, 1)], lines
+    # both our agents sent the guess (1.5 was never computed) back once; given again, it stands
     assert all(o.tokens > 0 for o in outcomes)
     for summary in summaries:
         assert (summary.questions, summary.right, summary.wrong_marked_success) == (2, 1, 1)
         assert summary.seconds_per_right == pytest.approx(summary.seconds_per_question * 2)
-    assert [s.mean_steps for s in summaries] == [1.5, 1.5, 1.0]
-    assert len(scripted_server.requests) == 8
+    assert [s.mean_steps for s in summaries] == [1.5, 2.0, 1.0]
+    assert len(scripted_server.requests) == 9
 
     saved: list[list[Any]] = []  # an interrupted run goes on: what it had is kept, the rest runs
     again, _ = bq.run_bench(["code", "tools"], spec, questions, lines.append, done=outcomes[:4], saved=saved.append)
     assert again[:3] == [outcomes[0], outcomes[1], outcomes[3]] and [o.agent for o in again[3:]] == ["tools"]
-    assert len(scripted_server.requests) == 9 and saved == [again]
+    assert len(scripted_server.requests) == 11 and saved == [again]
 
 
 def test_select_names_samples_and_limits_questions() -> None:

@@ -281,16 +281,24 @@ import json, sys, threading
 sys.path.insert(0, sys.argv[1])
 from scripted_server import ScriptedServer, text
 from agent_kernel import CodeAgent
+import time
+def count():
+    return {"processes": len(descendants()), "fds": len(os.listdir("/proc/self/fd")), "threads": threading.active_count()}
 counts = []
 with ScriptedServer() as server:
-    server.script(lambda body: text("```python\nfinal_answer(2)\n```\n"))
+    server.script(lambda body: text("```python\nfinal_answer(1 + 1)\n```\n"))
     model = server.model()
     for i in range(60):
         run = CodeAgent(model).run("what is 1+1?")  # dropped without close(), as README's example does
         assert run.output == 2, run.state
-        if i in (4, 59):
-            counts.append({"processes": len(descendants()), "fds": len(os.listdir("/proc/self/fd")),
-                           "threads": threading.active_count()})
+        if i == 4:
+            counts.append(count())
+    # The last agents' kernels are on their way out (their finalizers run in the background): a few
+    # seconds to settle, then what is left is what leaked.
+    settle = time.monotonic() + 10
+    while time.monotonic() < settle and any(v > counts[0][k] for k, v in count().items()):
+        time.sleep(0.2)
+    counts.append(count())
 print(json.dumps(counts))
 """
 

@@ -245,7 +245,7 @@ def test_an_action_is_not_started_once_a_slow_model_call_used_up_the_time(script
 
 
 def test_time_waiting_for_the_reviewer_does_not_count(scripted_server: Any) -> None:
-    scripted_server.script([tool_calls([("lookup", {"city": "Lyon"})]), tool_calls([("final_answer", {"answer": 1})])])
+    scripted_server.script([tool_calls([("lookup", {"city": "Lyon"})]), tool_calls([("final_answer", {"answer": "Rhone"})])])
 
     waits: list[float] = []
 

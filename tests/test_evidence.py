@@ -197,10 +197,37 @@ def test_an_answer_given_again_after_it_was_sent_back_stands_marked_unverified(s
     assert run.output == "42, twice that is 84" and run.unverified == ["84"] and run.steps[-1].sources == {"42": 1}
 
 
-def test_a_tool_calling_agent_cannot_compute_so_its_answer_is_not_sent_back(scripted_server):
-    scripted_server.script([tool_calls([("final_answer", {"answer": "about 84"})])])
+def test_a_tool_calling_agent_with_tools_is_sent_back_to_call_one_and_without_tools_is_not(scripted_server):
+    scripted_server.script([
+        tool_calls([("final_answer", {"answer": "about 84"})]),
+        tool_calls([("add", {"a": 42, "b": 42})]),
+        tool_calls([("final_answer", {"answer": "84"})]),
+    ])
     run = ToolCallingAgent(scripted_server.model(), tools=[add]).run("twice forty-two")
+    assert run.state == "success" and len(run.action_steps) == 3, run.error
+    sent_back = run.action_steps[0].tool_calls[0]
+    assert sent_back.error is not None and "84, which no tool result above shows" in sent_back.error
+    assert run.output == "84" and run.unverified == [] and run.steps[-1].sources == {"84": 2}
+
+    scripted_server.script([tool_calls([("final_answer", {"answer": "about 84"})])])
+    run = ToolCallingAgent(scripted_server.model()).run("twice forty-two")  # no tool to compute with
     assert run.state == "success" and len(run.action_steps) == 1 and run.unverified == ["84"]
+
+
+def test_an_answer_batched_with_python_that_failed_is_refused(scripted_server):
+    from agent_kernel.base_tools import PythonInterpreterTool
+
+    scripted_server.script([
+        tool_calls([("python_interpreter", {"code": "import pandas as pd\npd.read_csv('sales.csv')"}),
+                    ("final_answer", {"answer": "sales"})]),  # written before the error came back
+        tool_calls([("final_answer", {"answer": "no sales table"})]),
+    ])
+    with PythonInterpreterTool(imports=["pandas"]) as python:
+        run = ToolCallingAgent(scripted_server.model(), tools=[python]).run("what is in sales.csv?")
+    failed, refused = run.action_steps[0].tool_calls
+    assert failed.error is not None and failed.error.startswith("the code raised FileNotFoundError\n")
+    assert refused.error is not None and run.action_steps[0].error.startswith("python_interpreter: the code raised")
+    assert run.output == "no sales table" and len(run.action_steps) == 2
 
 
 def test_answers_whose_numbers_were_shown_or_have_none_are_not_sent_back(scripted_server):

@@ -344,6 +344,39 @@ def test_native_tool_calls(local: str) -> None:
     assert reply.finish_reason == "tool_calls"
 
 
+@pytest.mark.skipif(_NO_LLAMA, reason="needs llama-cpp-python (pip install 'agent-kernel[local]')")
+def test_the_grammar_of_required_tool_calls_follows_each_tools_schema() -> None:
+    from agent_kernel.local_model import calls_grammar, engine
+
+    anything = {"type": "function", "function": {"name": "final_answer", "parameters": {
+        "type": "object", "properties": {"answer": {"description": "typed Any: no type at all"}},
+        "required": ["answer"]}}}
+    grammar = calls_grammar([anything, {"type": "function", "function": {"name": "ping"}}])
+    assert grammar is not None and grammar.startswith("root ::= tool-call")
+    assert '"\\"final_answer\\""' in grammar and '"\\"ping\\""' in grammar
+    assert calls_grammar([]) is None
+    if _MODEL is not None:  # llama.cpp's own parser takes it (a grammar it refuses would crash it)
+        engine(_MODEL).grammar(grammar)
+
+
+@needs_model
+def test_a_required_tool_call_is_held_to_the_offered_tools(local: str) -> None:
+    import jsonschema
+
+    from agent_kernel.models import Model
+
+    add = {"type": "function", "function": {
+        "name": "add", "description": "Add two integers.",
+        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                       "required": ["a", "b"]}}}
+    model = Model(local)
+    prose = [{"role": "user", "content": "Say hello to me in French, in one word."}]  # asks for no tool at all
+    reply = model.generate(prose, tools=[add], tool_choice="required")
+    assert [c.name for c in reply.tool_calls] == ["add"] * len(reply.tool_calls) and reply.tool_calls, reply.content
+    for call in reply.tool_calls:
+        jsonschema.validate(call.arguments, add["function"]["parameters"])
+
+
 _DEFAULT_FETCHED = _fetched(model_fetch.DEFAULT_LOCAL_MODEL)
 
 

@@ -241,6 +241,25 @@ def test_a_grammar_is_sent_only_to_a_model_that_takes_one(scripted_server: Scrip
     assert scripted_server.requests[1]["grammar"] == 'root ::= "b"'
 
 
+def test_tool_choice_is_sent_with_tools_to_a_model_that_takes_it(scripted_server: ScriptedServer, model: Model) -> None:
+    assert model.supports_tool_choice
+    scripted_server.script([tool_calls([("add", {"a": 1, "b": 2})]), text("hello"), tool_calls([("add", {"a": 3})])])
+    model.generate(USER, tools=TOOLS, tool_choice="required")
+    model.generate(USER, tool_choice="required")  # no tools: nothing to require
+    model.supports_tool_choice = False  # a provider that would refuse it
+    model.generate(USER, tools=TOOLS, tool_choice="required")
+    assert [r.get("tool_choice") for r in scripted_server.requests] == ["required", None, None]
+
+
+def test_a_tool_calling_agent_requires_each_reply_to_call_a_tool(scripted_server: ScriptedServer) -> None:
+    from agent_kernel.agents import ToolCallingAgent
+
+    scripted_server.script([tool_calls([("final_answer", {"answer": "done"})])])
+    with ToolCallingAgent(scripted_server.model()) as agent:
+        assert agent.run("finish").output == "done"
+    assert scripted_server.requests[-1]["tool_choice"] == "required"  # its answer is a tool call too
+
+
 def test_a_code_agent_holds_a_model_that_takes_a_grammar_to_its_step_format(scripted_server: ScriptedServer) -> None:
     from agent_kernel.agents import CodeAgent
     from agent_kernel.agents._code import STEP_GRAMMAR

@@ -105,8 +105,9 @@ def _tool_results(body: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]
 
 
 def _router(body: dict[str, Any]) -> Reply:
-    """Asks both rates at once, then answers from the rates the tool really returned."""
-    done = {args["currency"]: float(result) for _, args, result in _tool_results(body)}
+    """Asks both rates at once, then answers from the rates the tool really returned (again when the
+    answer is sent back: its arithmetic is the model's own, which no tool result shows)."""
+    done = {args["currency"]: float(result) for name, args, result in _tool_results(body) if name == "exchange_rate"}
     if not done:
         return tool_calls([("exchange_rate", {"currency": "GBP"}), ("exchange_rate", {"currency": "USD"})])
     return tool_calls([("final_answer", {"answer": round(120 / done["GBP"] * done["USD"], 2)})])

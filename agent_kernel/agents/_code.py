@@ -28,10 +28,12 @@ _CODE_TAG = re.compile(r"<code>\s*(?P<code>.*?)\s*(?:</code>|\Z)", re.S)
 _PYTHON_LANGS = {"", "python", "py", "python3", "ipython", "pycon"}
 _STOP = ["\n```\n"]  # the closing fence: the model would go on to invent the output
 # The step format, for models that can be held to a grammar (llama.cpp's GBNF): a thought, then one
-# python block. A small model then cannot answer in prose, hallucinate an output, or forget the code.
+# python block. A small model then cannot answer in prose, hallucinate an output, or forget the code;
+# the thought is one line of at most 300 characters (the 0.5B model, unbounded, repeated one number
+# until the reply's token limit).
 STEP_GRAMMAR = r"""
 root ::= "Thought: " thought "\n```python\n" line+ "```" "\n"?
-thought ::= [^\n`]+
+thought ::= [^\n`]{1,300}
 line ::= ([^`\n] [^\n]* | "`" [^`\n] [^\n]* | "``" [^`\n] [^\n]*)? "\n"
 """
 MAX_IMAGES = 3  # figures of one step sent to a model that can see: the last few

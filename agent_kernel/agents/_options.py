@@ -26,9 +26,10 @@ class AgentOptions:
         instructions: your text, added to the system prompt.
         final_answer_checks: `check(answer, run)`, sync or async: false or raising rejects the
             answer and the model is told why.
-        check_numbers: a CodeAgent's answer stating a number that no step's output showed is sent
-            back once, asking the model to compute and print it first (a small model's guess is
-            caught there). Either way the run records which numbers are unverified.
+        check_numbers: an answer stating a number that no step's output or tool result showed is
+            sent back once, asking the model to compute it first (a small model's guess is caught
+            there); a ToolCallingAgent with no tools of its own is not asked. Either way the run
+            records which numbers are unverified.
         step_callbacks: `callback(step, run)` after each step is recorded.
         max_observation_chars: an action's observation beyond this is cut (head and tail kept).
         keep_steps: the most recent action steps the model sees in full (older ones as a line each).

@@ -61,7 +61,7 @@ same time, so only group calls that do not depend on each other.
 Rules:
 - Give every required argument, with the types the tool's schema asks for.
 - After an error, read it and fix the call; don't repeat the same call.
-- When you have the answer, call the `final_answer` tool with it; the run ends there."""
+- When you have the answer, call the `final_answer` tool with it; the run ends there. Call it alone, once you have seen the results it rests on: never guess a number."""
 
 TOOLS_JSON_FORMAT = """
 
@@ -93,6 +93,14 @@ UNCOMPUTED_NUMBERS = (
     "the answer states {numbers}, which no output above shows: nothing computed {pronoun}. Compute the "
     "answer in code and print it, then give final_answer the computed value."
 )
+
+UNCOMPUTED_NUMBERS_TOOLS = (
+    "the answer states {numbers}, which no tool result above shows: nothing computed {pronoun}. Call a tool "
+    "that computes or looks it up, read its result, then call final_answer with the value it gave."
+)
+
+CALL_NOT_JSON = ('the tool call is not valid JSON (too long, it may have been cut off): call one tool as '
+                 '{"name": "<tool>", "arguments": {...}}, with less in it')
 
 CHECK_FAILED = "Your final answer was not accepted: {reason}\nFix it and give the final answer again."
 

@@ -8,9 +8,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from ..memory import ActionStep, ToolCall
+from ..memory import ActionStep, Run, ToolCall
 from ..models import RAW_ARGUMENTS
-from ..tools import Tool, ToolArgumentError
+from ..tools import Tool, ToolArgumentError, ToolError
 from . import _prompts
 from ._context import Message, observation_text, truncate
 from ._loop import NO_ANSWER, MultiStepAgent
@@ -49,6 +49,7 @@ class ToolCallingAgent(MultiStepAgent):
     default_description = ("An agent with tools: give it a task in plain language; "
                            "it calls its tools and returns the answer.")
     _max_steps_prompt: ClassVar[str] = _prompts.MAX_STEPS_TOOLS
+    _uncomputed_prompt: ClassVar[str | None] = _prompts.UNCOMPUTED_NUMBERS_TOOLS
 
     @property
     def native(self) -> bool:
@@ -71,6 +72,8 @@ class ToolCallingAgent(MultiStepAgent):
         if not self.native:
             return await self.model.agenerate(messages, on_delta=on_delta)
         schemas = [t.openai_schema() for t in self._all_tools().values()]
+        if getattr(self.model, "supports_tool_choice", False):  # every reply acts: final_answer is a tool too
+            return await self.model.agenerate(messages, tools=schemas, on_delta=on_delta, tool_choice="required")
         return await self.model.agenerate(messages, tools=schemas, on_delta=on_delta)
 
     async def _act(self, step: ActionStep, reply: Any, final: bool) -> Any:
@@ -113,6 +116,9 @@ class ToolCallingAgent(MultiStepAgent):
         (small models batch the answer with the calls it rests on; refusing that only repeats the batch).
         """
         known = self._all_tools()
+        if not call.name:  # the model's call did not parse (often cut off at the reply's length limit)
+            call.error = _prompts.CALL_NOT_JSON
+            return
         if call.name not in known:
             call.error = f"there is no tool {call.name!r}; the tools are: {', '.join(known)}"
             return
@@ -129,10 +135,14 @@ class ToolCallingAgent(MultiStepAgent):
         try:
             call.arguments = tool.validate(arguments)
             call.result = await tool.acall(**call.arguments)
-        except ToolArgumentError as exc:
+        except (ToolArgumentError, ToolError) as exc:  # written for the model: no exception name before it
             call.error = str(exc)
         except Exception as exc:  # the tool's failure is the model's to handle
             call.error = f"{type(exc).__name__}: {exc}"
+
+    def _uncomputed(self, answer: Any, run: Run, step: ActionStep) -> str | None:
+        # With no tool but final_answer the model can compute nothing: there is nothing to send it back for.
+        return super()._uncomputed(answer, run, step) if self.tools else None
 
     def _apply_edit(self, step: ActionStep, text: str) -> None:
         calls, problem = parse_json_calls(text)
