@@ -273,8 +273,15 @@ def pandas_hint(failure: ExecutionFailure) -> str:
     if failure.name == "AttributeError" and scalar:
         return (f"that value is a single number ({scalar[1]}), not a Series or DataFrame: an earlier step "
                 f"reduced it (e.g. .sum() or .max()); keep the Series, e.g. groupby(...)[col].sum(), to call .{scalar[2]}")
+    if failure.name == "FileNotFoundError" and re.search(r"\.(csv|xlsx?|json|parquet|tsv)'?$", failure.value):
+        return ("no such file here: data you were given is already loaded as a variable (see the task); "
+                "use it by name instead of reading a file")
     if "pandas" not in failure.traceback:
         return ""
+    if failure.name == "KeyError" and "get_grouper" in failure.traceback:
+        return ("groupby found no such column: on a Series (e.g. a product of two columns), group by values, "
+                "s.groupby(df['region']), or first make it a column: df['revenue'] = ...; "
+                "df.groupby('region')['revenue'].sum()")
     if failure.name == "KeyError":
         return "that column or label is not there; print(df.columns) to see the DataFrame's columns"
     if failure.name in ("ValueError", "TypeError", "AttributeError") and any(e in failure.value for e in _DATE_ERRORS):

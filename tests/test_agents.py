@@ -17,6 +17,7 @@ import nbformat
 import pytest
 from IPython.core.formatters import DisplayFormatter
 from nbclient import NotebookClient
+from sample_tools import add
 from scripted_server import Reply, text, tool_calls
 
 from agent_kernel.agents import CodeAgent, ToolCallingAgent
@@ -37,17 +38,6 @@ from agent_kernel.memory import (
 from agent_kernel.observation import render_observation
 from agent_kernel.sandbox._records import Execution, ExecutionError
 from agent_kernel.tools import Tool, tool
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers.
-
-    Args:
-        a: the first.
-        b: the second.
-    """
-    return a + b
 
 
 def _requests_for(server: Any, key: str) -> list[dict[str, Any]]:

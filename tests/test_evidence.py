@@ -7,6 +7,7 @@ import json
 from hypothesis import given
 from nbclient import NotebookClient
 from hypothesis import strategies as st
+from sample_tools import add
 from scripted_server import text, tool_calls
 
 from agent_kernel.agents import CodeAgent, ToolCallingAgent
@@ -15,18 +16,6 @@ from agent_kernel.agents._evidence import numbers, weigh
 from agent_kernel.display import mime_bundle, render_text
 from agent_kernel.memory import ActionStep, FinalAnswerStep, RunRecord
 from agent_kernel.sandbox._records import Execution
-from agent_kernel.tools import tool
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers.
-
-    Args:
-        a: the first.
-        b: the second.
-    """
-    return a + b
 
 
 def _run(task: str, *printed: str) -> RunRecord:

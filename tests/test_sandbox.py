@@ -297,3 +297,8 @@ def test_pandas_slips_get_a_one_line_hint():
         assert "Hint" not in render_observation(wide.execute("undefined_name"))
         plain = render_observation(wide.execute("{}['x']"))
         assert "KeyError" in plain and "Hint" not in plain
+        grouped = render_observation(wide.execute(setup + "(df['amount'] * 2).groupby('day').sum()"))
+        assert "Hint: groupby found no such column: on a Series" in grouped and "s.groupby(df['region'])" in grouped
+        unread = render_observation(wide.execute("import pandas as pd\npd.read_csv('sales.csv')"))
+        assert "Hint: no such file here: data you were given is already loaded as a variable" in unread
+        assert "Hint" not in render_observation(wide.execute("open('notes.txt')"))
