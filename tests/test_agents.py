@@ -62,6 +62,9 @@ def _last_content(request: dict[str, Any]) -> str:
         ("I will run <code>print('tag')</code>", "print('tag')"),
         ("result = sum(range(10))\nprint(result)", "result = sum(range(10))\nprint(result)"),
         ("Done.", None),
+        ("It is 42.", None),  # parses as a comparison, does nothing
+        ("Yes or no", None),
+        ("sales.shape", "sales.shape"),  # shows a value: an action
         ("The answer is probably 42, as computed above.", None),
     ],
 )

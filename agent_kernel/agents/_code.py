@@ -134,13 +134,21 @@ def _same_as_last(memory: list[Step], code: str) -> bool:
 
 
 def _is_code(text: str) -> bool:
-    """Python that does something: prose like "Done." or a lone name parses, but is not an action."""
+    """Python that does something: prose like "Done.", "It is 42." or "Yes or no" parses (names and
+    constants, compared or joined), but is not an action."""
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError):
         return False
-    return any(not (isinstance(node, ast.Expr) and isinstance(node.value, (ast.Name, ast.Constant)))
-               for node in tree.body)
+    return any(not (isinstance(node, ast.Expr) and _inert(node.value)) for node in tree.body)
+
+
+def _inert(node: ast.expr) -> bool:
+    if isinstance(node, (ast.Name, ast.Constant)):
+        return True
+    if isinstance(node, ast.Compare):
+        return _inert(node.left) and all(_inert(part) for part in node.comparators)
+    return isinstance(node, ast.BoolOp) and all(_inert(part) for part in node.values)
 
 
 class CodeAgent(MultiStepAgent):
