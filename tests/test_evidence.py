@@ -219,6 +219,23 @@ def test_an_answer_batched_with_python_that_failed_is_refused(scripted_server):
     assert run.output == "no sales table" and len(run.action_steps) == 2
 
 
+def test_a_how_many_answered_without_a_number_is_sent_back_once(scripted_server):
+    scripted_server.script([
+        text("```python\nfinal_answer(people.name.iloc[0])\n```"),  # a name, for "how many"
+        text("```python\nhired = int((people.year == 2020).sum())\nprint(hired)\n```"),
+        text("```python\nfinal_answer(f'{hired} people')\n```"),
+    ])
+    import pandas as pd
+
+    people = pd.DataFrame({"name": ["Ann", "Bo", "Cy"], "year": [2020, 2021, 2020]})
+    with CodeAgent(scripted_server.model(), imports=["pandas"]) as agent:
+        run = agent.run("How many people were hired in 2020?", variables={"people": people})
+    first = run.action_steps[0]
+    assert first.error == "final answer sent back: the task asks for a number and it states none"
+    assert "the task asks how many, but the answer states no number" in first.observation
+    assert run.output == "2 people" and run.state == "success" and run.steps[-1].sources == {"2": 3}
+
+
 def test_answers_whose_numbers_were_shown_or_have_none_are_not_sent_back(scripted_server):
     scripted_server.script([
         text("```python\ntotal = sum(range(10))\nfinal_answer(f'the total is {total}')\n```"),

@@ -163,6 +163,7 @@ class CodeAgent(MultiStepAgent):
                            "(data analysis, computation); it returns the result.")
     _max_steps_prompt: ClassVar[str] = _prompts.MAX_STEPS_CODE
     _uncomputed_prompt: ClassVar[str | None] = _prompts.UNCOMPUTED_NUMBERS
+    _no_number_prompt: ClassVar[str] = _prompts.NO_NUMBER
 
     def __init__(
         self,

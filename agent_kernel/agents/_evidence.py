@@ -75,6 +75,15 @@ def numbers(text: str) -> list[Number]:
     return found
 
 
+_AMOUNT = re.compile(r"\bhow (many|much)\b", re.IGNORECASE)
+
+
+def asked_amount(task: str) -> str | None:
+    """"how many" or "how much" when the task asks one: its answer is a number."""
+    found = _AMOUNT.search(task)
+    return f"how {found[1].lower()}" if found else None
+
+
 def weigh(answer: Any, run: RunRecord, pending: ActionStep | None = None) -> Evidence:
     """Each of the answer's numbers, sourced to the last step that showed it, else to the task.
     `pending`: the step that gave the answer, when it is not recorded in the run yet."""

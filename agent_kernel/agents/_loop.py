@@ -60,7 +60,9 @@ NO_ANSWER: Any = _NoAnswer()
 _DONE = object()
 REPEAT_NOTE_AT = 3  # the same error or action this many times in a row: the model is told
 STUCK_AT = 4  # ... and this many times ends the run as "stuck"
-UNCOMPUTED = "final answer sent back: it states numbers that no output showed"
+SENT_BACK = "final answer sent back: "  # a step's error when the number check sent its answer back
+UNCOMPUTED = SENT_BACK + "it states numbers that no output showed"
+NO_NUMBER = SENT_BACK + "the task asks for a number and it states none"
 
 
 class MultiStepAgent:
@@ -70,6 +72,7 @@ class MultiStepAgent:
     default_description: ClassVar[str]  # what a manager agent reads when this agent is its tool
     _max_steps_prompt: ClassVar[str]  # the last request when the steps are used up
     _uncomputed_prompt: ClassVar[str | None] = None  # sends back an answer with numbers nothing showed
+    _no_number_prompt: ClassVar[str] = ""  # ... and a "how many" answered with no number
 
     def __init__(self, model: Any, tools: Iterable[Any] = (), **options: Any) -> None:
         """Args:
@@ -441,12 +444,16 @@ class MultiStepAgent:
         return self._budget.paused() if self._budget is not None else contextlib.nullcontext()
 
     def _uncomputed(self, answer: Any, run: Run, step: ActionStep) -> str | None:
-        """Why an answer stating numbers that no output showed goes back to a model that can compute
-        them (once a run: a second answer stands, and its record says which numbers are unverified);
-        None to accept it."""
+        """Why an answer stating numbers that no output showed, or stating none where the task asks
+        how many, goes back to a model that can compute them (once a run: a second answer stands,
+        and its record says which numbers are unverified); None to accept it."""
         if (self._uncomputed_prompt is None or not self.options.check_numbers
-                or any(s.error == UNCOMPUTED for s in run.action_steps)):
+                or any((s.error or "").startswith(SENT_BACK) for s in run.action_steps)):
             return None
+        how = _evidence.asked_amount(run.task)
+        if how and isinstance(answer, str) and not _evidence.numbers(answer):
+            step.error = NO_NUMBER
+            return self._no_number_prompt.format(how=how)
         unverified = _evidence.weigh(answer, run, step).unverified
         if not unverified:
             return None

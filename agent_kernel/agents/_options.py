@@ -28,7 +28,8 @@ class AgentOptions:
             answer and the model is told why.
         check_numbers: an answer stating a number that no step's output or tool result showed is
             sent back once, asking the model to compute it first (a small model's guess is caught
-            there); a ToolCallingAgent with no tools of its own is not asked. Either way the run
+            there), as is an answer stating no number where the task asks how many or how much; a
+            ToolCallingAgent with no tools of its own is not asked. Either way the run
             records which numbers are unverified.
         step_callbacks: `callback(step, run)` after each step is recorded.
         max_observation_chars: an action's observation beyond this is cut (head and tail kept).

@@ -94,6 +94,16 @@ UNCOMPUTED_NUMBERS = (
     "answer in code and print it, then give final_answer the computed value."
 )
 
+NO_NUMBER = (
+    "the task asks {how}, but the answer states no number. Compute it in code and print it, then give "
+    "final_answer the number."
+)
+
+NO_NUMBER_TOOLS = (
+    "the task asks {how}, but the answer states no number. Call a tool that computes it, read its result, "
+    "then call final_answer with the number it gave."
+)
+
 UNCOMPUTED_NUMBERS_TOOLS = (
     "the answer states {numbers}, which no tool result above shows: nothing computed {pronoun}. Call a tool "
     "that computes or looks it up, read its result, then call final_answer with the value it gave."

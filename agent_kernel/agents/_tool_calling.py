@@ -50,6 +50,7 @@ class ToolCallingAgent(MultiStepAgent):
                            "it calls its tools and returns the answer.")
     _max_steps_prompt: ClassVar[str] = _prompts.MAX_STEPS_TOOLS
     _uncomputed_prompt: ClassVar[str | None] = _prompts.UNCOMPUTED_NUMBERS_TOOLS
+    _no_number_prompt: ClassVar[str] = _prompts.NO_NUMBER_TOOLS
 
     @property
     def native(self) -> bool:
