@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .errors import AgentKernelError
-from .observation import render_observation
+from .observation import frame_columns, render_observation
 from .tools import Tool, ToolError
 
 if TYPE_CHECKING:
@@ -492,7 +492,8 @@ class PythonInterpreterTool(Tool):
     """Python for a ToolCallingAgent: the code runs in a restricted sandbox kernel, never in this process.
 
     One sandbox serves all calls (started at the first), so variables persist between them like
-    cells of a notebook. Close it with `close()`/`aclose()` or use the tool as a context manager.
+    cells of a notebook; `push` copies values in (a ToolCallingAgent pushes a task's variables).
+    Close it with `close()`/`aclose()` or use the tool as a context manager.
     """
 
     name = "python_interpreter"
@@ -516,6 +517,7 @@ class PythonInterpreterTool(Tool):
         self._sandbox: SandboxLike | None = sandbox.as_async() if isinstance(sandbox, Sandbox) else sandbox
         self._owns_sandbox = sandbox is None
         self._starting = asyncio.Lock()
+        self._frames: dict[str, tuple[str, ...]] = {}  # DataFrames pushed: their columns, for the hints
         modules = "any installed module" if "*" in self.imports else ", ".join(sorted(DEFAULT_IMPORTS | set(imports)))
         network = "It can use the network." if sandbox_options.get("network") else "It has no network access."
         self.description = (
@@ -531,10 +533,21 @@ class PythonInterpreterTool(Tool):
         """
         sandbox = await self._started()
         execution = await sandbox.execute(code)
-        observed = render_observation(execution)
+        observed = render_observation(execution, self._frames)
         if execution.error is not None:  # a failed call: a final answer given beside it was written blind
             raise ToolError(f"the code raised {execution.error.name}\n{observed}")
         return observed
+
+    async def apush(self, **values: Any) -> None:
+        """Copy values into the sandbox as variables of the code (by the codec: data, never pickles)."""
+        sandbox = await self._started()
+        await sandbox.push(**values)
+        self._frames.update(frame_columns(values))
+
+    def push(self, **values: Any) -> None:
+        from . import _aio
+
+        _aio.run_sync(self.apush(**values))
 
     async def _started(self) -> SandboxLike:
         async with self._starting:

@@ -12,7 +12,9 @@ import base64
 import binascii
 import re
 import struct
+import sys
 from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from .records import ActionStep, FinalAnswerStep, ToolCall, Usage
@@ -212,13 +214,26 @@ def review_label(step: ActionStep) -> str:
 # The model's view
 
 
-def render_observation(execution: Execution) -> str:
-    """What the model learns from an execution, in output order: text, notes for rich displays, error."""
-    lines = [line for part in execution_parts(execution) if (line := _observed(part))]
+Frames = Mapping[str, Sequence[str]]  # the DataFrames the task gave: name -> column names
+
+
+def frame_columns(variables: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """The column names of each DataFrame among a task's variables (the hints and answer checks read them)."""
+    pd = sys.modules.get("pandas")  # not imported: no value can be a DataFrame
+    if pd is None:
+        return {}
+    return {name: tuple(str(c) for c in value.columns[:1000])
+            for name, value in variables.items() if isinstance(value, pd.DataFrame)}
+
+
+def render_observation(execution: Execution, frames: Frames | None = None) -> str:
+    """What the model learns from an execution, in output order: text, notes for rich displays, error.
+    `frames`: the DataFrames the task gave, so that an error's hint can name the one to use."""
+    lines = [line for part in execution_parts(execution) if (line := _observed(part, frames or {}))]
     return "\n".join(lines) or "(the code ran and printed nothing)"
 
 
-def _observed(part: Part) -> str:
+def _observed(part: Part, frames: Frames) -> str:
     if isinstance(part, Output):
         kind = part.output["output_type"]
         if kind == "stream":
@@ -233,7 +248,7 @@ def _observed(part: Part) -> str:
         lines = _user_frames(part.traceback.strip().splitlines())
         if len(lines) > TRACEBACK_LINES:
             lines = [f"[... {len(lines) - TRACEBACK_LINES} traceback lines cut ...]", *lines[-TRACEBACK_LINES:]]
-        hint = pandas_hint(part)
+        hint = pandas_hint(part, frames)
         return "Error:\n" + "\n".join(lines) + (f"\nHint: {hint}" if hint else "")
     if isinstance(part, FinalValue):
         return f"final_answer: {_short_repr(part.value)}"
@@ -264,8 +279,16 @@ _DATE_ERRORS = ("Can only use .dt accessor with datetimelike values", "Invalid c
 _ALIASES = {"pd": "pandas", "np": "numpy", "plt": "matplotlib.pyplot", "sns": "seaborn"}
 
 
-def pandas_hint(failure: ExecutionFailure) -> str:
-    """One line for pandas' common slips (small models make them often), from the error alone."""
+def pandas_hint(failure: ExecutionFailure, frames: Frames | None = None) -> str:
+    """One line for pandas' common slips (small models make them often), from the error and the
+    DataFrames the task gave."""
+    if failure.name == "ImportError" and "is not allowed in this sandbox" in failure.value:
+        example = (": df['a'].corr(df['b']) is Pearson's correlation, no scipy needed"
+                   if re.search(r"\bpandas\b", failure.value) else "")
+        return f"your code cannot allow a module: do it with the modules listed as allowed{example}"
+    join = _join_hint(failure, frames or {})
+    if join:
+        return join
     alias = re.fullmatch(r"name '(\w+)' is not defined", failure.value)
     if failure.name == "NameError" and alias and alias[1] in _ALIASES:
         return f"import {_ALIASES[alias[1]]} as {alias[1]} first"
@@ -276,6 +299,9 @@ def pandas_hint(failure: ExecutionFailure) -> str:
     if failure.name == "FileNotFoundError" and re.search(r"\.(csv|xlsx?|json|parquet|tsv)'?$", failure.value):
         return ("no such file here: data you were given is already loaded as a variable (see the task); "
                 "use it by name instead of reading a file")
+    if failure.name in ("ValueError", "TypeError") and _GROUP_ARITHMETIC.search(_failing_line(failure.traceback)):
+        return ("arithmetic on a groupby does not combine columns: make the product a column first, "
+                "df['value'] = df['price'] * df['quantity'], then df.groupby(key)['value'].sum()")
     if "pandas" not in failure.traceback:
         return ""
     if failure.name == "KeyError" and "get_grouper" in failure.traceback:
@@ -288,6 +314,31 @@ def pandas_hint(failure: ExecutionFailure) -> str:
         return "the dates may be stored as strings: convert the column with pd.to_datetime(...) first"
     if "subset columns with a tuple" in failure.value:
         return "select several columns with a list inside the brackets: df.groupby(key)[['a', 'b']]"
+    return ""
+
+
+_GROUP_ARITHMETIC = re.compile(r"\.groupby\([^)]*\)(\[[^\]]*\]|\.\w+)?\s*[-+*/]\s*\w")
+
+
+def _failing_line(traceback: str) -> str:
+    """The source line IPython marks with an arrow in the code that ran (its first frame)."""
+    found = re.search(r"^-+> *\d+ (.*)$", traceback, re.MULTILINE)
+    return found[1] if found else ""
+
+
+def _join_hint(failure: ExecutionFailure, frames: Frames) -> str:
+    """A KeyError for a column that only another given DataFrame has: the two need a merge."""
+    key = re.fullmatch(r"'([^']+)'", failure.value) if failure.name == "KeyError" else None
+    if key is None:
+        return ""
+    holders = [name for name, columns in frames.items() if key[1] in columns]
+    others = [name for name, columns in frames.items() if key[1] not in columns]
+    for holder in holders:
+        for other in others:
+            shared = [c for c in frames[other] if c in frames[holder]]
+            if shared:
+                return (f"'{key[1]}' is a column of {holder}, not of {other}: merge them first, e.g. "
+                        f"merged = {other}.merge({holder}, on='{shared[0]}'), then use merged")
     return ""
 
 

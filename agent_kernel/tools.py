@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .errors import AgentKernelError
 
-__all__ = ["Tool", "ToolArgumentError", "ToolError", "as_tool", "tool"]
+__all__ = ["Tool", "ToolArgumentError", "ToolError", "VariableHolder", "as_tool", "tool"]
 Schema = dict[str, Any]
 _RESERVED_NAMES = frozenset({"final_answer"})
 
@@ -229,6 +229,16 @@ class FunctionTool(Tool):
             return kwargs
         return {k: self._enums[k](v) if k in self._enums and not isinstance(v, enum.Enum) else v
                 for k, v in kwargs.items()}
+
+
+@runtime_checkable
+class VariableHolder(Protocol):
+    """A tool whose code can use a task's variables (the python tool): a ToolCallingAgent copies the
+    variables into it before the run and tells the model they are there."""
+
+    name: str
+
+    async def apush(self, **values: Any) -> None: ...
 
 
 @runtime_checkable

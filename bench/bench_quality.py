@@ -8,7 +8,7 @@ programmatically: a name, a number within a tolerance, a small table, or a name 
 
 All three agents run on one model, side by side:
   code   our CodeAgent, the tables passed as variables (copied into its sandbox kernel);
-  tools  our ToolCallingAgent with the python_interpreter tool on a Sandbox the tables are pushed to;
+  tools  our ToolCallingAgent with the python_interpreter tool, the tables passed as variables (pushed into it);
   smol   smolagents' CodeAgent (LiteLLMModel, the same model name and base), tables via additional_args.
 
     nice -n 10 .venv/bin/python bench/bench_quality.py [--model local/qwen2.5-coder-1.5b]
@@ -483,7 +483,6 @@ Result = tuple[Any, bool, int, int, str | None, list[str]]  # output, success, s
 def run_ours(kind: str, spec: ModelSpec, question: Question, tables: dict[str, Any]) -> Result:
     from agent_kernel.agents import CodeAgent, ToolCallingAgent
     from agent_kernel.base_tools import PythonInterpreterTool
-    from agent_kernel.sandbox import Sandbox
 
     mine = {n: tables[n] for n in question.tables}
     if kind == "code":
@@ -493,11 +492,9 @@ def run_ours(kind: str, spec: ModelSpec, question: Question, tables: dict[str, A
         finally:
             agent.close()
     else:
-        with Sandbox(imports=["pandas", "numpy"]) as sandbox:
-            sandbox.push(**mine)
-            tool = PythonInterpreterTool(imports=["pandas", "numpy"], sandbox=sandbox)
+        with PythonInterpreterTool(imports=["pandas", "numpy"]) as tool:  # the run pushes the tables into it
             run = ToolCallingAgent(_our_model(spec), tools=[tool], max_steps=MAX_STEPS).run(
-                task_text(question, tables, "already defined in the python_interpreter tool"))
+                task_text(question, tables, "already defined in the python_interpreter tool"), variables=mine)
     tokens = run.usage.input_tokens + run.usage.output_tokens
     transcript = [_step_text(s.model_output, f"{s.observation}{' [error: ' + s.error + ']' if s.error else ''}")
                   for s in run.action_steps]

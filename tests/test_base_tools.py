@@ -281,6 +281,39 @@ def test_tool_calling_agent_computes_with_python_interpreter(scripted_server: An
     assert run.output == "265252859812191058636308480000000"
 
 
+def test_a_tasks_variables_are_in_the_python_tool_and_the_model_is_told_where(scripted_server: Any) -> None:
+    import pandas as pd
+
+    from agent_kernel.agents import ToolCallingAgent
+
+    orders = pd.DataFrame({"order_id": [1, 2, 3], "customer_id": [7, 7, 8], "price": [2.0, 3.0, 4.0]})
+    customers = pd.DataFrame({"customer_id": [7, 8], "country": ["FR", "DE"]})
+    scripted_server.script([
+        tool_calls([("python_interpreter", {"code": "orders.groupby('country').price.sum()"})]),
+        tool_calls([("python_interpreter", {"code": "print(orders.merge(customers).groupby('country').price.sum()"
+                                                    ".to_dict())"})]),
+        tool_calls([("final_answer", {"answer": {"DE": 4.0, "FR": 5.0}})]),
+    ])
+    with PythonInterpreterTool(imports=["pandas"]) as py:
+        run = ToolCallingAgent(scripted_server.model(), tools=[py]).run(
+            "order value by country", variables={"orders": orders, "customers": customers})
+    task = scripted_server.requests[0]["messages"][1]["content"]
+    assert "Variables already defined in python_interpreter:\n- orders: DataFrame, 3 rows x 3 columns:" in task
+    failed = run.action_steps[0].tool_calls[0]
+    assert failed.error is not None and "Hint: 'country' is a column of customers, not of orders: merge" in failed.error
+    assert "{'DE': 4.0, 'FR': 5.0}" in str(run.action_steps[1].tool_calls[0].result)
+    assert run.state == "success" and run.output == {"DE": 4.0, "FR": 5.0} and run.unverified == []
+
+
+def test_values_no_tool_holds_are_given_as_values(scripted_server: Any) -> None:
+    from agent_kernel.agents import ToolCallingAgent
+
+    scripted_server.script([tool_calls([("final_answer", {"answer": 3})])])
+    ToolCallingAgent(scripted_server.model()).run("how long is the list?", variables={"items": [1, 2, 3]})
+    task = scripted_server.requests[0]["messages"][1]["content"]
+    assert "Values given with the task (no tool holds them: use them as written):\n- items: list len=3" in task
+
+
 def test_code_agent_with_base_tools_gives_fibonacci_118_exactly(scripted_server: Any) -> None:
     from agent_kernel.agents import CodeAgent
 

@@ -231,8 +231,8 @@ def test_a_how_many_answered_without_a_number_is_sent_back_once(scripted_server)
     with CodeAgent(scripted_server.model(), imports=["pandas"]) as agent:
         run = agent.run("How many people were hired in 2020?", variables={"people": people})
     first = run.action_steps[0]
-    assert first.error == "final answer sent back: the task asks for a number and it states none"
-    assert "the task asks how many, but the answer states no number" in first.observation
+    assert first.error == "final answer sent back: the task asks for an amount and it states none"
+    assert "the task asks how many, but the answer 'Ann' gives no amount" in first.observation
     assert run.output == "2 people" and run.state == "success" and run.steps[-1].sources == {"2": 3}
 
 

@@ -47,7 +47,7 @@ def test_code_and_tools_cells_bind_values_show_steps_and_export(tmp_path: Path) 
         nb = _execute(
             [
                 _setup(server.url),
-                "%%agent code --in sales --out total --keep totals\nTotal the {sales} by city",
+                "%%agent code --in sales --out total --keep totals\nTotal the {sales} amounts; chart the city totals",
                 "expected = sales.groupby('city', as_index=False)['amount'].sum()\n"
                 "pd.testing.assert_frame_equal(totals, expected)\nprint(total)",
                 "%agent alias fast=openai/scripted-fast\ndef lookup(city: str) -> str:\n    '''Region of a city.\n\n    Args:\n        city: the city.\n    '''\n    return 'Rhone'",
@@ -67,7 +67,7 @@ def test_code_and_tools_cells_bind_values_show_steps_and_export(tmp_path: Path) 
     assert not [o for c in nb.cells for o in c.outputs if o.output_type == "error"]
     live = [o for o in nb.cells[1].outputs if o.output_type == "display_data"]
     task, step, answer, footer = live  # one display per step, updated in place while it streams
-    assert "Total the `sales` by city" in task.data["text/plain"]
+    assert "Total the `sales` amounts; chart the city totals" in task.data["text/plain"]
     assert "Step 1" in step.data["text/html"] and "<img src=\"data:image/png;base64," in step.data["text/html"]
     assert "Final answer" in answer.data["text/html"] and "success" in footer.data["text/plain"]
     assert _stdout(nb.cells[2]).strip() == "6"
@@ -75,7 +75,7 @@ def test_code_and_tools_cells_bind_values_show_steps_and_export(tmp_path: Path) 
     assert _stdout(nb.cells[7]).strip() == "2"  # --continue saw `totals` from the first run's sandbox
     assert "sandbox isolation" in _stdout(nb.cells[9]) and "totals: DataFrame" in _stdout(nb.cells[9])
     runs = nb.cells[10].outputs[0].data["text/plain"].splitlines()  # a table, as text and HTML
-    assert len(runs) == 4 and "Total the `sales` by city" in runs[1] and runs[2].split()[1:3] == ["tools", "success"]
+    assert len(runs) == 4 and "Total the `sales` amounts; chart the city totals" in runs[1] and runs[2].split()[1:3] == ["tools", "success"]
     assert "max_steps = 3" in _stdout(nb.cells[11]) and "network = False" in _stdout(nb.cells[11])
     replay = nb.cells[12].outputs[0].data
     assert "→ lookup(city='Lyon')\n  Rhone" in replay["text/plain"] and "Which region is Lyon in?" in replay["text/plain"]

@@ -302,3 +302,22 @@ def test_pandas_slips_get_a_one_line_hint():
         unread = render_observation(wide.execute("import pandas as pd\npd.read_csv('sales.csv')"))
         assert "Hint: no such file here: data you were given is already loaded as a variable" in unread
         assert "Hint" not in render_observation(wide.execute("open('notes.txt')"))
+
+
+def test_a_column_of_another_given_frame_gets_a_merge_hint_and_a_refused_import_a_way_round():
+    from agent_kernel.observation import render_observation
+
+    frames = {"orders": ("order_id", "customer_id", "price"), "customers": ("customer_id", "country")}
+    with Sandbox(imports=["pandas"]) as box:
+        box.execute("import pandas as pd\norders = pd.DataFrame({'order_id': [1], 'customer_id': [7], 'price': [2.0]})")
+        grouped = render_observation(box.execute("orders.groupby('country').price.sum()"), frames)
+        assert ("Hint: 'country' is a column of customers, not of orders: merge them first, e.g. "
+                "merged = orders.merge(customers, on='customer_id'), then use merged") in grouped
+        assert "merge" not in render_observation(box.execute("orders.groupby('country').price.sum()"))  # no frames given
+        assert "merge" not in render_observation(box.execute("orders['nowhere']"), frames)
+        box.execute("orders['country'] = ['FR']")
+        product = render_observation(box.execute("orders.groupby('country')['price'] * orders['order_id'].sum()"))
+        assert "Hint: arithmetic on a groupby does not combine columns: make the product a column first" in product
+        refused = render_observation(box.execute("from scipy.stats import pearsonr"))
+        assert "Hint: your code cannot allow a module: do it with the modules listed as allowed: " in refused
+        assert "df['a'].corr(df['b']) is Pearson's correlation" in refused

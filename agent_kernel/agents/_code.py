@@ -162,8 +162,7 @@ class CodeAgent(MultiStepAgent):
     default_description = ("A Python agent with its own kernel: give it a task in plain language "
                            "(data analysis, computation); it returns the result.")
     _max_steps_prompt: ClassVar[str] = _prompts.MAX_STEPS_CODE
-    _uncomputed_prompt: ClassVar[str | None] = _prompts.UNCOMPUTED_NUMBERS
-    _no_number_prompt: ClassVar[str] = _prompts.NO_NUMBER
+    _send_back: ClassVar[_prompts.SendBack | None] = _prompts.CODE_SEND_BACK
 
     def __init__(
         self,
@@ -286,7 +285,7 @@ class CodeAgent(MultiStepAgent):
         step.execution = execution
         if execution.error is not None:
             step.error = f"{execution.error.name}: {execution.error.value}"
-        observation = render_observation(execution)
+        observation = render_observation(execution, self._frames)
         if step.review is not None and step.review.decision == "edit":
             observation = _prompts.REVIEW_EDITED_CODE.format(code=step.code) + "\n" + observation
         step.observation = truncate(observation, self.options.max_observation_chars)
@@ -328,6 +327,9 @@ class CodeAgent(MultiStepAgent):
                 said = f"Thought: {step.thought}\n{said}"
         return [{"role": "assistant", "content": said or "(empty reply)"},
                 {"role": "user", "content": observation_text(step.observation)}]
+
+    def variables_place(self) -> str:
+        return "the kernel"
 
     def step_summary(self, step: ActionStep) -> str:
         if step.code is None:

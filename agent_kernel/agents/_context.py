@@ -29,6 +29,10 @@ class StepReader(Protocol):
         """One compact line for a step that fell out of the recent window."""
         ...
 
+    def variables_place(self) -> str:
+        """Where the task's variables are defined ("the kernel"); "" where nothing holds them."""
+        ...
+
 
 def messages(system: str, memory: Iterable[Step], reader: StepReader, keep_steps: int,
              as_text: bool = False) -> list[Message]:
@@ -56,7 +60,7 @@ def messages(system: str, memory: Iterable[Step], reader: StepReader, keep_steps
             out.append({"role": "user", "content": _prompts.EARLIER_STEPS.format(summary="\n".join(summary))})
             summary = []
         if isinstance(step, TaskStep):
-            out.append({"role": "user", "content": task_text(step, seen_task)})
+            out.append({"role": "user", "content": task_text(step, seen_task, reader.variables_place())})
             seen_task = True
         elif isinstance(step, PlanningStep) and step is plans[-1]:  # older plans are superseded
             out.append({"role": "assistant", "content": _prompts.PLAN_HEADER.format(plan=step.plan)})
@@ -75,11 +79,12 @@ def system_prompt(base: str, instructions: str | None) -> str:
     return base
 
 
-def task_text(step: TaskStep, follow_up: bool) -> str:
+def task_text(step: TaskStep, follow_up: bool, place: str) -> str:
     text = (_prompts.NEW_TASK if follow_up else _prompts.TASK).format(task=step.task)
     if step.variables:
         listed = "\n".join(f"- {name}: {preview}" for name, preview in step.variables.items())
-        text += _prompts.TASK_VARIABLES.format(variables=listed)
+        heading = _prompts.TASK_VARIABLES if place else _prompts.TASK_VALUES
+        text += heading.format(place=place, variables=listed)
     return text
 
 

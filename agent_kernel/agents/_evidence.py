@@ -26,7 +26,7 @@ from typing import Any
 from ..memory import ActionStep, RunRecord
 
 TASK = 0  # the source of a number the task itself gave
-_NUMBER = re.compile(
+NUMBER = re.compile(
     r"(?<![\w.])(?P<mantissa>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
     r"(?P<exponent>[eE][-+]?\d+)?(?P<percent>\s?%)?(?!\w)"
 )
@@ -64,7 +64,7 @@ class Evidence:
 def numbers(text: str) -> list[Number]:
     """The numbers in `text`: ints, decimals, exponents, percentages, with thousands separators."""
     found = []
-    for match in _NUMBER.finditer(text):
+    for match in NUMBER.finditer(text):
         mantissa, exponent = match["mantissa"].replace(",", ""), match["exponent"] or ""
         places = len(mantissa.partition(".")[2]) - (int(exponent[1:]) if exponent else 0)
         try:
@@ -73,15 +73,6 @@ def numbers(text: str) -> list[Number]:
             continue
         found.append(Number(match.group().strip(), value, places, bool(match["percent"])))
     return found
-
-
-_AMOUNT = re.compile(r"\bhow (many|much)\b", re.IGNORECASE)
-
-
-def asked_amount(task: str) -> str | None:
-    """"how many" or "how much" when the task asks one: its answer is a number."""
-    found = _AMOUNT.search(task)
-    return f"how {found[1].lower()}" if found else None
 
 
 def weigh(answer: Any, run: RunRecord, pending: ActionStep | None = None) -> Evidence:

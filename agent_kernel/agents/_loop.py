@@ -13,6 +13,7 @@ import contextlib
 import copy
 import inspect
 import json
+import reprlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, overload
@@ -35,9 +36,9 @@ from ..memory import (
     TaskStep,
     TextDelta,
 )
-from ..observation import spoken_list
+from ..observation import frame_columns, spoken_list
 from ..tools import Tool, as_tool
-from . import _context, _evidence, _prompts, _sync
+from . import _asked, _context, _evidence, _prompts, _sync
 from ._context import Message
 from ._limits import Budget, Limits, _RunEnded
 from ._options import AgentOptions
@@ -60,9 +61,18 @@ NO_ANSWER: Any = _NoAnswer()
 _DONE = object()
 REPEAT_NOTE_AT = 3  # the same error or action this many times in a row: the model is told
 STUCK_AT = 4  # ... and this many times ends the run as "stuck"
-SENT_BACK = "final answer sent back: "  # a step's error when the number check sent its answer back
+SENT_BACK = "final answer sent back: "  # a step's error when an answer check sent its answer back
 UNCOMPUTED = SENT_BACK + "it states numbers that no output showed"
-NO_NUMBER = SENT_BACK + "the task asks for a number and it states none"
+NO_AMOUNT = SENT_BACK + "the task asks for an amount and it states none"
+ONE_VALUE = SENT_BACK + "the task asks for a value per group and it gives one"
+NAN = SENT_BACK + "it is NaN"
+
+
+def _short(value: Any) -> str:
+    """A value as the model is reminded of it: its repr, cut."""
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = 80
+    return short.repr(value)
 
 
 class MultiStepAgent:
@@ -71,8 +81,7 @@ class MultiStepAgent:
     kind: ClassVar[Literal["code", "tools"]]
     default_description: ClassVar[str]  # what a manager agent reads when this agent is its tool
     _max_steps_prompt: ClassVar[str]  # the last request when the steps are used up
-    _uncomputed_prompt: ClassVar[str | None] = None  # sends back an answer with numbers nothing showed
-    _no_number_prompt: ClassVar[str] = ""  # ... and a "how many" answered with no number
+    _send_back: ClassVar[_prompts.SendBack | None] = None  # the words when an answer goes back; None: never
 
     def __init__(self, model: Any, tools: Iterable[Any] = (), **options: Any) -> None:
         """Args:
@@ -114,6 +123,7 @@ class MultiStepAgent:
         self._task_loop: asyncio.AbstractEventLoop | None = None
         self._interrupting = False
         self._system_text = ""
+        self._frames: dict[str, tuple[str, ...]] = {}  # the columns of each DataFrame the tasks were given
         self._caller: _sync.Caller | None = None  # runs approvers in the sync caller's thread
         self._budget: Budget | None = None  # the run in progress's
 
@@ -148,6 +158,10 @@ class MultiStepAgent:
         """One compact line for a step that fell out of the recent window."""
         raise NotImplementedError
 
+    def variables_place(self) -> str:
+        """Where the task's variables are defined, as the task message says it ("": nowhere)."""
+        raise NotImplementedError
+
     def _apply_edit(self, step: ActionStep, text: str) -> None:
         """The reviewer changed the action: make `text` the action that runs (and is recorded)."""
         raise NotImplementedError
@@ -158,6 +172,8 @@ class MultiStepAgent:
 
     async def _prepare(self, variables: dict[str, Any], reset: bool) -> dict[str, str]:
         """Make the variables available to the actions; return name -> preview for the prompt."""
+        given = frame_columns(variables)
+        self._frames = given if reset else {**self._frames, **given}
         return {name: describe_variable(value) for name, value in variables.items()}
 
     def new_run(self, sandbox: SandboxLike | None = None) -> MultiStepAgent:
@@ -169,6 +185,7 @@ class MultiStepAgent:
         twin._task = twin._task_loop = None
         twin._interrupting = False
         twin._budget = None
+        twin._frames = {}
         return twin
 
     def sandbox_pool(self, size: int, total: int) -> SandboxPool | None:
@@ -356,7 +373,7 @@ class MultiStepAgent:
         if answer is NO_ANSWER and final and not step.tool_calls and step.code is None:
             answer = step.model_output.strip() or NO_ANSWER  # a plain-text last word is the best answer left
         if answer is not NO_ANSWER and not final:
-            rejection = self._uncomputed(answer, run, step) or await self._check_answer(answer, run)
+            rejection = self._sent_back(answer, run, step) or await self._check_answer(answer, run)
             if rejection is not None:
                 self._reject_answer(step, _prompts.CHECK_FAILED.format(reason=rejection))
                 answer = NO_ANSWER
@@ -443,23 +460,33 @@ class MultiStepAgent:
         """The run's clock stopped while the user is asked (no run in progress: nothing to stop)."""
         return self._budget.paused() if self._budget is not None else contextlib.nullcontext()
 
-    def _uncomputed(self, answer: Any, run: Run, step: ActionStep) -> str | None:
-        """Why an answer stating numbers that no output showed, or stating none where the task asks
-        how many, goes back to a model that can compute them (once a run: a second answer stands,
-        and its record says which numbers are unverified); None to accept it."""
-        if (self._uncomputed_prompt is None or not self.options.check_numbers
+    def _sent_back(self, answer: Any, run: Run, step: ActionStep) -> str | None:
+        """Why an answer goes back to a model that can compute: it is NaN, one value where the task asks
+        for one per group, no amount where it asks how many, or states numbers no output showed.
+        Once a run: a second answer stands, and its record says which numbers are unverified.
+        None to accept it."""
+        words = self._send_back
+        if (words is None or not self.options.check_numbers
                 or any((s.error or "").startswith(SENT_BACK) for s in run.action_steps)):
             return None
-        how = _evidence.asked_amount(run.task)
-        if how and isinstance(answer, str) and not _evidence.numbers(answer):
-            step.error = NO_NUMBER
-            return self._no_number_prompt.format(how=how)
+        shown = _short(answer)
+        if _asked.is_nan(answer):
+            step.error = NAN
+            return words.nan
+        group = _asked.asked_per_group(run.task, {c for names in self._frames.values() for c in names})
+        if group and _asked.is_one_value(answer):
+            step.error = ONE_VALUE
+            return words.one_value.format(group=group, answer=shown)
+        how = _asked.asked_amount(run.task)
+        if how and isinstance(answer, str) and not _asked.states_amount(answer):
+            step.error = NO_AMOUNT
+            return words.no_amount.format(how=how, answer=shown)
         unverified = _evidence.weigh(answer, run, step).unverified
         if not unverified:
             return None
         step.error = UNCOMPUTED
         pronoun = "them" if len(unverified) > 1 else "it"
-        return self._uncomputed_prompt.format(numbers=spoken_list(unverified), pronoun=pronoun)
+        return words.uncomputed.format(numbers=spoken_list(unverified), pronoun=pronoun)
 
     async def _check_answer(self, answer: Any, run: Run) -> str | None:
         """None when every check passes, else the reason to show the model."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 CODE_SYSTEM = """\
 You are an expert Python programmer solving a task step by step. Each step, you write Python code; \
 it runs in a Jupyter kernel and you are shown its output, then you write the next step.
@@ -77,7 +79,8 @@ FINAL_ANSWER_DESCRIPTION = "Give the task's answer and end the run."
 INSTRUCTIONS = "\n\nInstructions from the user (follow them):\n{instructions}"
 
 TASK = "Task:\n{task}"
-TASK_VARIABLES = "\n\nVariables already defined in the kernel:\n{variables}"
+TASK_VARIABLES = "\n\nVariables already defined in {place}:\n{variables}"
+TASK_VALUES = "\n\nValues given with the task (no tool holds them: use them as written):\n{variables}"
 NEW_TASK = "New task (the earlier steps above are context):\n{task}"
 
 CODE_FORMAT_REMINDER = """\
@@ -89,24 +92,37 @@ To finish, call final_answer(answer) in the code."""
 
 TOOLS_FORMAT_REMINDER = "Your reply called no tool. Call a tool, or call `final_answer` with the answer to finish."
 
-UNCOMPUTED_NUMBERS = (
-    "the answer states {numbers}, which no output above shows: nothing computed {pronoun}. Compute the "
-    "answer in code and print it, then give final_answer the computed value."
+@dataclass(frozen=True)
+class SendBack:
+    """What the model is told when its final answer goes back once, in its agent's terms."""
+
+    uncomputed: str  # {numbers}, {pronoun}: numbers no output showed
+    nan: str  # a NaN answer
+    no_amount: str  # {how}, {answer}: "how many" answered with a name
+    one_value: str  # {group}, {answer}: a table per group answered with one entry
+
+
+_NAN = ("the answer is NaN: what computed it had nothing to work on (an empty selection, a column left constant "
+        "by a filter, missing values). ")
+
+CODE_SEND_BACK = SendBack(
+    nan=_NAN + "Print its inputs to see why, fix that, and compute the answer again.",
+    uncomputed="the answer states {numbers}, which no output above shows: nothing computed {pronoun}. Compute "
+               "the answer in code and print it, then give final_answer the computed value.",
+    no_amount="the task asks {how}, but the answer {answer} gives no amount (a name or an id is not one). "
+              "Compute the amount in code and print it, then give final_answer the number.",
+    one_value="the task asks for a value per {group}, but the answer {answer} is one value. Give final_answer "
+              "the whole table, one value per {group} (e.g. the Series a groupby made).",
 )
 
-NO_NUMBER = (
-    "the task asks {how}, but the answer states no number. Compute it in code and print it, then give "
-    "final_answer the number."
-)
-
-NO_NUMBER_TOOLS = (
-    "the task asks {how}, but the answer states no number. Call a tool that computes it, read its result, "
-    "then call final_answer with the number it gave."
-)
-
-UNCOMPUTED_NUMBERS_TOOLS = (
-    "the answer states {numbers}, which no tool result above shows: nothing computed {pronoun}. Call a tool "
-    "that computes or looks it up, read its result, then call final_answer with the value it gave."
+TOOLS_SEND_BACK = SendBack(
+    nan=_NAN + "Call a tool to print its inputs and see why, fix that, and compute the answer again.",
+    uncomputed="the answer states {numbers}, which no tool result above shows: nothing computed {pronoun}. Call "
+               "a tool that computes or looks it up, read its result, then call final_answer with the value it gave.",
+    no_amount="the task asks {how}, but the answer {answer} gives no amount (a name or an id is not one). Call a "
+              "tool that computes the amount, read its result, then call final_answer with the number it gave.",
+    one_value="the task asks for a value per {group}, but the answer {answer} is one value. Call final_answer "
+              "with the whole table, one value per {group}, as an object taken from a tool's result.",
 )
 
 CALL_NOT_JSON = ('the tool call is not valid JSON (too long, it may have been cut off): call one tool as '

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from ..memory import ActionStep, Run, ToolCall
 from ..models import RAW_ARGUMENTS
-from ..tools import Tool, ToolArgumentError, ToolError
+from ..tools import Tool, ToolArgumentError, ToolError, VariableHolder
 from . import _prompts
 from ._context import Message, observation_text, truncate
 from ._loop import NO_ANSWER, MultiStepAgent
@@ -49,8 +49,7 @@ class ToolCallingAgent(MultiStepAgent):
     default_description = ("An agent with tools: give it a task in plain language; "
                            "it calls its tools and returns the answer.")
     _max_steps_prompt: ClassVar[str] = _prompts.MAX_STEPS_TOOLS
-    _uncomputed_prompt: ClassVar[str | None] = _prompts.UNCOMPUTED_NUMBERS_TOOLS
-    _no_number_prompt: ClassVar[str] = _prompts.NO_NUMBER_TOOLS
+    _send_back: ClassVar[_prompts.SendBack | None] = _prompts.TOOLS_SEND_BACK
 
     @property
     def native(self) -> bool:
@@ -141,9 +140,9 @@ class ToolCallingAgent(MultiStepAgent):
         except Exception as exc:  # the tool's failure is the model's to handle
             call.error = f"{type(exc).__name__}: {exc}"
 
-    def _uncomputed(self, answer: Any, run: Run, step: ActionStep) -> str | None:
+    def _sent_back(self, answer: Any, run: Run, step: ActionStep) -> str | None:
         # With no tool but final_answer the model can compute nothing: there is nothing to send it back for.
-        return super()._uncomputed(answer, run, step) if self.tools else None
+        return super()._sent_back(answer, run, step) if self.tools else None
 
     def _apply_edit(self, step: ActionStep, text: str) -> None:
         calls, problem = parse_json_calls(text)
@@ -185,6 +184,18 @@ class ToolCallingAgent(MultiStepAgent):
         return [{"role": "assistant", "content": step.model_output or None, "tool_calls": calls},
                 *({"role": "tool", "tool_call_id": c.id, "content": self._result_text(c)} for c in step.tool_calls),
                 *edited]
+
+    def variables_place(self) -> str:
+        return " and ".join(t.name for t in self._holders())
+
+    def _holders(self) -> list[VariableHolder]:
+        return [t for t in self.tools.values() if isinstance(t, VariableHolder)]
+
+    async def _prepare(self, variables: dict[str, Any], reset: bool) -> dict[str, str]:
+        if variables:
+            for holder in self._holders():  # the python tool's code can use them by name
+                await holder.apush(**variables)
+        return await super()._prepare(variables, reset)
 
     def step_summary(self, step: ActionStep) -> str:
         if not step.tool_calls:

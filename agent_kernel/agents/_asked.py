@@ -1,0 +1,65 @@
+"""What kind of answer a task asks for, read from its words, so that an answer of another kind goes
+back to the model once (a small model counts 11 rows, then answers with the first row's name).
+
+A NaN answers nothing. Two kinds are read: an amount ("how many", "how much": a name or an id is not one), and one value
+per group ("headcount by department", "payroll per region": one entry of the table is not the
+table). A group is only a word naming a column of a DataFrame the task was given, and a task that
+asks for one ("which region...", "the most...") asks for one value even if it says "by".
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from ._evidence import NUMBER
+
+_AMOUNT = re.compile(r"\bhow (many|much)\b", re.IGNORECASE)
+_NAMED = re.compile(r"[A-Z][A-Za-z]*(?: ?#|[ _-])$")  # "Person ", "Sensor #": the number after it is part of a name
+_PER = re.compile(r"\b(?:per|by|for each|for every)\s+(\w+)", re.IGNORECASE)
+_ONE = re.compile(r"\b(which|who|whose|most|least|highest|lowest|best|worst|top|biggest|largest|smallest|"
+                  r"fastest|slowest|longest|shortest)\b", re.IGNORECASE)
+
+
+def asked_amount(task: str) -> str | None:
+    """"how many" or "how much" when the task asks one: its answer is a number."""
+    found = _AMOUNT.search(task)
+    return f"how {found[1].lower()}" if found else None
+
+
+def states_amount(answer: str) -> bool:
+    """Whether a text answer gives an amount: a number that is not part of a name or an id
+    ("Person 015", "Sensor 3" and a zero-padded "007" name things; "11 people" counts them)."""
+    for match in NUMBER.finditer(answer):
+        padded = re.fullmatch(r"0\d+", match["mantissa"]) is not None
+        if not padded and not _NAMED.search(answer[:match.start()]):
+            return True
+    return False
+
+
+def asked_per_group(task: str, columns: Iterable[str]) -> str | None:
+    """The group word ("department") when the task asks for a value per group of a column it was
+    given ("by department", "per departments"), and not for one value ("which department ...")."""
+    if _ONE.search(task):
+        return None
+    names = {str(c).lower() for c in columns}
+    for found in _PER.finditer(task):
+        word = found[1].lower()
+        if {word, word.removesuffix("s"), word.removesuffix("es")} & names:
+            return found[1]
+    return None
+
+
+def is_nan(answer: Any) -> bool:
+    """A NaN answer ("nan" as text too): the computation had nothing to work on, whatever was asked."""
+    if isinstance(answer, str):
+        return answer.strip().lower() == "nan"
+    return isinstance(answer, numbers.Real) and not isinstance(answer, bool) and math.isnan(answer)
+
+
+def is_one_value(answer: Any) -> bool:
+    """A single value (a name, a number), not a table, list or mapping."""
+    return isinstance(answer, (str, bytes, numbers.Number))
