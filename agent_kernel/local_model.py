@@ -15,6 +15,7 @@ generation at a time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -362,7 +363,7 @@ def _chunks(
     max_tokens = int(params.get("max_tokens") or params.get("max_completion_tokens") or DEFAULT_MAX_TOKENS)
     sampling = {k: params[k] for k in _SAMPLING if params.get(k) is not None}
     sampling.setdefault("temperature", 0.0)  # greedy: an agent's code should not depend on the dice
-    grammar = params.get("grammar") or (calls_grammar(_chosen(tools, params.get("tool_choice"))) if tools else None)
+    grammar = params.get("grammar") or (calls_grammar(tools, params.get("tool_choice")) if tools else None)
     if grammar:
         sampling["grammar"] = llm.grammar(str(grammar))
     held = _HoldToolCalls() if tools else None
@@ -392,23 +393,34 @@ def _chunks(
 
 def _chosen(tools: list[dict[str, Any]], tool_choice: Any) -> list[dict[str, Any]]:
     """The tools a reply must call (OpenAI's `tool_choice`): all for "required", the named one for
-    {"type": "function", "function": {"name": ...}}, none otherwise ("auto", "none", absent)."""
+    {"type": "function", "function": {"name": ...}}, none otherwise ("auto", "none", absent). A name
+    no offered tool has is refused, as OpenAI refuses it, rather than leaving the reply free."""
     if tool_choice == "required":
         return tools
     if isinstance(tool_choice, dict):
         name = (tool_choice.get("function") or {}).get("name")
-        return [t for t in tools if (t.get("function") or {}).get("name") == name]
+        named = [t for t in tools if (t.get("function") or {}).get("name") == name]
+        if not named:
+            raise LocalModelError(400, f"tool_choice names {name!r}, which is not among the tools offered")
+        return named
     return []
 
 
-def calls_grammar(tools: list[dict[str, Any]]) -> str | None:
-    """GBNF for a reply of Hermes tool calls only, one or more, each naming one of `tools` with the
-    arguments its JSON schema describes (llama-cpp-python's schema converter writes that part).
-    None when no tool is chosen: the reply is free."""
+def calls_grammar(tools: list[dict[str, Any]], tool_choice: Any = "required") -> str | None:
+    """GBNF for a reply of Hermes tool calls only, one or more, each naming one of the tools
+    `tool_choice` picks with the arguments its JSON schema describes (llama-cpp-python's schema
+    converter writes that part). None when no tool is chosen: the reply is free. A run offers the
+    same tools on every request: the grammar is made once for them."""
+    return _calls_grammar(json.dumps(_chosen(tools, tool_choice), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _calls_grammar(tools_json: str) -> str | None:
+    functions = ((t.get("function") or {}) for t in json.loads(tools_json))
     bodies = [{"type": "object", "required": ["name", "arguments"],
                "properties": {"name": {"const": f["name"]},
                               "arguments": _typed(f.get("parameters") or {"type": "object"})}}
-              for f in ((t.get("function") or {}) for t in tools) if isinstance(f.get("name"), str)]
+              for f in functions if isinstance(f.get("name"), str)]
     if not bodies:
         return None
     from llama_cpp.llama_grammar import json_schema_to_gbnf
@@ -425,6 +437,9 @@ def calls_grammar(tools: list[dict[str, Any]]) -> str | None:
 
 _ANY_JSON = ["string", "number", "boolean", "null", "array", "object"]
 _SHAPED_BY = ("type", "$ref", "const", "enum", "anyOf", "oneOf", "allOf", "properties", "items", "prefixItems")
+_SCHEMA_MAPS = ("properties",)  # name -> schema
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")  # [schema, ...]
+_SCHEMAS = ("items", "additionalProperties")  # one schema
 
 
 def _typed(schema: Any) -> Any:
@@ -432,12 +447,14 @@ def _typed(schema: Any) -> Any:
     as a parameter typed Any is) made to say so; the converter takes such a part for an error."""
     if not isinstance(schema, dict):
         return schema
-    typed = {key: ({name: _typed(part) for name, part in value.items()} if key == "properties" and isinstance(value, dict)
-                   else [_typed(part) for part in value] if key in ("anyOf", "oneOf", "allOf", "prefixItems")
-                   and isinstance(value, list)
-                   else _typed(value) if key in ("items", "additionalProperties")
-                   else value)
-             for key, value in schema.items()}
+    typed = dict(schema)
+    for key, value in schema.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            typed[key] = {name: _typed(part) for name, part in value.items()}
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            typed[key] = [_typed(part) for part in value]
+        elif key in _SCHEMAS:
+            typed[key] = _typed(value)
     if not any(key in typed for key in _SHAPED_BY):
         typed["type"] = _ANY_JSON
     return typed

@@ -292,6 +292,9 @@ def pandas_hint(failure: ExecutionFailure, frames: Frames | None = None) -> str:
     alias = re.fullmatch(r"name '(\w+)' is not defined", failure.value)
     if failure.name == "NameError" and alias and alias[1] in _ALIASES:
         return f"import {_ALIASES[alias[1]]} as {alias[1]} first"
+    line = _failing_line(failure.traceback)
+    if failure.name in ("ValueError", "TypeError", "AttributeError") and _GROUP_ARITHMETIC.search(line):
+        return _group_arithmetic_hint(line)
     scalar = re.fullmatch(r"'(numpy\.\w+|int|float)' object has no attribute '(\w+)'", failure.value)
     if failure.name == "AttributeError" and scalar:
         return (f"that value is a single number ({scalar[1]}), not a Series or DataFrame: an earlier step "
@@ -299,25 +302,58 @@ def pandas_hint(failure: ExecutionFailure, frames: Frames | None = None) -> str:
     if failure.name == "FileNotFoundError" and re.search(r"\.(csv|xlsx?|json|parquet|tsv)'?$", failure.value):
         return ("no such file here: data you were given is already loaded as a variable (see the task); "
                 "use it by name instead of reading a file")
-    if failure.name in ("ValueError", "TypeError") and _GROUP_ARITHMETIC.search(_failing_line(failure.traceback)):
-        return ("arithmetic on a groupby does not combine columns: make the product a column first, "
-                "df['value'] = df['price'] * df['quantity'], then df.groupby(key)['value'].sum()")
     if "pandas" not in failure.traceback:
         return ""
     if failure.name == "KeyError" and "get_grouper" in failure.traceback:
         return ("groupby found no such column: on a Series (e.g. a product of two columns), group by values, "
                 "s.groupby(df['region']), or first make it a column: df['revenue'] = ...; "
                 "df.groupby('region')['revenue'].sum()")
+    located = _LOC_BY_VALUE.search(line) if failure.name == "KeyError" else None
+    if located:
+        frame, column, op = located["frame"], located["column"], located["op"]
+        return (f"{frame}['{column}'].{op}() is a value, not a row label: {frame}['{column}'].idx{op}() is the "
+                f"label of its row, e.g. {frame}.loc[{frame}['{column}'].idx{op}(), ...]")
     if failure.name == "KeyError":
         return "that column or label is not there; print(df.columns) to see the DataFrame's columns"
     if failure.name in ("ValueError", "TypeError", "AttributeError") and any(e in failure.value for e in _DATE_ERRORS):
+        column = _DATE_COLUMN.search(line)
+        if column:
+            frame, name = column["frame"], column["name"]
+            return (f"{frame}['{name}'] holds dates as text: convert it first, "
+                    f"{frame}['{name}'] = pd.to_datetime({frame}['{name}']), then use .dt")
         return "the dates may be stored as strings: convert the column with pd.to_datetime(...) first"
+    aggregated = _AGGREGATED.search(line)
+    if failure.name == "TypeError" and any(e in failure.value for e in _TEXT_AGGREGATE_ERRORS):
+        if aggregated:
+            return (f"the table has text columns: pick the column first, "
+                    f"{aggregated['head']}['{aggregated['column']}'].{aggregated['op']}()")
+        return "the table has text columns: pick the numeric column first, df.groupby(key)['col'].mean()"
     if "subset columns with a tuple" in failure.value:
         return "select several columns with a list inside the brackets: df.groupby(key)[['a', 'b']]"
     return ""
 
 
 _GROUP_ARITHMETIC = re.compile(r"\.groupby\([^)]*\)(\[[^\]]*\]|\.\w+)?\s*[-+*/]\s*\w")
+_LOC_BY_VALUE = re.compile(r"(?P<frame>\w+)\.loc\[\s*(?P=frame)\[['\"](?P<column>\w+)['\"]\]\.(?P<op>max|min)\(\)")
+_AGGREGATED = re.compile(  # df.groupby(key).mean()["units"]: every column aggregated, then one picked
+    r"(?P<head>\w+\.groupby\(.+\))\.(?P<op>mean|median|sum|std|var)\(\)\[['\"](?P<column>\w+)['\"]\]")
+_TEXT_AGGREGATE_ERRORS = ("does not support operation", "Could not convert", "agg function failed")
+_GROUPED_COLUMNS = re.compile(  # df.groupby(key)["price"] * df["quantity"]: the columns are known
+    r"(?P<frame>\w+)\.groupby\((?P<key>[^)]*)\)\[(?P<q>['\"])(?P<a>\w+)(?P=q)\]\s*(?P<op>[-+*/])\s*"
+    r"(?P=frame)\[['\"](?P<b>\w+)['\"]\]")
+_DATE_COLUMN = re.compile(r"(?P<frame>\w+)\[['\"](?P<name>\w+)['\"]\]\.dt\b")
+
+
+def _group_arithmetic_hint(line: str) -> str:
+    """Arithmetic on a groupby (small models write df.groupby(k)["a"] * df["b"]): the columns first."""
+    found = _GROUPED_COLUMNS.search(line)
+    if found is None:
+        return ("arithmetic on a groupby does not combine columns: make the product a column first, "
+                "df['value'] = df['price'] * df['quantity'], then df.groupby(key)['value'].sum()")
+    frame, key = found["frame"], found["key"]
+    return (f"arithmetic on a groupby does not combine columns: make it a column first, "
+            f"{frame}['value'] = {frame}['{found['a']}'] {found['op']} {frame}['{found['b']}'], "
+            f"then {frame}.groupby({key})['value'].sum()")
 
 
 def _failing_line(traceback: str) -> str:

@@ -259,7 +259,8 @@ def test_no_control_sequence_reaches_the_terminal_the_listing_or_an_export(tmp_p
                       key="Show the hostile text")
         nb = _execute([_setup(server.url), "%%agent code\nShow the hostile text", "%agent sandbox",
                        "%agent export run.ipynb",
-                       "print(_agent_run.action_steps[0].execution.error.traceback)"], tmp_path)
+                       "error = _agent_run.action_steps[0].execution.error\n"
+                       "print(error.traceback, error.value, _agent_run.action_steps[0].error)"], tmp_path)
     shown = [o for o in nb.cells[1].outputs if o.output_type in ("display_data", "execute_result", "stream")]
     texts = [o.get("text") or o.data.get("text/plain", "") for o in shown]
     assert texts and "link" in "".join(texts) and " end" in "".join(texts)

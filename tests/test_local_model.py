@@ -357,6 +357,16 @@ def test_the_grammar_of_required_tool_calls_follows_each_tools_schema() -> None:
     assert calls_grammar([]) is None
     if _MODEL is not None:  # llama.cpp's own parser takes it (a grammar it refuses would crash it)
         engine(_MODEL).grammar(grammar)
+    assert calls_grammar([anything, {"type": "function", "function": {"name": "ping"}}]) is grammar  # made once
+
+
+def test_a_tool_choice_naming_a_tool_not_offered_is_refused() -> None:
+    from agent_kernel.local_model import LocalModelError, calls_grammar
+
+    ping = {"type": "function", "function": {"name": "ping"}}
+    assert calls_grammar([ping], "auto") is None and calls_grammar([ping], "none") is None  # a free reply
+    with pytest.raises(LocalModelError, match="tool_choice names 'pong', which is not among the tools offered"):
+        calls_grammar([ping], {"type": "function", "function": {"name": "pong"}})
 
 
 @needs_model

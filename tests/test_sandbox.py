@@ -283,6 +283,8 @@ def test_pandas_slips_get_a_one_line_hint():
         missing = render_observation(wide.execute(setup + "df['Amount']"))
         assert "KeyError" in missing and "Hint: that column or label is not there; print(df.columns)" in missing
         dates = render_observation(wide.execute(setup + "df['day'].dt.month"))
+        assert "Hint: df['day'] holds dates as text: convert it first" in dates
+        dates = render_observation(wide.execute(setup + "df.day.dt.month"))  # no column named in brackets
         assert "Hint: the dates may be stored as strings" in dates and "pd.to_datetime" in dates
         tupled = render_observation(wide.execute(setup + "def total():\n    return df.groupby('day')['amount', 'day'].sum()\n"
                                                   "total()"))
@@ -316,8 +318,20 @@ def test_a_column_of_another_given_frame_gets_a_merge_hint_and_a_refused_import_
         assert "merge" not in render_observation(box.execute("orders.groupby('country').price.sum()"))  # no frames given
         assert "merge" not in render_observation(box.execute("orders['nowhere']"), frames)
         box.execute("orders['country'] = ['FR']")
-        product = render_observation(box.execute("orders.groupby('country')['price'] * orders['order_id'].sum()"))
+        product = render_observation(box.execute("orders.groupby('country').price * 2"))
         assert "Hint: arithmetic on a groupby does not combine columns: make the product a column first" in product
+        product = render_observation(box.execute("orders.groupby('country')['price'] * orders['order_id']"))
+        assert ("make it a column first, orders['value'] = orders['price'] * orders['order_id'], then "
+                "orders.groupby('country')['value'].sum()") in product
+        box.execute("orders['day'] = ['2025-01-02']")
+        dated = render_observation(box.execute("orders[orders['day'].dt.month == 1]"))
+        assert ("Hint: orders['day'] holds dates as text: convert it first, orders['day'] = "
+                "pd.to_datetime(orders['day']), then use .dt") in dated
+        located = render_observation(box.execute("orders.loc[orders['day'].max(), 'price']"))
+        assert ("Hint: orders['day'].max() is a value, not a row label: orders['day'].idxmax() is the label of "
+                "its row, e.g. orders.loc[orders['day'].idxmax(), ...]") in located
+        averaged = render_observation(box.execute("orders.groupby(orders['day']).mean()['price']"))
+        assert "Hint: the table has text columns: pick the column first, orders.groupby(orders['day'])['price'].mean()" in averaged
         refused = render_observation(box.execute("from scipy.stats import pearsonr"))
         assert "Hint: your code cannot allow a module: do it with the modules listed as allowed: " in refused
         assert "df['a'].corr(df['b']) is Pearson's correlation" in refused

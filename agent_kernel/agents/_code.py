@@ -256,9 +256,8 @@ class CodeAgent(MultiStepAgent):
 
     async def _request(self, messages: list[Message], on_delta: Callable[[str], None] | None, final: bool) -> Any:
         # The model sends `stop` only where the provider takes it, and cuts the text itself otherwise.
-        if getattr(self.model, "supports_grammar", False):
-            return await self.model.agenerate(messages, stop=_STOP, on_delta=on_delta, grammar=STEP_GRAMMAR)
-        return await self.model.agenerate(messages, stop=_STOP, on_delta=on_delta)
+        held = {"grammar": STEP_GRAMMAR} if getattr(self.model, "supports_grammar", False) else {}
+        return await self.model.agenerate(messages, stop=_STOP, on_delta=on_delta, **held)
 
     async def _act(self, step: ActionStep, reply: Any, final: bool) -> Any:
         step.code, step.thought = extract_code(step.model_output)

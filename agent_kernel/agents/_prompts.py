@@ -38,7 +38,8 @@ print(units)
 Observation: product
 Gizmo     412
 Widget    380
-Thought: Gizmo sold the most (412 units); its name is the first index of `units`.
+Thought: Gizmo sold the most (412 units). The task asks which product, so the answer is its name, \
+the first index of `units`.
 ```python
 final_answer(units.index[0])
 ```

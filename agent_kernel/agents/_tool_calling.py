@@ -72,9 +72,9 @@ class ToolCallingAgent(MultiStepAgent):
         if not self.native:
             return await self.model.agenerate(messages, on_delta=on_delta)
         schemas = [t.openai_schema() for t in self._all_tools().values()]
-        if getattr(self.model, "supports_tool_choice", False):  # every reply acts: final_answer is a tool too
-            return await self.model.agenerate(messages, tools=schemas, on_delta=on_delta, tool_choice="required")
-        return await self.model.agenerate(messages, tools=schemas, on_delta=on_delta)
+        # Every reply acts (final_answer is a tool too), where the provider can be told so.
+        required = {"tool_choice": "required"} if getattr(self.model, "supports_tool_choice", False) else {}
+        return await self.model.agenerate(messages, tools=schemas, on_delta=on_delta, **required)
 
     async def _act(self, step: ActionStep, reply: Any, final: bool) -> Any:
         if self.native:

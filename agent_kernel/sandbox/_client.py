@@ -84,9 +84,9 @@ class _Outputs:
         elif msg_type == "error":
             tb = [clean_text(line) for line in content["traceback"]]
             tb = [line for line in tb if not line.lstrip().startswith(_OWN_FRAMES)]
-            self.items.append({"output_type": "error", "ename": content["ename"], "evalue": content["evalue"],
-                               "traceback": tb})
-            self.error = ExecutionError(content["ename"], content["evalue"], "\n".join(tb))
+            name, value = clean_text(content["ename"]), clean_text(content["evalue"])
+            self.items.append({"output_type": "error", "ename": name, "evalue": value, "traceback": tb})
+            self.error = ExecutionError(name, value, "\n".join(tb))
 
     def drop(self, why: str) -> None:
         """Count a message not kept, to be said at the end."""
