@@ -264,7 +264,7 @@ def _user_frames(lines: list[str]) -> list[str]:
     for line in lines:
         if line.startswith("File "):  # IPython starts a library frame so; "Cell In[..]" is the code's
             cut, at, in_library = cut + 1, at if cut else len(kept), True
-        elif not (in_library and (not line.strip() or line[:1].isspace() or line.startswith("-"))):
+        elif not (in_library and (not line.strip() or line[:1].isspace() or line.startswith(("-", ">")))):
             in_library = False  # past the library frame's context lines
             kept.append(line)
     if cut:
@@ -327,9 +327,12 @@ def pandas_hint(failure: ExecutionFailure, frames: Frames | None = None) -> str:
         if aggregated:
             return (f"the table has text columns: pick the column first, "
                     f"{aggregated['head']}['{aggregated['column']}'].{aggregated['op']}()")
-        return "the table has text columns: pick the numeric column first, df.groupby(key)['col'].mean()"
+        return ("the table has text columns: pick the numeric columns first (df[['a', 'b']]), or pass "
+                "numeric_only=True, e.g. df.sum(axis=1, numeric_only=True)")
     if "subset columns with a tuple" in failure.value:
-        return "select several columns with a list inside the brackets: df.groupby(key)[['a', 'b']]"
+        columns = _TUPLE_OF_COLUMNS.search(line)
+        listed = f"[[{columns['columns']}]]" if columns else "[['a', 'b']]"
+        return f"select several columns with a list inside the brackets: df.groupby(key){listed}"
     return ""
 
 
@@ -337,7 +340,9 @@ _GROUP_ARITHMETIC = re.compile(r"\.groupby\([^)]*\)(\[[^\]]*\]|\.\w+)?\s*[-+*/]\
 _LOC_BY_VALUE = re.compile(r"(?P<frame>\w+)\.loc\[\s*(?P=frame)\[['\"](?P<column>\w+)['\"]\]\.(?P<op>max|min)\(\)")
 _AGGREGATED = re.compile(  # df.groupby(key).mean()["units"]: every column aggregated, then one picked
     r"(?P<head>\w+\.groupby\(.+\))\.(?P<op>mean|median|sum|std|var)\(\)\[['\"](?P<column>\w+)['\"]\]")
-_TEXT_AGGREGATE_ERRORS = ("does not support operation", "Could not convert", "agg function failed")
+_TEXT_AGGREGATE_ERRORS = ("does not support operation", "Could not convert", "agg function failed",
+                          "can only concatenate str", "unsupported operand type(s) for +")
+_TUPLE_OF_COLUMNS = re.compile(r"\)\[(?P<columns>['\"]\w+['\"](?:\s*,\s*['\"]\w+['\"])+)\]")
 _GROUPED_COLUMNS = re.compile(  # df.groupby(key)["price"] * df["quantity"]: the columns are known
     r"(?P<frame>\w+)\.groupby\((?P<key>[^)]*)\)\[(?P<q>['\"])(?P<a>\w+)(?P=q)\]\s*(?P<op>[-+*/])\s*"
     r"(?P=frame)\[['\"](?P<b>\w+)['\"]\]")
@@ -357,9 +362,10 @@ def _group_arithmetic_hint(line: str) -> str:
 
 
 def _failing_line(traceback: str) -> str:
-    """The source line IPython marks with an arrow in the code that ran (its first frame)."""
-    found = re.search(r"^-+> *\d+ (.*)$", traceback, re.MULTILINE)
-    return found[1] if found else ""
+    """The source line IPython marks with an arrow in the innermost frame of the code that ran."""
+    arrows = [found[1] for line in _user_frames(traceback.strip().splitlines())
+              if (found := re.match(r"-+> *\d+ (.*)$", line))]
+    return arrows[-1] if arrows else ""
 
 
 def _join_hint(failure: ExecutionFailure, frames: Frames) -> str:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scripted_server import text
 
 from agent_kernel.agents import CodeAgent
-from agent_kernel.agents._asked import asked_per_group, is_nan, is_one_value, states_amount
+from agent_kernel.agents._asked import asked_per_group, asked_which, is_nan, is_one_value, states_amount
 
 COLUMNS = ["name", "department", "region", "hired", "timestamp", "order_id"]
 
@@ -43,6 +43,14 @@ def test_any_count_written_out_is_an_amount(count):
 ])
 def test_a_value_per_group_is_asked_only_by_a_column_given(task, group):
     assert asked_per_group(task, COLUMNS) == group
+
+
+def test_which_of_a_text_column_is_asked_by_its_name():
+    text = {"segment", "region", "name"}
+    assert asked_which("which segment spends the most?", text) == "segment"
+    assert asked_which("What regions grew?", text) == "regions"
+    assert asked_which("which month had the most orders?", text) is None  # not a text column given
+    assert asked_which("how many segments are there?", text) is None
 
 
 def test_one_value_is_a_name_or_a_number_not_a_table():
@@ -99,6 +107,19 @@ def test_a_name_for_how_many_is_sent_back_even_when_it_holds_digits(scripted_ser
         run = agent.run("how many people were hired in 2020?", variables={"people": PEOPLE})
     assert "the answer 'Person 007' gives no amount" in run.action_steps[1].observation
     assert run.output == 2 and run.state == "success"
+
+
+def test_a_row_position_for_which_is_sent_back(scripted_server):
+    scripted_server.script([
+        text("```python\ncounts = people.groupby('department').size().reset_index()\nprint(counts)\n```"),
+        text("```python\nfinal_answer(counts.index[0])\n```"),  # a row position, for "which department"
+        text("```python\nfinal_answer(people.department.value_counts().idxmax())\n```"),
+    ])
+    with CodeAgent(scripted_server.model(), imports=["pandas"]) as agent:
+        run = agent.run("which department has the most people?", variables={"people": PEOPLE})
+    assert "the task asks which department, but the answer 0 is a number, not a department" in (
+        run.action_steps[1].observation)
+    assert run.output == "Eng" and run.state == "success"
 
 
 def test_the_answer_checks_send_back_once_a_run(scripted_server):

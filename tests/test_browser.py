@@ -50,7 +50,7 @@ def test_a_finished_run_reads_well_in_light_and_dark(notebook: Notebook, server:
     server.script([text(
         "Thought: I will total the amounts per week and plot the trend so that the analyst can read it.\n"
         "```python\ntotals = sales.set_index('week')['amount']\ntotals.plot(marker='o', title='Amount by week')\n"
-        "print(totals.sum())\nfinal_answer(int(totals.sum()))\n```\n"
+        "print(totals)\nfinal_answer(totals.to_dict())\n```\n"  # a total per week, as the task asks
     )], key="plot the trend")
     notebook.run(SETUP)
     cell = notebook.run("%%agent code --in sales\nTotal {sales} by week, plot the trend of the amount over the weeks,\n"

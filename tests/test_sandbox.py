@@ -288,7 +288,7 @@ def test_pandas_slips_get_a_one_line_hint():
         assert "Hint: the dates may be stored as strings" in dates and "pd.to_datetime" in dates
         tupled = render_observation(wide.execute(setup + "def total():\n    return df.groupby('day')['amount', 'day'].sum()\n"
                                                   "total()"))
-        assert "Hint: select several columns with a list" in tupled and "[['a', 'b']]" in tupled
+        assert "Hint: select several columns with a list" in tupled and "df.groupby(key)[['amount', 'day']]" in tupled
         assert "Cell In[" in tupled and "in total()" in tupled  # the frames of the code that ran stay
         assert "frame in library code cut" in tupled and "site-packages" not in tupled and "def __getitem__" not in tupled
         assert tupled.splitlines()[-2].startswith("ValueError: Cannot subset columns with a tuple")
@@ -332,6 +332,9 @@ def test_a_column_of_another_given_frame_gets_a_merge_hint_and_a_refused_import_
                 "its row, e.g. orders.loc[orders['day'].idxmax(), ...]") in located
         averaged = render_observation(box.execute("orders.groupby(orders['day']).mean()['price']"))
         assert "Hint: the table has text columns: pick the column first, orders.groupby(orders['day'])['price'].mean()" in averaged
+        summed = render_observation(box.execute("orders.sum(axis=1)"))
+        assert "Hint: the table has text columns: pick the numeric columns first" in summed
+        assert "df.sum(axis=1, numeric_only=True)" in summed
         refused = render_observation(box.execute("from scipy.stats import pearsonr"))
         assert "Hint: your code cannot allow a module: do it with the modules listed as allowed: " in refused
         assert "df['a'].corr(df['b']) is Pearson's correlation" in refused

@@ -1,7 +1,8 @@
 """What kind of answer a task asks for, read from its words, so that an answer of another kind goes
 back to the model once (a small model counts 11 rows, then answers with the first row's name).
 
-A NaN answers nothing. Two kinds are read: an amount ("how many", "how much": a name or an id is not one), and one value
+A NaN answers nothing. Three kinds are read: an amount ("how many", "how much": a name or an id is
+not one), one of a text column's values ("which segment": a row position is not one), and one value
 per group ("headcount by department", "payroll per region": one entry of the table is not the
 table). A group is only a word naming a column of a DataFrame the task was given, and a task that
 asks for one ("which region...", "the most...") asks for one value even if it says "by".
@@ -20,6 +21,7 @@ from ._evidence import NUMBER
 _AMOUNT = re.compile(r"\bhow (many|much)\b", re.IGNORECASE)
 _NAMED = re.compile(r"[A-Z][A-Za-z]*(?: ?#|[ _-])$")  # "Person ", "Sensor #": the number after it is part of a name
 _PER = re.compile(r"\b(?:per|by|for each|for every)\s+(\w+)", re.IGNORECASE)
+_WHICH = re.compile(r"\b(?:which|what)\s+(\w+)", re.IGNORECASE)
 _ONE = re.compile(r"\b(which|who|whose|most|least|highest|lowest|best|worst|top|biggest|largest|smallest|"
                   r"fastest|slowest|longest|shortest)\b", re.IGNORECASE)
 
@@ -51,6 +53,21 @@ def asked_per_group(task: str, columns: Iterable[str]) -> str | None:
         if {word, word.removesuffix("s"), word.removesuffix("es")} & names:
             return found[1]
     return None
+
+
+def asked_which(task: str, text_columns: Iterable[str]) -> str | None:
+    """The word ("segment") when the task asks which of a text column's values ("which segment
+    spends most?"): its answer is such a value, not a number (a row position, a total)."""
+    names = {str(c).lower() for c in text_columns}
+    for found in _WHICH.finditer(task):
+        word = found[1].lower()
+        if {word, word.removesuffix("s"), word.removesuffix("es")} & names:
+            return found[1]
+    return None
+
+
+def is_number(answer: Any) -> bool:
+    return isinstance(answer, numbers.Number) and not isinstance(answer, bool)
 
 
 def is_nan(answer: Any) -> bool:

@@ -42,7 +42,7 @@ from . import _asked, _context, _evidence, _prompts, _sync
 from ._context import Message
 from ._limits import Budget, Limits, _RunEnded
 from ._options import AgentOptions
-from ._variables import describe_variable
+from ._variables import describe_variable, text_columns
 
 if TYPE_CHECKING:
     from ..sandbox import SandboxLike, SandboxPool
@@ -65,6 +65,7 @@ SENT_BACK = "final answer sent back: "  # a step's error when an answer check se
 UNCOMPUTED = SENT_BACK + "it states numbers that no output showed"
 NO_AMOUNT = SENT_BACK + "the task asks for an amount and it states none"
 ONE_VALUE = SENT_BACK + "the task asks for a value per group and it gives one"
+NOT_A_NAME = SENT_BACK + "the task asks which of a text column's values and it gives a number"
 NAN = SENT_BACK + "it is NaN"
 
 
@@ -124,6 +125,7 @@ class MultiStepAgent:
         self._interrupting = False
         self._system_text = ""
         self._frames: dict[str, tuple[str, ...]] = {}  # the columns of each DataFrame the tasks were given
+        self._text_columns: set[str] = set()  # ... those of them that hold text
         self._caller: _sync.Caller | None = None  # runs approvers in the sync caller's thread
         self._budget: Budget | None = None  # the run in progress's
 
@@ -174,6 +176,7 @@ class MultiStepAgent:
         """Make the variables available to the actions; return name -> preview for the prompt."""
         given = frame_columns(variables)
         self._frames = given if reset else {**self._frames, **given}
+        self._text_columns = text_columns(variables) | (set() if reset else self._text_columns)
         return {name: describe_variable(value) for name, value in variables.items()}
 
     def new_run(self, sandbox: SandboxLike | None = None) -> MultiStepAgent:
@@ -185,7 +188,7 @@ class MultiStepAgent:
         twin._task = twin._task_loop = None
         twin._interrupting = False
         twin._budget = None
-        twin._frames = {}
+        twin._frames, twin._text_columns = {}, set()
         return twin
 
     def sandbox_pool(self, size: int, total: int) -> SandboxPool | None:
@@ -477,6 +480,10 @@ class MultiStepAgent:
         if group and _asked.is_one_value(answer):
             step.error = ONE_VALUE
             return words.one_value.format(group=group, answer=shown)
+        word = _asked.asked_which(run.task, self._text_columns)
+        if word and _asked.is_number(answer):
+            step.error = NOT_A_NAME
+            return words.not_a_name.format(word=word, answer=shown)
         how = _asked.asked_amount(run.task)
         if how and isinstance(answer, str) and not _asked.states_amount(answer):
             step.error = NO_AMOUNT

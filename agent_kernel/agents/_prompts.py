@@ -100,6 +100,7 @@ class SendBack:
     uncomputed: str  # {numbers}, {pronoun}: numbers no output showed
     nan: str  # a NaN answer
     no_amount: str  # {how}, {answer}: "how many" answered with a name
+    not_a_name: str  # {word}, {answer}: "which segment" answered with a number
     one_value: str  # {group}, {answer}: a table per group answered with one entry
 
 
@@ -112,6 +113,8 @@ CODE_SEND_BACK = SendBack(
                "the answer in code and print it, then give final_answer the computed value.",
     no_amount="the task asks {how}, but the answer {answer} gives no amount (a name or an id is not one). "
               "Compute the amount in code and print it, then give final_answer the number.",
+    not_a_name="the task asks which {word}, but the answer {answer} is a number, not a {word} (its values are "
+               "text). Give final_answer the {word} itself, e.g. the index label of the largest entry, s.idxmax().",
     one_value="the task asks for a value per {group}, but the answer {answer} is one value. Give final_answer "
               "the whole table, one value per {group} (e.g. the Series a groupby made).",
 )
@@ -122,6 +125,8 @@ TOOLS_SEND_BACK = SendBack(
                "a tool that computes or looks it up, read its result, then call final_answer with the value it gave.",
     no_amount="the task asks {how}, but the answer {answer} gives no amount (a name or an id is not one). Call a "
               "tool that computes the amount, read its result, then call final_answer with the number it gave.",
+    not_a_name="the task asks which {word}, but the answer {answer} is a number, not a {word} (its values are "
+               "text). Call final_answer with the {word} itself, as a tool's result showed it.",
     one_value="the task asks for a value per {group}, but the answer {answer} is one value. Call final_answer "
               "with the whole table, one value per {group}, as an object taken from a tool's result.",
 )

@@ -32,6 +32,16 @@ def describe_variable(value: Any) -> str:
         return describe(value)
 
 
+def text_columns(variables: dict[str, Any]) -> set[str]:
+    """The names of the text columns of the DataFrames among the variables."""
+    pd = sys.modules.get("pandas")
+    if pd is None:
+        return set()
+    return {str(name) for value in variables.values() if type(value) is pd.DataFrame
+            for name, dtype in value.dtypes.iloc[:1000].items()
+            if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype)}
+
+
 def _frame(frame: Any, pd: Any) -> str:
     rows, cols = frame.shape
     lines = [f"DataFrame, {rows} rows x {cols} columns:"]
