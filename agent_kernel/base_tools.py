@@ -520,10 +520,12 @@ class PythonInterpreterTool(Tool):
         self._frames: dict[str, tuple[str, ...]] = {}  # DataFrames pushed: their columns, for the hints
         modules = "any installed module" if "*" in self.imports else ", ".join(sorted(DEFAULT_IMPORTS | set(imports)))
         network = "It can use the network." if sandbox_options.get("network") else "It has no network access."
-        self.description = (
+        self._about = (
             "Run Python code in a sandboxed interpreter; returns what it printed, the value of its last "
             f"expression, and any error. Variables and imports persist between calls. {network} "
             f"Modules you may import: {modules}.")
+        self._pushed: dict[str, str] = {}  # name -> kind of the values pushed, named in the description
+        self.description = self._about
 
     async def forward(self, code: str) -> str:
         """Run Python code.
@@ -543,6 +545,11 @@ class PythonInterpreterTool(Tool):
         sandbox = await self._started()
         await sandbox.push(**values)
         self._frames.update(frame_columns(values))
+        self._pushed.update({name: type(value).__name__ for name, value in values.items()})
+        # The model reads the tool's description as it writes the call: there, it learns the data
+        # is loaded (the 1.5B otherwise opens a CSV by the variable's name, again and again).
+        listed = ", ".join(f"{name} ({kind})" for name, kind in self._pushed.items())
+        self.description = f"{self._about} Already defined, use them by name (no file to read): {listed}."
 
     def push(self, **values: Any) -> None:
         from . import _aio

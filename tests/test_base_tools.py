@@ -299,6 +299,9 @@ def test_a_tasks_variables_are_in_the_python_tool_and_the_model_is_told_where(sc
             "order value by country", variables={"orders": orders, "customers": customers})
     task = scripted_server.requests[0]["messages"][1]["content"]
     assert "Variables already defined in python_interpreter:\n- orders: DataFrame, 3 rows x 3 columns:" in task
+    described = scripted_server.requests[0]["tools"][0]["function"]["description"]
+    assert described.endswith("Already defined, use them by name (no file to read): orders (DataFrame), "
+                              "customers (DataFrame).")
     failed = run.action_steps[0].tool_calls[0]
     assert failed.error is not None and "Hint: 'country' is a column of customers, not of orders: merge" in failed.error
     assert "{'DE': 4.0, 'FR': 5.0}" in str(run.action_steps[1].tool_calls[0].result)

@@ -465,7 +465,8 @@ class MultiStepAgent:
 
     def _sent_back(self, answer: Any, run: Run, step: ActionStep) -> str | None:
         """Why an answer goes back to a model that can compute: it is NaN, one value where the task asks
-        for one per group, no amount where it asks how many, or states numbers no output showed.
+        for one per group, a number where it asks which of a text column's values, no amount where it
+        asks how many, or it states numbers no output showed.
         Once a run: a second answer stands, and its record says which numbers are unverified.
         None to accept it."""
         words = self._send_back
