@@ -45,21 +45,19 @@ def states_amount(answer: str) -> bool:
 def asked_per_group(task: str, columns: Iterable[str]) -> str | None:
     """The group word ("department") when the task asks for a value per group of a column it was
     given ("by department", "per departments"), and not for one value ("which department ...")."""
-    if _ONE.search(task):
-        return None
-    names = {str(c).lower() for c in columns}
-    for found in _PER.finditer(task):
-        word = found[1].lower()
-        if {word, word.removesuffix("s"), word.removesuffix("es")} & names:
-            return found[1]
-    return None
+    return None if _ONE.search(task) else _column_named(_PER, task, columns)
 
 
 def asked_which(task: str, text_columns: Iterable[str]) -> str | None:
     """The word ("segment") when the task asks which of a text column's values ("which segment
     spends most?"): its answer is such a value, not a number (a row position, a total)."""
-    names = {str(c).lower() for c in text_columns}
-    for found in _WHICH.finditer(task):
+    return _column_named(_WHICH, task, text_columns)
+
+
+def _column_named(pattern: re.Pattern[str], task: str, columns: Iterable[str]) -> str | None:
+    """The first word `pattern` captures in the task that names one of `columns` (or its plural)."""
+    names = {str(c).lower() for c in columns}
+    for found in pattern.finditer(task):
         word = found[1].lower()
         if {word, word.removesuffix("s"), word.removesuffix("es")} & names:
             return found[1]
