@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -43,6 +44,7 @@ class Expected:
     region: str  # highest total revenue (units * unit_price)
     revenue: float  # that region's total
     best_month: str  # "YYYY-MM" of the highest total revenue over all regions
+    regions: tuple[str, ...]  # every region (an answer naming them all names none)
 
     @classmethod
     def from_csv(cls, csv: Path) -> Expected:
@@ -52,28 +54,27 @@ class Expected:
         revenue = sales["units"] * sales["unit_price"]
         by_region = revenue.groupby(sales["region"]).sum()
         by_month = revenue.groupby(sales["date"].dt.strftime("%Y-%m")).sum()
-        return cls(str(by_region.idxmax()), round(float(by_region.max()), 2), str(by_month.idxmax()))
+        return cls(str(by_region.idxmax()), round(float(by_region.max()), 2), str(by_month.idxmax()),
+                   tuple(map(str, by_region.index)))
 
     def wrong(self, answer: Any, best_month: Any) -> list[str]:
         """What is wrong with the notebook's `answer` and `best_month` (nothing: both right)."""
         problems = []
-        if not _names_region(answer, self.region, self.revenue):
+        if not self._names_top_region(answer):
             problems.append(f"answer should be region {self.region!r} with revenue {self.revenue:.2f}")
         if self.best_month not in str(best_month):
             problems.append(f"best_month should be {self.best_month!r}")
         return problems
 
-
-def _names_region(answer: Any, region: str, revenue: float) -> bool:
-    """The region and its revenue (to the cent), as the dict the task asks for or in text."""
-    if isinstance(answer, dict):
-        values = {str(k).lower(): v for k, v in answer.items()}
-        try:
-            return str(values.get("region")) == region and abs(float(values["revenue"]) - revenue) < 0.01
-        except (KeyError, TypeError, ValueError):
-            return False
-    text = str(answer)
-    return region in text and any(f in text for f in (f"{revenue:.2f}", f"{revenue:,.2f}", f"{revenue:g}"))
+    def _names_top_region(self, answer: Any) -> bool:
+        """The top region and its revenue (to the cent), and no other region: in a dict, a pair or text."""
+        parts = [*answer.keys(), *answer.values()] if isinstance(answer, dict) else (
+            list(answer) if isinstance(answer, (tuple, list)) else [answer])
+        text = " ".join(map(str, parts))
+        numbers = [float(n.replace(",", "")) for n in re.findall(r"\d[\d,]*(?:\.\d+)?", text)]
+        others = [r for r in self.regions if r != self.region and re.search(rf"\b{re.escape(r)}\b", text)]
+        return (re.search(rf"\b{re.escape(self.region)}\b", text) is not None and not others
+                and any(abs(n - self.revenue) < 0.01 for n in numbers))
 
 
 def _choose_model(model: str | None) -> str:

@@ -363,6 +363,7 @@ def _chunks(
     max_tokens = int(params.get("max_tokens") or params.get("max_completion_tokens") or DEFAULT_MAX_TOKENS)
     sampling = {k: params[k] for k in _SAMPLING if params.get(k) is not None}
     sampling.setdefault("temperature", 0.0)  # greedy: an agent's code should not depend on the dice
+    sampling.setdefault("seed", 0)  # ... and where it samples, the same prompt draws the same reply
     grammar = params.get("grammar") or (calls_grammar(tools, params.get("tool_choice")) if tools else None)
     if grammar:
         sampling["grammar"] = llm.grammar(str(grammar))

@@ -114,8 +114,8 @@ class Model:
     `api_base` points at any OpenAI-compatible server ("openai/<name>" with a local URL). Rate
     limits, 5xx, timeouts and dropped connections are retried `num_retries` times with exponential
     backoff starting at `retry_delay` seconds. Other keyword arguments go to `litellm.acompletion`.
-    `supports_stop` / `supports_tools` / `supports_tool_choice` / `supports_vision` come from litellm; assign them to
-    override a wrong guess. `supports_grammar`: the reply can be held to a llama.cpp GBNF grammar
+    `supports_stop` / `supports_temperature` / `supports_tools` / `supports_tool_choice` /
+    `supports_vision` come from litellm; assign them to override a wrong guess. `supports_grammar`: the reply can be held to a llama.cpp GBNF grammar
     (the embedded `local/` provider; assign True for a llama.cpp server that reads `grammar`).
     """
 
@@ -198,6 +198,10 @@ class Model:
         return bool(litellm.supports_function_calling(self.model_id))
 
     @cached_property
+    def supports_temperature(self) -> bool:
+        return "temperature" in self._supported_params
+
+    @cached_property
     def supports_tool_choice(self) -> bool:
         """Whether a reply can be required to call a tool (OpenAI's `tool_choice`)."""
         return "tool_choice" in self._supported_params
@@ -239,15 +243,19 @@ class Model:
         on_delta: Callable[[str], None] | None = None,
         grammar: str | None = None,
         tool_choice: str | dict[str, Any] | None = None,
+        temperature: float | None = None,
     ) -> ModelReply:
         """One completion. With `on_delta` the reply streams and each new piece of text is passed to
         it as it arrives; the returned content is always cut at the first stop sequence. `grammar`
         (GBNF) holds the reply to a format where the model supports it, and is left out elsewhere;
-        so is `tool_choice` ("required": the reply calls one or more of `tools`)."""
+        so is `tool_choice` ("required": the reply calls one or more of `tools`). `temperature`
+        overrides the model's own for this call (an agent's retry after repeating itself)."""
         if not _litellm.loaded():  # a first import takes seconds: keep the shared loop responsive
             await asyncio.to_thread(_litellm.load)
         self._preflight()
         request = self._request(messages, tools, stop)
+        if temperature is not None:
+            request["temperature"] = temperature
         if grammar is not None and self.supports_grammar:
             request["grammar"] = grammar
         if tool_choice is not None and tools and self.supports_tool_choice:
@@ -284,9 +292,10 @@ class Model:
         on_delta: Callable[[str], None] | None = None,
         grammar: str | None = None,
         tool_choice: str | dict[str, Any] | None = None,
+        temperature: float | None = None,
     ) -> ModelReply:
         return _aio.run_sync(self.agenerate(messages, tools=tools, stop=stop, on_delta=on_delta, grammar=grammar,
-                                            tool_choice=tool_choice))
+                                            tool_choice=tool_choice, temperature=temperature))
 
     def _request(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, stop: list[str] | None

@@ -299,15 +299,17 @@ def pandas_hint(failure: ExecutionFailure, frames: Frames | None = None) -> str:
     if failure.name == "AttributeError" and scalar:
         return (f"that value is a single number ({scalar[1]}), not a Series or DataFrame: an earlier step "
                 f"reduced it (e.g. .sum() or .max()); keep the Series, e.g. groupby(...)[col].sum(), to call .{scalar[2]}")
+    text = re.fullmatch(r"'str' object has no attribute '(\w+)'", failure.value)
+    if failure.name == "AttributeError" and text:
+        return (f"that value is already text (a str), which has no .{text[1]}: print it to see it, and if it "
+                f"is what you need, use it as it is")
     if failure.name == "FileNotFoundError" and re.search(r"\.(csv|xlsx?|json|parquet|tsv)'?$", failure.value):
         return ("no such file here: data you were given is already loaded as a variable (see the task); "
                 "use it by name instead of reading a file")
     if "pandas" not in failure.traceback:
         return ""
     if failure.name == "KeyError" and "get_grouper" in failure.traceback:
-        return ("groupby found no such column: on a Series (e.g. a product of two columns), group by values, "
-                "s.groupby(df['region']), or first make it a column: df['revenue'] = ...; "
-                "df.groupby('region')['revenue'].sum()")
+        return _grouper_hint(line, frames or {})
     located = _LOC_BY_VALUE.search(line) if failure.name == "KeyError" else None
     if located:
         frame, column, op = located["frame"], located["column"], located["op"]
@@ -359,6 +361,23 @@ def _group_arithmetic_hint(line: str) -> str:
     return (f"arithmetic on a groupby does not combine columns: make it a column first, "
             f"{frame}['value'] = {frame}['{found['a']}'] {found['op']} {frame}['{found['b']}'], "
             f"then {frame}.groupby({key})['value'].sum()")
+
+
+def _grouper_hint(line: str, frames: Frames) -> str:
+    """groupby by a column name on a Series (`revenue.groupby('region')`, the product of two columns):
+    group it by the column of the DataFrame that has it."""
+    found = _SERIES_GROUPBY.search(line)
+    holder = next((name for name, columns in frames.items() if found and found["key"] in columns), None)
+    if found is None or holder is None or found["series"] in frames:
+        return ("groupby found no such column: on a Series (e.g. a product of two columns), group by values, "
+                "s.groupby(df['region']), or first make it a column: df['revenue'] = ...; "
+                "df.groupby('region')['revenue'].sum()")
+    series, key = found["series"], found["key"]
+    return (f"{series} is a Series, not the DataFrame: it has no column '{key}'. Group it by {holder}'s "
+            f"column: {series}.groupby({holder}['{key}']){found['rest'] or '.sum()'}")
+
+
+_SERIES_GROUPBY = re.compile(r"(?P<series>\w+)\.groupby\(\s*(?P<q>['\"])(?P<key>\w+)(?P=q)\s*\)(?P<rest>\.\w+\(\))?")
 
 
 def _failing_line(traceback: str) -> str:

@@ -56,6 +56,7 @@ def _last_content(request: dict[str, Any]) -> str:
     [
         ("Thought: add.\n```python\nx = 1\nprint(x)\n```\nthen more prose", "x = 1\nprint(x)"),
         ("```py\ny = 2\n```", "y = 2"),
+        ("Thought: done.\n```python\nfinal_answer(m)```\n", "final_answer(m)"),  # closed on its last line
         ("Here:\n```\nz = 3\n```", "z = 3"),
         ("Thought: cut by the stop sequence\n```python\nw = 4\nprint(w)", "w = 4\nprint(w)"),
         ("```json\n{\"a\": 1}\n```\n```python\nv = 5\n```", "v = 5"),
@@ -132,6 +133,8 @@ def test_code_system_prompt_is_concise():
 def test_bad_options_say_what_to_do():
     with pytest.raises(ValueError, match="max_steps must be at least 1"):
         ToolCallingAgent("openai/unused", max_steps=0)
+    with pytest.raises(ValueError, match="retry_temperature must be above 0 and at most 2, or None"):
+        CodeAgent("openai/unused", retry_temperature=0)
     with pytest.raises(TypeError, match=r"unknown CodeAgent option\(s\) \['timout'\]"):
         CodeAgent("openai/unused", timout=3)
     with pytest.raises(ValueError, match="two tools are named 'add'"):

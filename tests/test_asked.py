@@ -10,7 +10,16 @@ from hypothesis import strategies as st
 from scripted_server import text
 
 from agent_kernel.agents import CodeAgent
-from agent_kernel.agents._asked import asked_per_group, asked_which, is_nan, is_one_value, states_amount
+from agent_kernel.agents._code import typed_answer
+from agent_kernel.agents._asked import (
+    asked_pair,
+    asked_per_group,
+    asked_which,
+    gives_pair,
+    is_nan_or_inf,
+    is_one_value,
+    states_amount,
+)
 
 COLUMNS = ["name", "department", "region", "hired", "timestamp", "order_id"]
 
@@ -53,16 +62,44 @@ def test_which_of_a_text_column_is_asked_by_its_name():
     assert asked_which("how many segments are there?", text) is None
 
 
+def test_which_and_an_amount_is_asked_together():
+    text = ["page", "region", "department"]
+    assert asked_pair("which page has the worst average bounce rate, and what is it?", text) == ("page", "what is it")
+    assert asked_pair("Which region brought in the most revenue, and how much?", text) == ("region", "how much")
+    assert asked_pair("which department pays least, and its average salary", text) == ("department", "its average salary")
+    assert asked_pair("which region brought in the most revenue?", text) is None
+    assert asked_pair("how much did customers spend in total?", text) is None  # no "which"
+    assert [gives_pair(a) for a in (("South", 3.5), {"South": 3.5}, "South: 3.5", "South", 3.5, "Person 007")] == [
+        True, True, True, False, False, False]
+
+
 def test_one_value_is_a_name_or_a_number_not_a_table():
     assert all(is_one_value(v) for v in ("Finance", 34, 3.5, True))
     assert not any(is_one_value(v) for v in ({"Finance": 34}, [34], pd.Series([34]), None))
 
 
-def test_nan_is_no_answer_in_any_form():
+def test_nan_or_infinity_is_no_answer_in_any_form():
     import numpy as np
 
-    assert all(is_nan(v) for v in (float("nan"), np.float64("nan"), np.float32("nan"), " NaN", "nan"))
-    assert not any(is_nan(v) for v in (0.0, 1, True, "banana", None, [float("nan")]))
+    assert all(is_nan_or_inf(v) for v in (float("nan"), np.float64("nan"), np.float32("nan"), " NaN", "nan",
+                                           float("inf"), -np.inf, "inf", "-Infinity"))
+    assert not any(is_nan_or_inf(v) for v in (0.0, 1, True, "banana", "info", None, [float("nan")], 1e308))
+
+
+@pytest.mark.parametrize(("code", "typed"), [
+    ("final_answer('2024-06')", "'2024-06'"),
+    ("x = 1\nfinal_answer(answer=-3.5)", "-3.5"),
+    ("final_answer(('South', 16765.75))", "('South', 16765.75)"),
+    ("final_answer({'East': 1, 'West': 2})", "{'East': 1, 'West': 2}"),
+    ("final_answer(by_month.idxmax())", None),
+    ("final_answer((best, 16765.75))", None),  # a name in it: computed
+    ("final_answer(f'{best}')", None),
+    ("final_answer(True)", None),
+    ("print('2024-06')", None),
+    ("final_answer('x'", None),  # does not parse
+])
+def test_an_answer_typed_into_the_code_is_told_from_a_computed_one(code, typed):
+    assert typed_answer(code) == typed
 
 
 def test_a_nan_answer_is_sent_back(scripted_server):
@@ -74,8 +111,8 @@ def test_a_nan_answer_is_sent_back(scripted_server):
     ])
     with CodeAgent(scripted_server.model(), imports=["pandas"]) as agent:
         run = agent.run("pearson correlation of price with returned", variables={"orders": orders})
-    assert run.action_steps[0].error == "final answer sent back: it is NaN"
-    assert "the answer is NaN: what computed it had nothing to work on" in run.action_steps[0].observation
+    assert run.action_steps[0].error == "final answer sent back: it is NaN or infinite"
+    assert "the answer is nan: what computed it had nothing to work on" in run.action_steps[0].observation
     assert run.output == 0.45 and run.state == "success"
 
 
@@ -119,6 +156,35 @@ def test_a_row_position_for_which_is_sent_back(scripted_server):
         run = agent.run("which department has the most people?", variables={"people": PEOPLE})
     assert "the task asks which department, but the answer 0 is a number, not a department" in (
         run.action_steps[1].observation)
+    assert run.output == "Eng" and run.state == "success"
+
+
+def test_a_name_alone_for_which_and_how_many_is_sent_back(scripted_server):
+    scripted_server.script([
+        text("```python\ncounts = people.department.value_counts()\nprint(counts)\n```"),
+        text("```python\nfinal_answer(counts.idxmax())\n```"),  # the name, not how many
+        text("```python\nfinal_answer((counts.idxmax(), int(counts.max())))\n```"),
+    ])
+    with CodeAgent(scripted_server.model(), imports=["pandas"]) as agent:
+        run = agent.run("which department has the most people, and how many?", variables={"people": PEOPLE})
+    sent_back = run.action_steps[1]
+    assert sent_back.error == "final answer sent back: the task asks which one and an amount and it gives one of them"
+    assert ("the task asks which department and how many, but the answer 'Eng' gives only one of them"
+            in sent_back.observation)
+    assert run.output == ("Eng", 3) and run.state == "success"
+
+
+def test_an_answer_typed_in_after_reading_an_output_is_sent_back(scripted_server):
+    scripted_server.script([
+        text("```python\ncounts = people.department.value_counts()\nprint(counts)\n```"),
+        text("```python\nfinal_answer('Ops')\n```"),  # misread from the output
+        text("```python\nfinal_answer(counts.idxmax())\n```"),
+    ])
+    with CodeAgent(scripted_server.model(), imports=["pandas"]) as agent:
+        run = agent.run("which department has the most people?", variables={"people": PEOPLE})
+    sent_back = run.action_steps[1]
+    assert sent_back.error == "final answer sent back: its value was typed into the code, not computed"
+    assert "final_answer was given 'Ops' typed into the code" in sent_back.observation
     assert run.output == "Eng" and run.state == "success"
 
 

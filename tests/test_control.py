@@ -296,6 +296,21 @@ def test_a_repeated_error_gets_a_note_then_ends_as_stuck(scripted_server: Any) -
     notes = ["repeating yourself" in _user_texts(r) for r in scripted_server.requests]
     assert notes == [False, False, False, True]  # the note follows the third repeat
     assert run.to_notebook().metadata.agent_kernel["state"] == "stuck"
+    # Greedy decoding would repeat itself: after the second time, the requests sample.
+    assert [r.get("temperature") for r in scripted_server.requests] == [None, None, 0.7, 0.7]
+
+
+@pytest.mark.parametrize(("options", "model_options", "sampled"), [
+    ({"retry_temperature": None}, {}, None),  # switched off
+    ({"retry_temperature": 1.2}, {}, 1.2),
+    ({}, {"temperature": 1.0}, 1.0),  # the model's own is higher already: left as it is
+])
+def test_the_retry_temperature_is_the_agents_setting(scripted_server: Any, options: dict[str, Any],
+                                                     model_options: dict[str, Any], sampled: float | None) -> None:
+    scripted_server.script(lambda request: tool_calls([("lookup", {"city": "Lyon"})]))
+    run = ToolCallingAgent(scripted_server.model(**model_options), tools=[lookup], **options).run("loop")
+    assert run.state == "stuck"
+    assert scripted_server.requests[-1].get("temperature") == sampled
 
 
 def test_the_same_action_four_times_ends_as_stuck(scripted_server: Any) -> None:

@@ -12,7 +12,7 @@ from scripted_server import text, tool_calls
 
 from agent_kernel.agents import CodeAgent, ToolCallingAgent
 from agent_kernel.agents._code import prose_answer
-from agent_kernel.agents._evidence import numbers, weigh
+from agent_kernel.agents._evidence import numbers, read_off, weigh
 from agent_kernel.display import mime_bundle, render_text
 from agent_kernel.memory import ActionStep, FinalAnswerStep, RunRecord
 from agent_kernel.sandbox._records import Execution
@@ -33,6 +33,13 @@ def test_numbers_reads_separators_decimals_exponents_and_percentages():
         "grew 9.6% (1,234,567.89 rows, 9.6e-02, .5) in 2024; x1 step2 5th are names")]
     assert found == [("9.6%", 9.6, 1, True), ("1,234,567.89", 1234567.89, 2, False),
                      ("9.6e-02", 0.096, 3, False), (".5", 0.5, 1, False), ("2024", 2024.0, 0, False)]
+
+
+def test_a_value_read_off_an_output_is_found_there_as_a_whole_word():
+    run = _run("which month?", "date\n2024-05    10629.50\n2024-06     9856.00\n")
+    assert read_off("2024-06", run) and read_off(("South", 9856.0), run) and read_off({"m": "2024-05"}, run)
+    assert not read_off("2024-0", run) and not read_off("seen", run) and not read_off(True, run)
+    assert read_off(9856, run)  # read off 9856.00
 
 
 def test_tolerant_matching_at_the_answers_precision():

@@ -38,7 +38,7 @@ def _call(name: str, **arguments: Any) -> dict[str, Any]:
 
 # What the scripted model answers, per conversation (the key is a phrase of the run's first task).
 SCRIPTS: dict[str, list[Any]] = {
-    "total the revenue per region": [
+    "which region brought in the most revenue": [
         "Thought: add the revenue column, total it per region, print and plot the totals.\n" + _code(
             'sales["revenue"] = sales["units"] * sales["unit_price"]\n'
             'by_region = sales.groupby("region")["revenue"].sum().sort_values(ascending=False)\n'

@@ -465,6 +465,10 @@ def test_the_demo_says_what_is_wrong() -> None:
     assert expected.wrong({**right, "revenue": expected.revenue + 1}, "2024-01")[1] == \
         f"best_month should be {expected.best_month!r}"
     assert len(expected.wrong(None, None)) == 2
+    assert expected.wrong((expected.region, expected.revenue + 0.001), expected.best_month) == []  # a pair
+    every = {region: expected.revenue for region in expected.regions}  # names them all, so none
+    assert expected.wrong(every, expected.best_month)[0].startswith("answer should be")
+    assert expected.wrong(f"{expected.region}: {expected.revenue + 1:.2f}", expected.best_month)
 
 
 def test_the_demo_needs_the_notebook(tmp_path: Path, capsys) -> None:

@@ -294,6 +294,8 @@ def test_pandas_slips_get_a_one_line_hint():
         assert tupled.splitlines()[-2].startswith("ValueError: Cannot subset columns with a tuple")
         reduced = render_observation(wide.execute(setup + "df['amount'].sum().sort_values()"))
         assert "Hint: that value is a single number (numpy.int64), not a Series" in reduced and ".sort_values" in reduced
+        month = render_observation(wide.execute("best = '2024-05'\nbest.strftime('%Y-%m')"))
+        assert "Hint: that value is already text (a str), which has no .strftime: print it" in month
         unimported = render_observation(wide.execute("np.mean([1, 2])"))
         assert "Hint: import numpy as np first" in unimported
         assert "Hint" not in render_observation(wide.execute("undefined_name"))
@@ -301,6 +303,10 @@ def test_pandas_slips_get_a_one_line_hint():
         assert "KeyError" in plain and "Hint" not in plain
         grouped = render_observation(wide.execute(setup + "(df['amount'] * 2).groupby('day').sum()"))
         assert "Hint: groupby found no such column: on a Series" in grouped and "s.groupby(df['region'])" in grouped
+        wide.execute(setup + "revenue = df['amount'] * 2")
+        named = render_observation(wide.execute("revenue.groupby('day').mean()"), {"df": ("day", "amount")})
+        assert ("Hint: revenue is a Series, not the DataFrame: it has no column 'day'. Group it by df's column: "
+                "revenue.groupby(df['day']).mean()") in named
         unread = render_observation(wide.execute("import pandas as pd\npd.read_csv('sales.csv')"))
         assert "Hint: no such file here: data you were given is already loaded as a variable" in unread
         assert "Hint" not in render_observation(wide.execute("open('notes.txt')"))

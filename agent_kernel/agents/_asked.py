@@ -1,10 +1,10 @@
 """What kind of answer a task asks for, read from its words, so that an answer of another kind goes
 back to the model once (a small model counts 11 rows, then answers with the first row's name).
 
-A NaN answers nothing. Three kinds are read: an amount ("how many", "how much": a name or an id is
-not one), one of a text column's values ("which segment": a row position is not one), and one value
-per group ("headcount by department", "payroll per region": one entry of the table is not the
-table). A group is only a word naming a column of a DataFrame the task was given, and a task that
+A NaN or an infinity answers nothing. Four kinds are read: an amount ("how many", "how much": a name or an id is
+not one), one of a text column's values ("which segment": a row position is not one), both at once
+("which region, and how much?": either alone is half the answer), and one value per group
+("headcount by department", "payroll per region": one entry of the table is not the table). A group is only a word naming a column of a DataFrame the task was given, and a task that
 asks for one ("which region...", "the most...") asks for one value even if it says "by".
 """
 
@@ -22,6 +22,8 @@ _AMOUNT = re.compile(r"\bhow (many|much)\b", re.IGNORECASE)
 _NAMED = re.compile(r"[A-Z][A-Za-z]*(?: ?#|[ _-])$")  # "Person ", "Sensor #": the number after it is part of a name
 _PER = re.compile(r"\b(?:per|by|for each|for every)\s+(\w+)", re.IGNORECASE)
 _WHICH = re.compile(r"\b(?:which|what)\s+(\w+)", re.IGNORECASE)
+_WITH_AMOUNT = re.compile(r"\bhow (?:many|much)\b|\band (?:what is it|its \w+(?: \w+)?|the amount|how (?:many|much))\b",
+                          re.IGNORECASE)
 _ONE = re.compile(r"\b(which|who|whose|most|least|highest|lowest|best|worst|top|biggest|largest|smallest|"
                   r"fastest|slowest|longest|shortest)\b", re.IGNORECASE)
 
@@ -54,6 +56,21 @@ def asked_which(task: str, text_columns: Iterable[str]) -> str | None:
     return _column_named(_WHICH, task, text_columns)
 
 
+def asked_pair(task: str, text_columns: Iterable[str]) -> tuple[str, str] | None:
+    """(the word, what amount) when the task asks which of a text column's values and an amount with
+    it ("which page has the worst bounce rate, and what is it?"): its answer is the two together."""
+    word = asked_which(task, text_columns)
+    amount = _WITH_AMOUNT.search(task) if word else None
+    return (word, amount[0].lower().removeprefix("and ")) if word and amount else None
+
+
+def gives_pair(answer: Any) -> bool:
+    """Whether an answer can hold a name and an amount: a pair, a mapping, or text stating both."""
+    if isinstance(answer, str):
+        return states_amount(answer) and re.search(r"[A-Za-z]{2}", answer) is not None
+    return not is_one_value(answer)
+
+
 def _column_named(pattern: re.Pattern[str], task: str, columns: Iterable[str]) -> str | None:
     """The first word `pattern` captures in the task that names one of `columns` (or its plural)."""
     names = {str(c).lower() for c in columns}
@@ -68,11 +85,12 @@ def is_number(answer: Any) -> bool:
     return isinstance(answer, numbers.Number) and not isinstance(answer, bool)
 
 
-def is_nan(answer: Any) -> bool:
-    """A NaN answer ("nan" as text too): the computation had nothing to work on, whatever was asked."""
+def is_nan_or_inf(answer: Any) -> bool:
+    """A NaN or infinite answer ("nan", "inf" as text too): the computation had nothing to work on, or
+    divided by zero, whatever was asked."""
     if isinstance(answer, str):
-        return answer.strip().lower() == "nan"
-    return isinstance(answer, numbers.Real) and not isinstance(answer, bool) and math.isnan(answer)
+        return answer.strip().lower().lstrip("+-") in ("nan", "inf", "infinity")
+    return isinstance(answer, numbers.Real) and not isinstance(answer, bool) and not math.isfinite(answer)
 
 
 def is_one_value(answer: Any) -> bool:

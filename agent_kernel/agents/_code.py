@@ -23,18 +23,19 @@ from ._options import AgentOptions
 if TYPE_CHECKING:
     from ..sandbox import Sandbox, SandboxLike, SandboxPool
 
-_FENCE = re.compile(r"```[ \t]*(?P<lang>[\w+-]*)[^\n]*\n(?P<code>.*?)(?:\n[ \t]*```|\Z)", re.S)
+_FENCE = re.compile(r"```[ \t]*(?P<lang>[\w+-]*)[^\n]*\n(?P<code>.*?)(?:\n[ \t]*```|```[ \t]*$|\Z)", re.S | re.M)
 _CODE_TAG = re.compile(r"<code>\s*(?P<code>.*?)\s*(?:</code>|\Z)", re.S)
 _PYTHON_LANGS = {"", "python", "py", "python3", "ipython", "pycon"}
 _STOP = ["\n```\n"]  # the closing fence: the model would go on to invent the output
 # The step format, for models that can be held to a grammar (llama.cpp's GBNF): a thought, then one
 # python block. A small model then cannot answer in prose, hallucinate an output, or forget the code;
 # the thought is one line of at most 300 characters (the 0.5B model, unbounded, repeated one number
-# until the reply's token limit).
+# until the reply's token limit). No line of code holds three backticks: the 1.5B model closed a block
+# at the end of its last line ("final_answer(x)```"), which then ran as code.
 STEP_GRAMMAR = r"""
 root ::= "Thought: " thought "\n```python\n" line+ "```" "\n"?
 thought ::= [^\n`]{1,300}
-line ::= ([^`\n] [^\n]* | "`" [^`\n] [^\n]* | "``" [^`\n] [^\n]*)? "\n"
+line ::= ([^`\n] | "`" [^`\n] | "``" [^`\n])* ("`" | "``")? "\n"
 """
 MAX_IMAGES = 3  # figures of one step sent to a model that can see: the last few
 IMAGE_MAX_SIDE = 768  # pixels; larger figures are scaled down (cheaper, and enough to read a plot)
@@ -75,6 +76,35 @@ def shadowed_tools(code: str, names: Iterable[str]) -> list[str]:
         elif isinstance(node, ast.Global):
             bound += node.names
     return sorted({name for name in bound if name in protected})
+
+
+def typed_answer(code: str) -> str | None:
+    """The literal that a `final_answer(...)` call in `code` is given, as written ("'2024-06'"): a value
+    the model typed from an output it read, where it could pass what computed it. None when the answer
+    is a name or an expression."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "final_answer":
+            given = [*node.args[:1], *(k.value for k in node.keywords if k.arg == "answer")]
+            if given and _literal(given[0]):
+                return ast.unparse(given[0])
+    return None
+
+
+def _literal(node: ast.expr | None) -> bool:
+    """A number or text written out, or a tuple, list or dict of them (not True, False or None)."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, (str, int, float)) and not isinstance(node.value, bool)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return _literal(node.operand)
+    if isinstance(node, (ast.Tuple, ast.List)):
+        return bool(node.elts) and all(_literal(e) for e in node.elts)
+    if isinstance(node, ast.Dict):
+        return bool(node.values) and all(_literal(k) and _literal(v) for k, v in zip(node.keys, node.values))
+    return False
 
 
 def _module_level(body: list[ast.stmt]) -> Iterable[ast.AST]:
@@ -254,10 +284,11 @@ class CodeAgent(MultiStepAgent):
             await self._sandbox.push(**variables)
         return await super()._prepare(variables, reset)
 
-    async def _request(self, messages: list[Message], on_delta: Callable[[str], None] | None, final: bool) -> Any:
+    async def _request(self, messages: list[Message], on_delta: Callable[[str], None] | None, final: bool,
+                       sampling: dict[str, float]) -> Any:
         # The model sends `stop` only where the provider takes it, and cuts the text itself otherwise.
         held = {"grammar": STEP_GRAMMAR} if getattr(self.model, "supports_grammar", False) else {}
-        return await self.model.agenerate(messages, stop=_STOP, on_delta=on_delta, **held)
+        return await self.model.agenerate(messages, stop=_STOP, on_delta=on_delta, **held, **sampling)
 
     async def _act(self, step: ActionStep, reply: Any, final: bool) -> Any:
         step.code, step.thought = extract_code(step.model_output)
@@ -329,6 +360,9 @@ class CodeAgent(MultiStepAgent):
 
     def variables_place(self) -> str:
         return "the kernel"
+
+    def answer_typed_in(self, step: ActionStep) -> str | None:
+        return typed_answer(step.code) if step.code is not None else None
 
     def step_summary(self, step: ActionStep) -> str:
         if step.code is None:

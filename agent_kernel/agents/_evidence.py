@@ -110,16 +110,45 @@ def _answer_numbers(answer: Any) -> list[Number]:
     return list(unique.values())
 
 
-def _shown(step: ActionStep, claimed: list[Number]) -> Iterator[str]:
-    """The texts one step showed: its outputs, its tools' results, the value its code answered."""
-    execution = step.execution
-    if execution is not None:
-        for output in execution.outputs:
+def read_off(answer: Any, run: RunRecord) -> bool:
+    """Whether a text or number of `answer` (a value, or a tuple, list or dict of them) stands in what
+    a step of the run printed or displayed: a model that typed it in read it there."""
+    values = [v for v in _flat(answer) if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
+    printed = [text for step in run.action_steps for text in _printed(step)]
+    texts = [v for v in values if isinstance(v, str) and v.strip()]
+    if any(re.search(rf"(?<![\w.]){re.escape(t)}(?!\w)", shown) for t in texts for shown in printed):
+        return True
+    written = [n for v in values if not isinstance(v, str) for n in numbers(str(v))]
+    seen = [n for shown in printed for n in numbers(shown)]
+    return any(w.matches(n) for w in written for n in seen)
+
+
+def _flat(value: Any) -> Iterator[Any]:
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _flat(item)
+    else:
+        yield value
+
+
+def _printed(step: ActionStep) -> Iterator[str]:
+    """The texts one step's code printed or displayed."""
+    if step.execution is not None:
+        for output in step.execution.outputs:
             if output["output_type"] == "stream":
                 yield str(output.get("text", ""))[:_MAX_TEXT]
             elif output["output_type"] in ("display_data", "execute_result"):
                 text = output.get("data", {}).get("text/plain", "")
                 yield ("".join(text) if isinstance(text, list) else str(text))[:_MAX_TEXT]
+
+
+def _shown(step: ActionStep, claimed: list[Number]) -> Iterator[str]:
+    """The texts one step showed: its outputs, its tools' results, the value its code answered."""
+    execution = step.execution
+    if execution is not None:
+        yield from _printed(step)
         if execution.has_final_answer and execution.error is None:
             written = numbers(step.code or "")
             literal = [n.text for n in claimed if any(n.matches(w) for w in written)]

@@ -66,7 +66,9 @@ UNCOMPUTED = SENT_BACK + "it states numbers that no output showed"
 NO_AMOUNT = SENT_BACK + "the task asks for an amount and it states none"
 ONE_VALUE = SENT_BACK + "the task asks for a value per group and it gives one"
 NOT_A_NAME = SENT_BACK + "the task asks which of a text column's values and it gives a number"
-NAN = SENT_BACK + "it is NaN"
+NAN = SENT_BACK + "it is NaN or infinite"
+TYPED = SENT_BACK + "its value was typed into the code, not computed"
+HALF_PAIR = SENT_BACK + "the task asks which one and an amount and it gives one of them"
 
 
 def _short(value: Any) -> str:
@@ -144,8 +146,10 @@ class MultiStepAgent:
     def system_prompt(self) -> str:
         raise NotImplementedError
 
-    async def _request(self, messages: list[Message], on_delta: Callable[[str], None] | None, final: bool) -> Any:
-        """Ask the model for the next action (`final`: the last, answer-only request)."""
+    async def _request(self, messages: list[Message], on_delta: Callable[[str], None] | None, final: bool,
+                       sampling: dict[str, float]) -> Any:
+        """Ask the model for the next action (`final`: the last, answer-only request); `sampling` goes
+        to `agenerate` as it is (a retry temperature, or nothing)."""
         raise NotImplementedError
 
     async def _act(self, step: ActionStep, reply: Any, final: bool) -> Any:
@@ -163,6 +167,11 @@ class MultiStepAgent:
     def variables_place(self) -> str:
         """Where the task's variables are defined, as the task message says it ("": nowhere)."""
         raise NotImplementedError
+
+    def answer_typed_in(self, step: ActionStep) -> str | None:
+        """The final answer as `step`'s action wrote it out, where the action could have passed what
+        computed it (code); None: computed, or an agent whose answers are always written out."""
+        return None
 
     def _apply_edit(self, step: ActionStep, text: str) -> None:
         """The reviewer changed the action: make `text` the action that runs (and is recorded)."""
@@ -368,7 +377,7 @@ class MultiStepAgent:
         messages = self._messages()
         if final:
             messages.append({"role": "user", "content": self._max_steps_prompt})
-        reply = await self._request(messages, _delta_sink(sink, index), final)
+        reply = await self._request(messages, _delta_sink(sink, index), final, self._sampling(run))
         step.model_output = reply.content or ""
         step.usage = reply.usage
         budget.spend(reply.usage)
@@ -395,6 +404,19 @@ class MultiStepAgent:
             what = f"the error {step.error}" if step.error else "the same action"
             raise _RunEnded("stuck", f"stuck: {what} {repeats} times in a row; the run was stopped")
         return answer
+
+    def _sampling(self, run: Run) -> dict[str, float]:
+        """`{"temperature": options.retry_temperature}` once the run's last two steps repeated the same
+        error or action (greedy decoding would repeat it again), where the model takes a temperature
+        and its own is lower; else nothing."""
+        hot = self.options.retry_temperature
+        steps = run.action_steps
+        if hot is None or not steps or not getattr(self.model, "supports_temperature", False):
+            return {}
+        own = getattr(self.model, "temperature", None)
+        if (own is not None and own >= hot) or _repeats(steps[:-1], steps[-1])[0] < 2:
+            return {}
+        return {"temperature": hot}
 
     async def _act_in_time(self, budget: Budget, step: ActionStep, reply: Any, final: bool) -> Any:
         """`_act`, stopped when max_time runs out while it runs: the run ends budget_exceeded."""
@@ -464,9 +486,11 @@ class MultiStepAgent:
         return self._budget.paused() if self._budget is not None else contextlib.nullcontext()
 
     def _sent_back(self, answer: Any, run: Run, step: ActionStep) -> str | None:
-        """Why an answer goes back to a model that can compute: it is NaN, one value where the task asks
-        for one per group, a number where it asks which of a text column's values, no amount where it
-        asks how many, or it states numbers no output showed.
+        """Why an answer goes back to a model that can compute: it is NaN or infinite, one value where
+        the task asks for one per group, a name alone or an amount alone where it asks for both, a
+        number where it asks which of a text column's values, no amount where it asks how many, it
+        states numbers no output showed, or the code typed in what it read off an output instead of
+        passing what computed it.
         Once a run: a second answer stands, and its record says which numbers are unverified.
         None to accept it."""
         words = self._send_back
@@ -474,13 +498,17 @@ class MultiStepAgent:
                 or any((s.error or "").startswith(SENT_BACK) for s in run.action_steps)):
             return None
         shown = _short(answer)
-        if _asked.is_nan(answer):
+        if _asked.is_nan_or_inf(answer):
             step.error = NAN
-            return words.nan
+            return words.nan.format(answer=shown)
         group = _asked.asked_per_group(run.task, {c for names in self._frames.values() for c in names})
         if group and _asked.is_one_value(answer):
             step.error = ONE_VALUE
             return words.one_value.format(group=group, answer=shown)
+        pair = _asked.asked_pair(run.task, self._text_columns)
+        if pair and not _asked.gives_pair(answer):
+            step.error = HALF_PAIR
+            return words.half_pair.format(word=pair[0], amount=pair[1], answer=shown)
         word = _asked.asked_which(run.task, self._text_columns)
         if word and _asked.is_number(answer):
             step.error = NOT_A_NAME
@@ -490,11 +518,15 @@ class MultiStepAgent:
             step.error = NO_AMOUNT
             return words.no_amount.format(how=how, answer=shown)
         unverified = _evidence.weigh(answer, run, step).unverified
-        if not unverified:
-            return None
-        step.error = UNCOMPUTED
-        pronoun = "them" if len(unverified) > 1 else "it"
-        return words.uncomputed.format(numbers=spoken_list(unverified), pronoun=pronoun)
+        if unverified:
+            step.error = UNCOMPUTED
+            pronoun = "them" if len(unverified) > 1 else "it"
+            return words.uncomputed.format(numbers=spoken_list(unverified), pronoun=pronoun)
+        typed = self.answer_typed_in(step)
+        if typed is not None and words.typed and _evidence.read_off(answer, run):
+            step.error = TYPED
+            return words.typed.format(answer=typed if len(typed) <= 80 else typed[:77] + "...")
+        return None
 
     async def _check_answer(self, answer: Any, run: Run) -> str | None:
         """None when every check passes, else the reason to show the model."""

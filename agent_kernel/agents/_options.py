@@ -35,6 +35,9 @@ class AgentOptions:
         step_callbacks: `callback(step, run)` after each step is recorded.
         max_observation_chars: an action's observation beyond this is cut (head and tail kept).
         keep_steps: the most recent action steps the model sees in full (older ones as a line each).
+        retry_temperature: once the same error or action came twice in a row, the next request
+            samples at this temperature (greedy decoding repeats itself), where the model takes a
+            temperature and its own is lower; None: never.
         name: the agent's name when it is another agent's tool.
         description: what a manager agent reads about this agent when it is its tool.
         add_base_tools: add web search and page reading (a ToolCallingAgent also gets Python).
@@ -53,6 +56,7 @@ class AgentOptions:
     step_callbacks: tuple[StepCallback, ...] = ()
     max_observation_chars: int = 10_000
     keep_steps: int = 8
+    retry_temperature: float | None = 0.7
     name: str | None = None
     description: str | None = None
     add_base_tools: bool = False
@@ -71,6 +75,8 @@ class AgentOptions:
                              f"{self.planning_interval}")
         if self.keep_steps < 1:
             raise ValueError(f"keep_steps must be at least 1, got {self.keep_steps}")
+        if self.retry_temperature is not None and not 0 < self.retry_temperature <= 2:
+            raise ValueError(f"retry_temperature must be above 0 and at most 2, or None, got {self.retry_temperature}")
         if self.approve is not None and not callable(self.approve):
             raise TypeError(f"approve must be callable(step) -> Decision, got {self.approve!r}")
 

@@ -39,9 +39,9 @@ Observation: product
 Gizmo     412
 Widget    380
 Thought: Gizmo sold the most (412 units). The task asks which product, so the answer is its name, \
-the first index of `units`.
+the label of the largest total, `units.idxmax()`.
 ```python
-final_answer(units.index[0])
+final_answer(units.idxmax())
 ```
 
 Functions already defined:
@@ -98,14 +98,16 @@ class SendBack:
     """What the model is told when its final answer goes back once, in its agent's terms."""
 
     uncomputed: str  # {numbers}, {pronoun}: numbers no output showed
-    nan: str  # a NaN answer
+    nan: str  # {answer}: a NaN or infinite answer
     no_amount: str  # {how}, {answer}: "how many" answered with a name
     not_a_name: str  # {word}, {answer}: "which segment" answered with a number
     one_value: str  # {group}, {answer}: a table per group answered with one entry
+    half_pair: str  # {word}, {amount}, {answer}: "which region, and how much?" answered with one of them
+    typed: str = ""  # {answer}: the code typed the answer in (an agent whose answers are computed)
 
 
-_NAN = ("the answer is NaN: what computed it had nothing to work on (an empty selection, a column left constant "
-        "by a filter, missing values). ")
+_NAN = ("the answer is {answer}: what computed it had nothing to work on (an empty selection, a column left "
+        "constant by a filter, missing values) or divided by zero. ")
 
 CODE_SEND_BACK = SendBack(
     nan=_NAN + "Print its inputs to see why, fix that, and compute the answer again.",
@@ -117,6 +119,11 @@ CODE_SEND_BACK = SendBack(
                "text). Give final_answer the {word} itself, e.g. the index label of the largest entry, s.idxmax().",
     one_value="the task asks for a value per {group}, but the answer {answer} is one value. Give final_answer "
               "the whole table, one value per {group} (e.g. the Series a groupby made).",
+    half_pair="the task asks which {word} and {amount}, but the answer {answer} gives only one of them. Give "
+              "final_answer both, as a pair: final_answer((the {word}, the amount)), e.g. (s.idxmax(), s.max()).",
+    typed="final_answer was given {answer} typed into the code, and a value read off an output is easily "
+          "misread. Give final_answer the variable or expression that computed the answer instead (e.g. "
+          "s.idxmax() for the label of the largest entry, s.max() for its value).",
 )
 
 TOOLS_SEND_BACK = SendBack(
@@ -129,6 +136,8 @@ TOOLS_SEND_BACK = SendBack(
                "text). Call final_answer with the {word} itself, as a tool's result showed it.",
     one_value="the task asks for a value per {group}, but the answer {answer} is one value. Call final_answer "
               "with the whole table, one value per {group}, as an object taken from a tool's result.",
+    half_pair="the task asks which {word} and {amount}, but the answer {answer} gives only one of them. Call "
+              "final_answer with both, as a list [the {word}, the amount], as a tool's result showed them.",
 )
 
 CALL_NOT_JSON = ('the tool call is not valid JSON (too long, it may have been cut off): call one tool as '

@@ -68,13 +68,14 @@ class ToolCallingAgent(MultiStepAgent):
         )
         return _prompts.TOOLS_SYSTEM + _prompts.TOOLS_JSON_FORMAT.format(tools=listed)
 
-    async def _request(self, messages: list[Message], on_delta: Callable[[str], None] | None, final: bool) -> Any:
+    async def _request(self, messages: list[Message], on_delta: Callable[[str], None] | None, final: bool,
+                       sampling: dict[str, float]) -> Any:
         if not self.native:
-            return await self.model.agenerate(messages, on_delta=on_delta)
+            return await self.model.agenerate(messages, on_delta=on_delta, **sampling)
         schemas = [t.openai_schema() for t in self._all_tools().values()]
         # Every reply acts (final_answer is a tool too), where the provider can be told so.
         required = {"tool_choice": "required"} if getattr(self.model, "supports_tool_choice", False) else {}
-        return await self.model.agenerate(messages, tools=schemas, on_delta=on_delta, **required)
+        return await self.model.agenerate(messages, tools=schemas, on_delta=on_delta, **required, **sampling)
 
     async def _act(self, step: ActionStep, reply: Any, final: bool) -> Any:
         if self.native:
