@@ -68,6 +68,39 @@ def test_tuples_stay_tuples_nested_too_and_tag_like_dicts_stay_dicts(tmp_path: P
     assert roundtrip(big, tmp_path) == big
 
 
+def test_dates_times_and_periods_cross_as_themselves(tmp_path: Path) -> None:
+    import datetime
+
+    value = [pd.Timestamp("2024-05-01"), pd.Timestamp("2024-05-01 10:00:00.000000001", tz="Europe/Paris"),
+             pd.Period("2024-05", "M"), pd.Period("2024Q1", "Q"), pd.Period("2024-04-29", "W"),
+             pd.Timedelta("1 day 3ns"), datetime.date(2024, 5, 1), datetime.datetime(2024, 5, 1, 3, 4, 5, 6),
+             datetime.time(3, 4), datetime.timedelta(days=-1, seconds=5), {"__date__": "2024-05-01"}]
+    result = roundtrip(value, tmp_path)
+    assert result == value and [type(r) for r in result] == [type(v) for v in value]
+    assert result[1].utcoffset() == datetime.timedelta(hours=2)  # the offset stays, the zone's name does not
+    month = roundtrip((pd.Period("2024-05", "M"), 3), tmp_path)
+    assert month == (pd.Period("2024-05", "M"), 3) and str(month[0]) == "2024-05"
+
+
+@pytest.mark.parametrize(
+    "descriptor",
+    [
+        {"kind": "json", "text": '{"__date__": "2024-13-01"}', "tagged": True},
+        {"kind": "json", "text": '{"__date__": ["2024-01-01"]}', "tagged": True},
+        {"kind": "json", "text": '{"__datetime__": "' + "1" * 5000 + '"}', "tagged": True},
+        {"kind": "json", "text": '{"__timestamp__": "not a time"}', "tagged": True},
+        {"kind": "json", "text": '{"__period__": ["2024-05", "no such frequency"]}', "tagged": True},
+        {"kind": "json", "text": '{"__period__": "2024-05"}', "tagged": True},
+        {"kind": "json", "text": '{"__pd_timedelta__": "1e400"}', "tagged": True},
+        {"kind": "json", "text": '{"__timedelta__": [1, 2]}', "tagged": True},
+        {"kind": "json", "text": '{"__timedelta__": [999999999999, 0, 0]}', "tagged": True},
+    ],
+)
+def test_malformed_time_values_are_refused(descriptor: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(TransferError):
+        decode(descriptor, tmp_path)
+
+
 @pytest.mark.parametrize(
     "descriptor",
     [

@@ -30,7 +30,7 @@ def _run(task: str, *printed: str) -> RunRecord:
 
 def test_numbers_reads_separators_decimals_exponents_and_percentages():
     found = [(n.text, n.value, n.places, n.percent) for n in numbers(
-        "grew 9.6% (1,234,567.89 rows, 9.6e-02, .5) in 2024; x1 step2 5th are names")]
+        "grew 9.6% (1,234,567.89 rows, 9.6e-02, .5) in 2024; x1 step2 5th 2024-06 2024-06-30 are names")]
     assert found == [("9.6%", 9.6, 1, True), ("1,234,567.89", 1234567.89, 2, False),
                      ("9.6e-02", 0.096, 3, False), (".5", 0.5, 1, False), ("2024", 2024.0, 0, False)]
 

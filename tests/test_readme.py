@@ -69,7 +69,7 @@ def readme_blocks(text: str) -> list[Block]:
 
 # Each README block, named by its whole text or by a phrase only it contains. Notebook blocks run in this order in one
 # kernel (the approver is defined before the --review cell that uses it).
-NOTEBOOK = ["%load_ext agent_kernel", "sales = pd.read_csv", "--in sales --out summary", "--out answer --keep monthly",
+NOTEBOOK = ["%load_ext agent_kernel", "sales = pd.read_csv", "--in sales --out top", "--out answer --keep monthly",
             "--continue --out best_month", "def approve(step)", "--review --in sales"]
 SCRIPTS_RUN = ["with Sandbox(", "def exchange_rate", "mcp_tools("]
 NOT_EXECUTABLE: dict[str, str] = {}  # phrase -> why it cannot run in a test
@@ -141,18 +141,15 @@ def _metrics(body: dict[str, Any]) -> Reply:
 
 
 USD = 'orders["amount"] / orders["currency"].map(exchange_rate) * exchange_rate("USD")'
-QUARTERLY = ('sales["revenue"] = sales["units"] * sales["unit_price"]\n'
-             'quarterly = sales.pivot_table(index=sales["date"].dt.to_period("Q").astype(str), columns="region",'
-             ' values="revenue", aggfunc="sum")\n')
+BY_REGION = 'by_region = (sales["units"] * sales["unit_price"]).groupby(sales["region"]).sum()\n'
 MONTHLY = ('revenue = (sales["units"] * sales["unit_price"]).groupby(sales["date"].dt.strftime("%Y-%m")).sum()\n')
 
 CONVERSATIONS: dict[str, Any] = {
-    "grew fastest quarter over quarter": [
-        "Thought: total revenue per quarter and region, plot it, compare the last two quarters.\n" + _code(
-            "import matplotlib.pyplot as plt\n" + QUARTERLY
-            + 'quarterly.plot(marker="o", title="Quarterly revenue by region")\nplt.show()\n'
-            "growth = (quarterly.iloc[-1] / quarterly.iloc[-2] - 1).sort_values(ascending=False)\n"
-            'final_answer(f"{growth.index[0]}: {growth.iloc[0]:+.1%} in {quarterly.index[-1]}")'),
+    "brought in the most revenue": [
+        "Thought: total the revenue per region, chart it, answer with the top region and its total.\n" + _code(
+            "import matplotlib.pyplot as plt\n" + BY_REGION
+            + 'by_region.plot(kind="bar", title="Revenue per region")\nplt.show()\n'
+            "final_answer((by_region.idxmax(), round(float(by_region.max()), 2)))"),
     ],
     "compute monthly revenue": [
         "Thought: revenue is units times price; total it per month and region, plot it, compare.\n" + _code(
@@ -300,7 +297,7 @@ def test_notebook_blocks(workdir: Path, blocks: list[Block]) -> None:
     cells.insert(NOTEBOOK.index("def approve(step)"), "from agent_kernel import CodeAgent\nmodel = %agent model")
     nbformat.write(new_notebook(cells=[new_code_cell(c) for c in cells]), workdir / "examples" / "readme.ipynb")
     nb = _execute(workdir / "examples", "readme.ipynb", [
-        RUNS + "print(_json.dumps({'summary': summary, 'answer': answer, 'best_month': best_month,"
+        RUNS + "print(_json.dumps({'top': top, 'answer': answer, 'best_month': best_month,"
                " 'monthly': monthly.round(6).to_dict(), 'approve_is_set': agent.approve is approve,"
                " 'runs': [(r.state, r.output, [(s.review.decision, s.review.reason) if s.review else None"
                " for s in r.action_steps]) for r in _runs]}))",
@@ -308,9 +305,8 @@ def test_notebook_blocks(workdir: Path, blocks: list[Block]) -> None:
     state = _printed_json(nb.cells[-1])
     sales = _sales()
     revenue = sales["units"] * sales["unit_price"]
-    quarterly = revenue.groupby([sales["date"].dt.to_period("Q").astype(str), sales["region"]]).sum().unstack()
-    growth = quarterly.iloc[-1] / quarterly.iloc[-2] - 1
-    assert state["summary"] == f"{growth.idxmax()}: {growth.max():+.1%} in {quarterly.index[-1]}"
+    by_region = revenue.groupby(sales["region"]).sum()
+    assert state["top"] == [by_region.idxmax(), round(float(by_region.max()), 2)]  # a tuple, as JSON here
     monthly = revenue.groupby([sales["date"].dt.strftime("%Y-%m"), sales["region"]]).sum().unstack()
     assert state["monthly"] == monthly.round(6).to_dict()
     assert state["best_month"] == monthly.sum(axis=1).idxmax()

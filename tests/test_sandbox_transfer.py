@@ -80,3 +80,17 @@ print(input({CALL_MARKER + json.dumps(call)!r}))
     assert "THE HOST SECRET" not in ex.stdout
     assert answer["error"].startswith("SandboxError: a value from the sandbox was refused") and "symlink" in answer["error"]
     assert secret.read_text() == '"THE HOST SECRET"' and transfer_files(sb) == []
+
+
+def test_dates_and_periods_cross_both_ways_as_themselves(sb: Sandbox) -> None:
+    import datetime
+
+    import pandas as pd
+
+    sb.push(day=datetime.date(2024, 5, 1))
+    ex = sb.execute("import pandas as pd\nmonth = pd.Period(day, 'M')\nwhen = pd.Timestamp(day)\nspan = when - pd.Timestamp(2024, 1, 1)")
+    assert ex.ok, ex.error
+    pulled = sb.pull(["day", "month", "when", "span"])
+    assert pulled == {"day": datetime.date(2024, 5, 1), "month": pd.Period("2024-05", "M"),
+                      "when": pd.Timestamp("2024-05-01"), "span": pd.Timedelta(days=121)}
+    assert type(pulled["month"]) is pd.Period and str(pulled["month"]) == "2024-05"

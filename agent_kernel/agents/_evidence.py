@@ -26,9 +26,10 @@ from typing import Any
 from ..memory import ActionStep, RunRecord
 
 TASK = 0  # the source of a number the task itself gave
+# A number, not a part of a date or a range ("2024-06" is a month, not 2024 and 6).
 NUMBER = re.compile(
-    r"(?<![\w.])(?P<mantissa>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
-    r"(?P<exponent>[eE][-+]?\d+)?(?P<percent>\s?%)?(?!\w)"
+    r"(?<![\w.])(?<!\d-)(?P<mantissa>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+    r"(?P<exponent>[eE][-+]?\d+)?(?P<percent>\s?%)?(?!\w)(?!-\d)"
 )
 _MAX_TEXT = 2_000_000  # characters of one step's output searched (larger outputs: their start)
 

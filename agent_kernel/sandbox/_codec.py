@@ -20,6 +20,7 @@ the host) or be truncated under the reader (SIGBUS kills the notebook kernel). T
 from __future__ import annotations
 
 import base64
+import datetime
 import importlib
 import io
 import json
@@ -125,13 +126,20 @@ _SCALARS = (str, int, float, bool, type(None))
 
 
 _TUPLE, _DICT = "__tuple__", "__dict__"  # tags of a "tagged" JSON value: {"__tuple__": [...]}, {"__dict__": {...}}
+# Time values as tagged text: {"__datetime__": "2024-05-01T00:00:00"}, a Period as [its text, its frequency].
+_DATETIME, _DATE, _TIME, _TIMEDELTA = "__datetime__", "__date__", "__time__", "__timedelta__"
+_TIMESTAMP, _PD_TIMEDELTA, _PERIOD = "__timestamp__", "__pd_timedelta__", "__period__"
+_TIME_TAGS = (_DATETIME, _DATE, _TIME, _TIMEDELTA, _TIMESTAMP, _PD_TIMEDELTA, _PERIOD)
+_TAGS = (_TUPLE, _DICT, *_TIME_TAGS)
+_TIME_TEXT = 80  # characters of a time value's text decode will parse
 
 
 def _plain(value: Any, depth: int, tags: list[bool]) -> Any:
     """`value` as plain JSON data (numpy scalars as Python ones), or _NotPlain.
 
-    A tuple becomes {"__tuple__": [...]}, and a dict whose one key is a tag is wrapped in {"__dict__": ...}
-    so it is not read as one; `tags` gets an entry when either happens (the descriptor is then "tagged").
+    A tuple becomes {"__tuple__": [...]}, a date, time or period {"__date__": "2024-05-01"} and the like
+    (`_time_tagged`), and a dict whose one key is a tag is wrapped in {"__dict__": ...} so it is not read
+    as one; `tags` gets an entry when any of these happens (the descriptor is then "tagged").
     Stricter than json.dumps: non-string dict keys would silently become strings, so they refuse.
     """
     if type(value) in _SCALARS:
@@ -139,6 +147,10 @@ def _plain(value: Any, depth: int, tags: list[bool]) -> Any:
     for base in (str, int, float):
         if isinstance(value, base):  # e.g. bs4's NavigableString or an IntEnum: its plain value
             return base(value)
+    when = _time_tagged(value)
+    if when is not None:
+        tags.append(True)
+        return when
     if depth >= _JSON_DEPTH:
         raise _NotPlain
     if type(value) is list:
@@ -150,7 +162,7 @@ def _plain(value: Any, depth: int, tags: list[bool]) -> Any:
         if not all(type(k) is str for k in value):
             raise _NotPlain
         plain = {k: _plain(v, depth + 1, tags) for k, v in value.items()}
-        if len(plain) == 1 and next(iter(plain)) in (_TUPLE, _DICT):
+        if len(plain) == 1 and next(iter(plain)) in _TAGS:
             tags.append(True)
             return {_DICT: plain}
         return plain
@@ -158,6 +170,25 @@ def _plain(value: Any, depth: int, tags: list[bool]) -> Any:
     if np is not None and isinstance(value, np.generic) and value.dtype.kind in "biufU":
         return value.item()
     raise _NotPlain
+
+
+def _time_tagged(value: Any) -> dict[str, Any] | None:
+    """A date, time, datetime or timedelta (stdlib or pandas' Timestamp, Timedelta, Period) as its
+    tag and ISO text; None for anything else. An aware one keeps its UTC offset, not its zone's name."""
+    pd = _loaded("pandas")
+    if pd is not None:
+        if type(value) is pd.Timestamp:
+            return {_TIMESTAMP: value.isoformat()}
+        if type(value) is pd.Timedelta:
+            return {_PD_TIMEDELTA: str(value.value)}  # nanoseconds
+        if type(value) is pd.Period:
+            return {_PERIOD: [str(value), value.freqstr]}
+    kind = type(value)
+    if kind in (datetime.datetime, datetime.date, datetime.time):
+        return {{datetime.datetime: _DATETIME, datetime.date: _DATE, datetime.time: _TIME}[kind]: value.isoformat()}
+    if kind is datetime.timedelta:
+        return {_TIMEDELTA: [value.days, value.seconds, value.microseconds]}
+    return None
 
 
 def _loaded(module: str) -> Any:
@@ -455,14 +486,43 @@ def _untag(value: Any, depth: int) -> Any:
         return [_untag(v, depth + 1) for v in value]
     if type(value) is not dict:
         return value
-    if len(value) == 1 and next(iter(value)) in (_TUPLE, _DICT):
+    if len(value) == 1 and next(iter(value)) in _TAGS:
         tag, inner = next(iter(value.items()))
         if tag == _TUPLE and type(inner) is list:
             return tuple(_untag(v, depth + 1) for v in inner)
-        if tag == _DICT and type(inner) is dict and len(inner) == 1 and next(iter(inner)) in (_TUPLE, _DICT):
+        if tag == _DICT and type(inner) is dict and len(inner) == 1 and next(iter(inner)) in _TAGS:
             return {k: _untag(v, depth + 1) for k, v in inner.items()}
+        if tag in _TIME_TAGS:
+            return _untag_time(tag, inner)
         raise TransferError(f"a malformed {tag!r} tag in a JSON transfer: {_bounded_repr(inner, 100)}")
     return {k: _untag(v, depth + 1) for k, v in value.items()}
+
+
+def _untag_time(tag: str, inner: Any) -> Any:
+    """A tagged time value, its short texts checked before they are parsed."""
+    def text(value: Any) -> str:
+        if type(value) is not str or len(value) > _TIME_TEXT:
+            raise TransferError(f"a malformed {tag!r} tag in a JSON transfer: {_bounded_repr(inner, 100)}")
+        return value
+
+    try:
+        if tag == _TIMEDELTA and type(inner) is list and len(inner) == 3 and all(type(n) is int for n in inner):
+            return datetime.timedelta(days=inner[0], seconds=inner[1], microseconds=inner[2])
+        if tag == _PERIOD and type(inner) is list and len(inner) == 2:
+            return _require("pandas", "a pandas Period").Period(text(inner[0]), freq=text(inner[1]))
+        if tag == _TIMESTAMP:
+            return _require("pandas", "a pandas Timestamp").Timestamp(text(inner))
+        if tag == _PD_TIMEDELTA and re.fullmatch(r"-?\d{1,20}", text(inner)):
+            return _require("pandas", "a pandas time value").Timedelta(int(inner), unit="ns")
+        parse: dict[str, Callable[[str], Any]] = {_DATETIME: datetime.datetime.fromisoformat,
+                                                  _DATE: datetime.date.fromisoformat, _TIME: datetime.time.fromisoformat}
+        if tag in parse:
+            return parse[tag](text(inner))
+    except TransferError:
+        raise
+    except (ValueError, TypeError, OverflowError, KeyError) as e:  # pandas' parse errors are ValueErrors
+        raise TransferError(f"a {tag!r} value in a JSON transfer does not parse: {_bounded_repr(inner, 100)}") from e
+    raise TransferError(f"a malformed {tag!r} tag in a JSON transfer: {_bounded_repr(inner, 100)}")
 
 
 def _decode_bytes(descriptor: dict[str, Any], transfer_dir: str | Path, budget: Budget) -> bytes:
