@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import re
 import struct
 import sys
@@ -316,7 +317,7 @@ def pandas_hint(failure: ExecutionFailure, frames: Frames | None = None) -> str:
         return (f"{frame}['{column}'].{op}() is a value, not a row label: {frame}['{column}'].idx{op}() is the "
                 f"label of its row, e.g. {frame}.loc[{frame}['{column}'].idx{op}(), ...]")
     if failure.name == "KeyError":
-        return "that column or label is not there; print(df.columns) to see the DataFrame's columns"
+        return _missing_column_hint(failure.value, frames or {})
     if failure.name in ("ValueError", "TypeError", "AttributeError") and any(e in failure.value for e in _DATE_ERRORS):
         column = _DATE_COLUMN.search(line)
         if column:
@@ -385,6 +386,19 @@ def _failing_line(traceback: str) -> str:
     arrows = [found[1] for line in _user_frames(traceback.strip().splitlines())
               if (found := re.match(r"-+> *\d+ (.*)$", line))]
     return arrows[-1] if arrows else ""
+
+
+def _missing_column_hint(value: str, frames: Frames) -> str:
+    """A KeyError in pandas: the given DataFrames' columns, and the one the name was likely meant to be."""
+    key = re.fullmatch(r"'([^']+)'", value)
+    columns = [c for names in frames.values() for c in names]
+    if key is None or not columns:
+        return "that column or label is not there; print(df.columns) to see the DataFrame's columns"
+    listed = "; ".join(f"{name}: {', '.join(names[:20])}{', ...' if len(names) > 20 else ''}"
+                       for name, names in list(frames.items())[:5])
+    close = difflib.get_close_matches(key[1], columns, n=1, cutoff=0.5)
+    meant = f"; did you mean '{close[0]}'?" if close else ""
+    return f"no column '{key[1]}' in the DataFrames given (columns: {listed}){meant}"
 
 
 def _join_hint(failure: ExecutionFailure, frames: Frames) -> str:

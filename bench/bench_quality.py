@@ -228,7 +228,8 @@ class Table:
 
 @dataclass(frozen=True)
 class NameNumber:
-    """A name (among choices) with its number, as text, a pair or a one-entry mapping."""
+    """A name (among choices) with its number, as text, a pair, a one-entry mapping ({name: number})
+    or a two-entry record ({"customer_id": name, "amount": number})."""
 
     name: Name
     number: Number
@@ -238,6 +239,8 @@ class NameNumber:
         if mapping is not None and len(mapping) == 1:
             (key, value), = mapping.items()
             return self.name.judge(key) and self.number.judge(value)
+        if isinstance(output, dict) and len(output) == 2:
+            output = tuple(output.values())
         if isinstance(output, (list, tuple)) and len(output) == 2:
             return self.name.judge(output[0]) and self.number.judge(output[1])
         if isinstance(output, str):

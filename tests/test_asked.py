@@ -67,8 +67,14 @@ def test_which_and_an_amount_is_asked_together():
     assert asked_pair("which page has the worst average bounce rate, and what is it?", text) == ("page", "what is it")
     assert asked_pair("Which region brought in the most revenue, and how much?", text) == ("region", "how much")
     assert asked_pair("which department pays least, and its average salary", text) == ("department", "its average salary")
+    assert asked_pair("lowest-paid department and its average salary", text) == ("department", "its average salary")
+    assert asked_pair("payroll per department and its share", text) is None  # no one department asked for
     assert asked_pair("which region brought in the most revenue?", text) is None
     assert asked_pair("how much did customers spend in total?", text) is None  # no "which"
+    from agent_kernel.agents._asked import mismatch
+
+    found = mismatch((156, 0.2), "(156, 0.2)", "which page bounces most, and what is it?", ["page"], ["page"])
+    assert found is not None and found.kind == "half_pair"  # a row position is not the page
     assert [gives_pair(a) for a in (("South", 3.5), {"South": 3.5}, "South: 3.5", "South", 3.5, "Person 007")] == [
         True, True, True, False, False, False]
 
@@ -84,6 +90,15 @@ def test_nan_or_infinity_is_no_answer_in_any_form():
     assert all(is_nan_or_inf(v) for v in (float("nan"), np.float64("nan"), np.float32("nan"), " NaN", "nan",
                                            float("inf"), -np.inf, "inf", "-Infinity"))
     assert not any(is_nan_or_inf(v) for v in (0.0, 1, True, "banana", "info", None, [float("nan")], 1e308))
+
+
+def test_the_variable_holding_a_table_per_group_is_found_in_the_code():
+    from agent_kernel.agents._code import grouped_by
+
+    codes = ["by_region = df.groupby('region')['units'].sum()", "x = 1",
+             "merged = a.merge(b)\ntotal = merged.groupby(by=['country'])['value'].sum().sort_values()", "oops("]
+    assert grouped_by(codes, "country") == "total" and grouped_by(codes, "regions") == "by_region"
+    assert grouped_by(codes, "segment") is None
 
 
 @pytest.mark.parametrize(("code", "typed"), [
@@ -131,6 +146,7 @@ def test_one_entry_for_a_table_per_group_is_sent_back_once(scripted_server):
     sent_back = run.action_steps[1]
     assert sent_back.error == "final answer sent back: the task asks for a value per group and it gives one"
     assert "the task asks for a value per department, but the answer 'Eng' is one value" in sent_back.observation
+    assert "(the Series a groupby made: counts)" in sent_back.observation  # the code's own name for it
     assert run.state == "success" and run.output == {"Eng": 3, "Ops": 1} and len(run.action_steps) == 3
 
 
@@ -169,7 +185,7 @@ def test_a_name_alone_for_which_and_how_many_is_sent_back(scripted_server):
         run = agent.run("which department has the most people, and how many?", variables={"people": PEOPLE})
     sent_back = run.action_steps[1]
     assert sent_back.error == "final answer sent back: the task asks which one and an amount and it gives one of them"
-    assert ("the task asks which department and how many, but the answer 'Eng' gives only one of them"
+    assert ("the task asks which department and how many, but the answer 'Eng' is not both the department"
             in sent_back.observation)
     assert run.output == ("Eng", 3) and run.state == "success"
 
@@ -186,6 +202,39 @@ def test_an_answer_typed_in_after_reading_an_output_is_sent_back(scripted_server
     assert sent_back.error == "final answer sent back: its value was typed into the code, not computed"
     assert "final_answer was given 'Ops' typed into the code" in sent_back.observation
     assert run.output == "Eng" and run.state == "success"
+
+
+def test_a_table_for_how_many_is_sent_back_and_every_kind_has_its_words(scripted_server):
+    from agent_kernel.agents._asked import WHY
+    from agent_kernel.agents._prompts import CODE_SEND_BACK, TOOLS_SEND_BACK
+
+    assert all(getattr(CODE_SEND_BACK, kind) and getattr(TOOLS_SEND_BACK, kind) for kind in WHY)
+    scripted_server.script([
+        text("```python\nhired = people.hired.str.startswith('2020')\nprint(hired)\n```"),
+        text("```python\nfinal_answer(hired)\n```"),  # the whole mask, for "how many"
+        text("```python\nfinal_answer(int(hired.sum()))\n```"),
+    ])
+    with CodeAgent(scripted_server.model(), imports=["pandas"]) as agent:
+        run = agent.run("how many people were hired in 2020?", variables={"people": PEOPLE})
+    assert run.action_steps[1].error == "final answer sent back: the task asks for one value and it gives many"
+    assert "the task asks for one value (how many), but the answer" in run.action_steps[1].observation
+    assert run.output == 2 and run.state == "success"
+
+
+def test_a_name_for_a_date_in_a_given_form_is_sent_back():
+    from agent_kernel.agents._asked import mismatch
+
+    def kind(answer, task="worst day for units? answer the date as YYYY-MM-DD"):
+        found = mismatch(answer, repr(answer), task, ["day", "region", "units"], ["region"])
+        return found and found.kind
+
+    rates = pd.Series(range(100), dtype=float)
+    assert kind(rates, "what's the return rate, in percent?") == "many_values"  # 100 values for one
+    assert kind(rates.head(5), "what's the return rate, in percent?") is None  # few: perhaps asked
+    assert kind(rates, "the return rate per region") is None
+    assert kind("East") == "not_a_date" and kind(pd.Timestamp("2025-01-03")) is None and kind("2025-01-03") is None
+    assert kind("2025-01", "which month? (YYYY-MM)") is None and kind(pd.Period("2025-01", "M"), "which month? YYYY-MM") is None
+    assert kind(12, "which month? (YYYY-MM)") == "not_a_date" and kind("East", "worst day?") is None
 
 
 def test_the_answer_checks_send_back_once_a_run(scripted_server):

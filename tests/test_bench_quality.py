@@ -55,6 +55,8 @@ def test_judges_take_the_shapes_agents_answer_in(tables: dict[str, Any]) -> None
     assert lowest.judge({lowest.name.value: lowest.number.value})
     assert lowest.judge(f"{lowest.name.value}: {lowest.number.value:.2f}")
     assert not lowest.judge(f"{lowest.name.value}: {lowest.number.value + 10:.2f}")
+    assert lowest.judge({"department": lowest.name.value, "avg_salary": lowest.number.value})  # a record
+    assert not lowest.judge({"department": lowest.name.value, "avg_salary": lowest.number.value + 10})
 
 
 def test_tables_are_the_same_for_the_seed_and_differ_for_another() -> None:

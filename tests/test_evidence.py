@@ -40,6 +40,9 @@ def test_a_value_read_off_an_output_is_found_there_as_a_whole_word():
     assert read_off("2024-06", run) and read_off(("South", 9856.0), run) and read_off({"m": "2024-05"}, run)
     assert not read_off("2024-0", run) and not read_off("seen", run) and not read_off(True, run)
     assert read_off(9856, run)  # read off 9856.00
+    assert not read_off("Tuesday", _run("which day?", "Tuesday\n"))  # printed alone: nothing to misread
+    assert not read_off(36.14, _run("how many a day?", "36.13764880952381\n"))
+    assert not read_off(("South", 16765.75), _run("which region?", "South 16765.75\n"))
 
 
 def test_tolerant_matching_at_the_answers_precision():

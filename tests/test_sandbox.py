@@ -323,6 +323,9 @@ def test_a_column_of_another_given_frame_gets_a_merge_hint_and_a_refused_import_
                 "merged = orders.merge(customers, on='customer_id'), then use merged") in grouped
         assert "merge" not in render_observation(box.execute("orders.groupby('country').price.sum()"))  # no frames given
         assert "merge" not in render_observation(box.execute("orders['nowhere']"), frames)
+        typo = render_observation(box.execute("orders['prices']"), frames)
+        assert ("Hint: no column 'prices' in the DataFrames given (columns: orders: order_id, customer_id, price; "
+                "customers: customer_id, country); did you mean 'price'?") in typo
         box.execute("orders['country'] = ['FR']")
         product = render_observation(box.execute("orders.groupby('country').price * 2"))
         assert "Hint: arithmetic on a groupby does not combine columns: make the product a column first" in product

@@ -31,6 +31,15 @@ def test_a_frame_is_described_column_by_column() -> None:
     ]
 
 
+def test_a_wide_table_says_which_column_names_its_rows() -> None:
+    budget = pd.DataFrame({"region": ["North", "South", "East"], "Q1": [1, 2, 3], "Q2": [4, 5, 6]})
+    assert describe_variable(budget).splitlines()[-1] == (
+        "    (one row per region; the rows are numbered 0, 1, ...: .set_index('region') labels them by region, "
+        "so that idxmax() and sum(axis=1) give a region)")
+    assert "one row per" not in describe_variable(budget.set_index("region"))  # labelled already
+    assert "one row per" not in describe_variable(pd.DataFrame({"region": ["N", "N"], "units": [1, 2]}))
+
+
 def test_many_values_and_many_columns_stay_short() -> None:
     names = pd.DataFrame({"name": [f"Person {i:03d}" for i in range(100)]})
     assert describe_variable(names).splitlines()[1] == (

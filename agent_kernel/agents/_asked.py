@@ -1,7 +1,8 @@
 """What kind of answer a task asks for, read from its words, so that an answer of another kind goes
 back to the model once (a small model counts 11 rows, then answers with the first row's name).
 
-A NaN or an infinity answers nothing. Four kinds are read: an amount ("how many", "how much": a name or an id is
+A NaN or an infinity answers nothing, nor does a name where the task asks for a date in a given
+form ("YYYY-MM-DD"). Four kinds are read: an amount ("how many", "how much": a name or an id is
 not one), one of a text column's values ("which segment": a row position is not one), both at once
 ("which region, and how much?": either alone is half the answer), and one value per group
 ("headcount by department", "payroll per region": one entry of the table is not the table). A group is only a word naming a column of a DataFrame the task was given, and a task that
@@ -14,16 +15,69 @@ import math
 import numbers
 import re
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from ._evidence import NUMBER
+
+Kind = Literal["nan", "one_value", "half_pair", "not_a_name", "no_amount", "many_values", "not_a_date"]
+
+# What each mismatch is, as the step's error says it (after "final answer sent back: ").
+WHY: dict[Kind, str] = {
+    "nan": "it is NaN or infinite",
+    "one_value": "the task asks for a value per group and it gives one",
+    "half_pair": "the task asks which one and an amount and it gives one of them",
+    "not_a_name": "the task asks which of a text column's values and it gives a number",
+    "no_amount": "the task asks for an amount and it states none",
+    "many_values": "the task asks for one value and it gives many",
+    "not_a_date": "the task asks for a date in a given form and it gives none",
+}
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """An answer of another kind than the task asks for: which kind, and the words that say so (the
+    fields of its SendBack message)."""
+
+    kind: Kind
+    words: dict[str, str] = field(default_factory=dict)
+
+
+def mismatch(answer: Any, shown: str, task: str, columns: Iterable[str], text_columns: Iterable[str]) -> Mismatch | None:
+    """How `answer` (`shown` as the model is reminded of it) is not the kind `task` asks for, given the
+    columns of its DataFrames (and which of them hold text); None when it is."""
+    if is_nan_or_inf(answer):
+        return Mismatch("nan", {"answer": shown})
+    group = asked_per_group(task, columns)
+    if group and is_one_value(answer):
+        return Mismatch("one_value", {"group": group, "answer": shown, "held": ""})
+    text_columns = set(text_columns)
+    pair = asked_pair(task, text_columns)
+    if pair and not (gives_pair(answer) and not _number_first(answer)):
+        return Mismatch("half_pair", {"word": pair[0], "amount": pair[1], "answer": shown})
+    word = asked_which(task, text_columns)
+    if word and is_number(answer):
+        return Mismatch("not_a_name", {"word": word, "answer": shown})
+    how = asked_amount(task)
+    if how and isinstance(answer, str) and not states_amount(answer):
+        return Mismatch("no_amount", {"how": how, "answer": shown})
+    many = _length(answer)
+    if not pair and not group and (how and many is not None or (many or 0) > _MANY):
+        return Mismatch("many_values", {"how": f" ({how})" if how else "", "answer": shown})
+    form = _DATE_FORM.search(task)
+    if form and not group and not re.search(_DATE_OF_FORM[form[0].upper()], str(answer)):
+        return Mismatch("not_a_date", {"form": form[0].upper(), "answer": shown})
+    return None
 
 _AMOUNT = re.compile(r"\bhow (many|much)\b", re.IGNORECASE)
 _NAMED = re.compile(r"[A-Z][A-Za-z]*(?: ?#|[ _-])$")  # "Person ", "Sensor #": the number after it is part of a name
 _PER = re.compile(r"\b(?:per|by|for each|for every)\s+(\w+)", re.IGNORECASE)
+_WORD = re.compile(r"\b(\w+)\b")
 _WHICH = re.compile(r"\b(?:which|what)\s+(\w+)", re.IGNORECASE)
 _WITH_AMOUNT = re.compile(r"\bhow (?:many|much)\b|\band (?:what is it|its \w+(?: \w+)?|the amount|how (?:many|much))\b",
                           re.IGNORECASE)
+_DATE_FORM = re.compile(r"\bYYYY-MM(?:-DD)?\b", re.IGNORECASE)  # "answer the date as YYYY-MM-DD"
+_DATE_OF_FORM = {"YYYY-MM-DD": r"\b\d{4}-\d{2}-\d{2}\b", "YYYY-MM": r"\b\d{4}-\d{2}\b"}
 _ONE = re.compile(r"\b(which|who|whose|most|least|highest|lowest|best|worst|top|biggest|largest|smallest|"
                   r"fastest|slowest|longest|shortest)\b", re.IGNORECASE)
 
@@ -59,9 +113,13 @@ def asked_which(task: str, text_columns: Iterable[str]) -> str | None:
 def asked_pair(task: str, text_columns: Iterable[str]) -> tuple[str, str] | None:
     """(the word, what amount) when the task asks which of a text column's values and an amount with
     it ("which page has the worst bounce rate, and what is it?"): its answer is the two together."""
-    word = asked_which(task, text_columns)
-    amount = _WITH_AMOUNT.search(task) if word else None
-    return (word, amount[0].lower().removeprefix("and ")) if word and amount else None
+    amount = _WITH_AMOUNT.search(task)
+    if amount is None:
+        return None
+    # "which page ..., and what is it?", or a superlative without "which": "lowest-paid department and its salary"
+    word = asked_which(task, text_columns) or (
+        _column_named(_WORD, task[:amount.start()], text_columns) if _ONE.search(task) else None)
+    return (word, amount[0].lower().removeprefix("and ")) if word else None
 
 
 def gives_pair(answer: Any) -> bool:
@@ -69,6 +127,24 @@ def gives_pair(answer: Any) -> bool:
     if isinstance(answer, str):
         return states_amount(answer) and re.search(r"[A-Za-z]{2}", answer) is not None
     return not is_one_value(answer)
+
+
+def _length(answer: Any) -> int | None:
+    """How many values a table, list or mapping answer holds; None for one value."""
+    if is_one_value(answer):
+        return None
+    try:
+        return len(answer)
+    except TypeError:
+        return None
+
+
+_MANY = 25  # values: a task that asks for no table per group does not want this many
+
+
+def _number_first(answer: Any) -> bool:
+    """A pair whose first item, the name, is a number (a row position: "which page" answered (156, 0.2))."""
+    return isinstance(answer, (tuple, list)) and len(answer) == 2 and is_number(answer[0])
 
 
 def _column_named(pattern: re.Pattern[str], task: str, columns: Iterable[str]) -> str | None:

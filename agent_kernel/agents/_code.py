@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._safe import image_base64
-from ..memory import ActionStep, Step, TaskStep, ToolCall
+from ..memory import ActionStep, Run, Step, TaskStep, ToolCall
 from ..observation import png_size, render_observation
 from ..sandbox import Execution, gateway_url
 from ..tools import Tool
@@ -92,6 +92,26 @@ def typed_answer(code: str) -> str | None:
             if given and _literal(given[0]):
                 return ast.unparse(given[0])
     return None
+
+
+def grouped_by(codes: Iterable[str], group: str) -> str | None:
+    """The last name the code assigned a groupby over `group` to (`total = df.groupby('country')[...].sum()`
+    for "country"), or None. Plural and case are ignored ("countries" is not matched: rare)."""
+    found = None
+    word = group.lower().removesuffix("s")
+    for code in codes:
+        try:
+            tree = ast.parse(code)
+        except (SyntaxError, ValueError):
+            continue
+        for node in tree.body:
+            if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+                continue
+            calls = [c for c in ast.walk(node.value) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
+                     and c.func.attr == "groupby"]
+            if any(word in ast.unparse(arg).lower() for c in calls for arg in [*c.args, *(k.value for k in c.keywords)]):
+                found = node.targets[0].id
+    return found
 
 
 def _literal(node: ast.expr | None) -> bool:
@@ -363,6 +383,10 @@ class CodeAgent(MultiStepAgent):
 
     def answer_typed_in(self, step: ActionStep) -> str | None:
         return typed_answer(step.code) if step.code is not None else None
+
+    def table_named(self, run: Run, group: str) -> str | None:
+        ran = [s.code for s in run.action_steps if s.code is not None and s.execution is not None and s.error is None]
+        return grouped_by(ran, group)
 
     def step_summary(self, step: ActionStep) -> str:
         if step.code is None:

@@ -112,10 +112,11 @@ def _answer_numbers(answer: Any) -> list[Number]:
 
 
 def read_off(answer: Any, run: RunRecord) -> bool:
-    """Whether a text or number of `answer` (a value, or a tuple, list or dict of them) stands in what
-    a step of the run printed or displayed: a model that typed it in read it there."""
+    """Whether a text or number of `answer` (a value, or a tuple, list or dict of them) stands among
+    other lines in what a step of the run printed or displayed: a model that typed it in picked it
+    out there (a one-line output, "Tuesday" or "South 16765.75", is not misread: a ranking is)."""
     values = [v for v in _flat(answer) if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
-    printed = [text for step in run.action_steps for text in _printed(step)]
+    printed = [text for step in run.action_steps for text in _printed(step) if len(text.strip().splitlines()) > 1]
     texts = [v for v in values if isinstance(v, str) and v.strip()]
     if any(re.search(rf"(?<![\w.]){re.escape(t)}(?!\w)", shown) for t in texts for shown in printed):
         return True

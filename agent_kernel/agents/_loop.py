@@ -63,12 +63,7 @@ REPEAT_NOTE_AT = 3  # the same error or action this many times in a row: the mod
 STUCK_AT = 4  # ... and this many times ends the run as "stuck"
 SENT_BACK = "final answer sent back: "  # a step's error when an answer check sent its answer back
 UNCOMPUTED = SENT_BACK + "it states numbers that no output showed"
-NO_AMOUNT = SENT_BACK + "the task asks for an amount and it states none"
-ONE_VALUE = SENT_BACK + "the task asks for a value per group and it gives one"
-NOT_A_NAME = SENT_BACK + "the task asks which of a text column's values and it gives a number"
-NAN = SENT_BACK + "it is NaN or infinite"
 TYPED = SENT_BACK + "its value was typed into the code, not computed"
-HALF_PAIR = SENT_BACK + "the task asks which one and an amount and it gives one of them"
 
 
 def _short(value: Any) -> str:
@@ -167,6 +162,10 @@ class MultiStepAgent:
     def variables_place(self) -> str:
         """Where the task's variables are defined, as the task message says it ("": nowhere)."""
         raise NotImplementedError
+
+    def table_named(self, run: Run, group: str) -> str | None:
+        """The variable that last held a table per `group` in the run (code), to name in a send-back."""
+        return None
 
     def answer_typed_in(self, step: ActionStep) -> str | None:
         """The final answer as `step`'s action wrote it out, where the action could have passed what
@@ -488,35 +487,21 @@ class MultiStepAgent:
     def _sent_back(self, answer: Any, run: Run, step: ActionStep) -> str | None:
         """Why an answer goes back to a model that can compute: it is NaN or infinite, one value where
         the task asks for one per group, a name alone or an amount alone where it asks for both, a
-        number where it asks which of a text column's values, no amount where it asks how many, it
-        states numbers no output showed, or the code typed in what it read off an output instead of
-        passing what computed it.
+        number where it asks which of a text column's values, no amount or a whole table where it
+        asks how many, it states numbers no output showed, or the code typed in what it read off an
+        output instead of passing what computed it.
         Once a run: a second answer stands, and its record says which numbers are unverified.
         None to accept it."""
         words = self._send_back
         if (words is None or not self.options.check_numbers
                 or any((s.error or "").startswith(SENT_BACK) for s in run.action_steps)):
             return None
-        shown = _short(answer)
-        if _asked.is_nan_or_inf(answer):
-            step.error = NAN
-            return words.nan.format(answer=shown)
-        group = _asked.asked_per_group(run.task, {c for names in self._frames.values() for c in names})
-        if group and _asked.is_one_value(answer):
-            step.error = ONE_VALUE
-            return words.one_value.format(group=group, answer=shown)
-        pair = _asked.asked_pair(run.task, self._text_columns)
-        if pair and not _asked.gives_pair(answer):
-            step.error = HALF_PAIR
-            return words.half_pair.format(word=pair[0], amount=pair[1], answer=shown)
-        word = _asked.asked_which(run.task, self._text_columns)
-        if word and _asked.is_number(answer):
-            step.error = NOT_A_NAME
-            return words.not_a_name.format(word=word, answer=shown)
-        how = _asked.asked_amount(run.task)
-        if how and isinstance(answer, str) and not _asked.states_amount(answer):
-            step.error = NO_AMOUNT
-            return words.no_amount.format(how=how, answer=shown)
+        columns = {c for names in self._frames.values() for c in names}
+        wrong = _asked.mismatch(answer, _short(answer), run.task, columns, self._text_columns)
+        if wrong is not None:
+            step.error = SENT_BACK + _asked.WHY[wrong.kind]
+            held = self.table_named(run, wrong.words["group"]) if wrong.kind == "one_value" else None
+            return str(getattr(words, wrong.kind)).format(**{**wrong.words, **({"held": f": {held}"} if held else {})})
         unverified = _evidence.weigh(answer, run, step).unverified
         if unverified:
             step.error = UNCOMPUTED

@@ -24,7 +24,7 @@ so print summaries (shapes, heads, counts), not whole datasets.
 - After an error, read it and fix the cause; don't repeat the same code.
 {network}- Every reply must contain a ```python code block. Compute the answer and print it first; once \
 you have seen it, your code block is just `final_answer(...)` with the variable that holds it, in the \
-form the task asks for (a number, a name, a dict, a DataFrame, a figure); the run ends there. Never \
+form the task asks for (a number, a name, a Series or DataFrame for a table, a figure); the run ends there. Never \
 type a number into final_answer that no output showed.
 
 Example:
@@ -103,6 +103,8 @@ class SendBack:
     not_a_name: str  # {word}, {answer}: "which segment" answered with a number
     one_value: str  # {group}, {answer}: a table per group answered with one entry
     half_pair: str  # {word}, {amount}, {answer}: "which region, and how much?" answered with one of them
+    many_values: str  # {how} (" (how many)" or ""), {answer}: one value asked, a table given
+    not_a_date: str  # {form}, {answer}: "answer the date as YYYY-MM-DD" answered otherwise
     typed: str = ""  # {answer}: the code typed the answer in (an agent whose answers are computed)
 
 
@@ -116,14 +118,19 @@ CODE_SEND_BACK = SendBack(
     no_amount="the task asks {how}, but the answer {answer} gives no amount (a name or an id is not one). "
               "Compute the amount in code and print it, then give final_answer the number.",
     not_a_name="the task asks which {word}, but the answer {answer} is a number, not a {word} (its values are "
-               "text). Give final_answer the {word} itself, e.g. the index label of the largest entry, s.idxmax().",
+               "text). Give final_answer the {word} itself: the label of the largest entry is the Series' .idxmax().",
     one_value="the task asks for a value per {group}, but the answer {answer} is one value. Give final_answer "
-              "the whole table, one value per {group} (e.g. the Series a groupby made).",
-    half_pair="the task asks which {word} and {amount}, but the answer {answer} gives only one of them. Give "
-              "final_answer both, as a pair: final_answer((the {word}, the amount)), e.g. (s.idxmax(), s.max()).",
+              "the whole table, one value per {group} (the Series a groupby made{held}).",
+    half_pair="the task asks which {word} and {amount}, but the answer {answer} is not both the {word} (one of "
+              "its text values, not a number or a row position) and the amount. Give final_answer both, as a pair: "
+              "the {word} and the amount (for the largest entry of a Series, its .idxmax() and its .max()).",
+    many_values="the task asks for one value{how}, but the answer {answer} holds many. Reduce them to "
+                "the one number asked (e.g. .sum(), .mean(), len(...)), print it, then give final_answer that number.",
+    not_a_date="the task asks for a date as {form}, but the answer {answer} is not one. Find the date the "
+               "task asks about, then give final_answer it as {form} (a date's .strftime() writes it so).",
     typed="final_answer was given {answer} typed into the code, and a value read off an output is easily "
-          "misread. Give final_answer the variable or expression that computed the answer instead (e.g. "
-          "s.idxmax() for the label of the largest entry, s.max() for its value).",
+          "misread. Give final_answer the variable or expression of your code that computed the answer instead "
+          "(for the label of a Series' largest entry, its .idxmax(); for its value, its .max()).",
 )
 
 TOOLS_SEND_BACK = SendBack(
@@ -136,8 +143,13 @@ TOOLS_SEND_BACK = SendBack(
                "text). Call final_answer with the {word} itself, as a tool's result showed it.",
     one_value="the task asks for a value per {group}, but the answer {answer} is one value. Call final_answer "
               "with the whole table, one value per {group}, as an object taken from a tool's result.",
-    half_pair="the task asks which {word} and {amount}, but the answer {answer} gives only one of them. Call "
-              "final_answer with both, as a list [the {word}, the amount], as a tool's result showed them.",
+    half_pair="the task asks which {word} and {amount}, but the answer {answer} is not both the {word} (one of "
+              "its text values, not a number or a row position) and the amount. Call final_answer with both, as a "
+              "list [the {word}, the amount], as a tool's result showed them.",
+    not_a_date="the task asks for a date as {form}, but the answer {answer} is not one. Find the date the "
+               "task asks about with a tool, then call final_answer with it as {form}.",
+    many_values="the task asks for one value{how}, but the answer {answer} holds many. Call a tool that "
+                "reduces them to the one number asked, read its result, then call final_answer with that number.",
 )
 
 CALL_NOT_JSON = ('the tool call is not valid JSON (too long, it may have been cut off): call one tool as '

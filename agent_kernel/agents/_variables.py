@@ -50,7 +50,24 @@ def _frame(frame: Any, pd: Any) -> str:
     if cols > MAX_COLUMNS:
         rest = ", ".join(str(c) for c in frame.columns[MAX_COLUMNS:MAX_COLUMNS + 50])
         lines.append(f"    ... {cols - MAX_COLUMNS} more columns: {rest}{', ...' if cols > MAX_COLUMNS + 50 else ''}")
+    key = _row_key(frame, pd)
+    if key is not None:
+        lines.append(f"    (one row per {key}; the rows are numbered 0, 1, ...: .set_index('{key}') labels them by "
+                     f"{key}, so that idxmax() and sum(axis=1) give a {key})")
     return "\n".join(lines)
+
+
+def _row_key(frame: Any, pd: Any) -> str | None:
+    """The first text column naming each row once (a wide table's `region`; not dates stored as text),
+    when the rows are only numbered."""
+    if not isinstance(frame.index, pd.RangeIndex) or len(frame) < 2:
+        return None
+    for name in frame.columns[:MAX_COLUMNS]:
+        column = frame[name]
+        if isinstance(column, pd.Series) and pd.api.types.is_string_dtype(column.dtype) and \
+                column.notna().all() and column.is_unique and not column.head(200).astype(str).str.match(_DATE_TEXT).all():
+            return str(name)
+    return None
 
 
 def _column(column: Any, pd: Any) -> str:
