@@ -482,6 +482,17 @@ def test_model_errors_end_the_run_with_a_reason(scripted_server):
 # -- CodeAgent (each starts a sandbox kernel) --------------------------------------------------------
 
 
+def test_final_answer_with_several_values_gives_them_as_one_tuple(scripted_server):
+    scripted_server.script([
+        text("```python\ntotal = 16765.75\nprint('South', total)\nfinal_answer()\n```"),
+        text("```python\nfinal_answer('South', total)\n```"),  # a small model's pair
+    ])
+    with CodeAgent(scripted_server.model()) as agent:
+        run = agent.run("which region, and how much?")
+    assert "final_answer takes the answer: final_answer(value), or final_answer(a, b)" in run.action_steps[0].observation
+    assert run.state == "success" and run.output == ("South", 16765.75)
+
+
 def test_code_agent_recovers_from_errors_and_sees_displays(scripted_server):
     scripted_server.script([
         text("I know the answer without code."),

@@ -62,7 +62,7 @@ def mismatch(answer: Any, shown: str, task: str, columns: Iterable[str], text_co
     if how and isinstance(answer, str) and not states_amount(answer):
         return Mismatch("no_amount", {"how": how, "answer": shown})
     many = _length(answer)
-    if not pair and not group and (how and many is not None or (many or 0) > _MANY):
+    if not pair and not group and (many or 0) > (2 if how else _MANY):  # a pair may be a name and its amount
         return Mismatch("many_values", {"how": f" ({how})" if how else "", "answer": shown})
     form = _DATE_FORM.search(task)
     if form and not group and not re.search(_DATE_OF_FORM[form[0].upper()], str(answer)):

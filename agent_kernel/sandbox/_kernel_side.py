@@ -95,9 +95,13 @@ class Bridge:
         self._kept: dict[str, Any] = {}  # final_answer and the tool stubs: put back if code replaced them
 
     # -- final answer ---------------------------------------------------------------------------
-    def final_answer(self, answer: Any) -> None:
-        """Give `answer` as the task's final answer."""
-        self._final = answer  # returns None: as a cell's last line it would otherwise show the answer twice
+    def final_answer(self, *answer: Any, **named: Any) -> None:
+        """Give the task's final answer: `final_answer(value)`, or several values as one tuple
+        (`final_answer(region, total)`: small models write a pair so)."""
+        if set(named) - {"answer"} or len(answer) + len(named) == 0 or (named and answer):
+            raise TypeError("final_answer takes the answer: final_answer(value), or final_answer(a, b) for a pair")
+        # returns None: as a cell's last line it would otherwise show the answer twice
+        self._final = named["answer"] if named else answer[0] if len(answer) == 1 else answer
 
     def report(self, _result: Any = None) -> None:
         """After each cell (even a failing one): a pending final answer rides on the execute_reply."""
