@@ -390,29 +390,35 @@ def _failing_line(traceback: str) -> str:
 
 def _missing_column_hint(value: str, frames: Frames) -> str:
     """A KeyError in pandas: the given DataFrames' columns, and the one the name was likely meant to be."""
-    key = re.fullmatch(r"'([^']+)'", value)
+    key = _missing_key(value)
     columns = [c for names in frames.values() for c in names]
     if key is None or not columns:
         return "that column or label is not there; print(df.columns) to see the DataFrame's columns"
     listed = "; ".join(f"{name}: {', '.join(names[:20])}{', ...' if len(names) > 20 else ''}"
                        for name, names in list(frames.items())[:5])
-    close = difflib.get_close_matches(key[1], columns, n=1, cutoff=0.5)
+    close = difflib.get_close_matches(key, columns, n=1, cutoff=0.5)
     meant = f"; did you mean '{close[0]}'?" if close else ""
-    return f"no column '{key[1]}' in the DataFrames given (columns: {listed}){meant}"
+    return f"no column '{key}' in the DataFrames given (columns: {listed}){meant}"
+
+
+def _missing_key(value: str) -> str | None:
+    """The name a KeyError's message quotes ("'region'"), or None for another key."""
+    quoted = re.fullmatch(r"'([^']+)'", value)
+    return quoted[1] if quoted else None
 
 
 def _join_hint(failure: ExecutionFailure, frames: Frames) -> str:
     """A KeyError for a column that only another given DataFrame has: the two need a merge."""
-    key = re.fullmatch(r"'([^']+)'", failure.value) if failure.name == "KeyError" else None
+    key = _missing_key(failure.value) if failure.name == "KeyError" else None
     if key is None:
         return ""
-    holders = [name for name, columns in frames.items() if key[1] in columns]
-    others = [name for name, columns in frames.items() if key[1] not in columns]
+    holders = [name for name, columns in frames.items() if key in columns]
+    others = [name for name, columns in frames.items() if key not in columns]
     for holder in holders:
         for other in others:
             shared = [c for c in frames[other] if c in frames[holder]]
             if shared:
-                return (f"'{key[1]}' is a column of {holder}, not of {other}: merge them first, e.g. "
+                return (f"'{key}' is a column of {holder}, not of {other}: merge them first, e.g. "
                         f"merged = {other}.merge({holder}, on='{shared[0]}'), then use merged")
     return ""
 

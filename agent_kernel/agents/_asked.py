@@ -5,8 +5,8 @@ A NaN or an infinity answers nothing, nor does a name where the task asks for a 
 form ("YYYY-MM-DD"). Four kinds are read: an amount ("how many", "how much": a name or an id is
 not one), one of a text column's values ("which segment": a row position is not one), both at once
 ("which region, and how much?": either alone is half the answer), and one value per group
-("headcount by department", "payroll per region": one entry of the table is not the table). A group is only a word naming a column of a DataFrame the task was given, and a task that
-asks for one ("which region...", "the most...") asks for one value even if it says "by".
+("headcount by department", "payroll per region": one entry of the table is not the table). A
+group is only a word naming a column of a DataFrame the task was given, and a task that ("which region...", "the most...") asks for one value even if it says "by".
 """
 
 from __future__ import annotations

@@ -500,8 +500,10 @@ class MultiStepAgent:
         wrong = _asked.mismatch(answer, _short(answer), run.task, columns, self._text_columns)
         if wrong is not None:
             step.error = SENT_BACK + _asked.WHY[wrong.kind]
-            held = self.table_named(run, wrong.words["group"]) if wrong.kind == "one_value" else None
-            return str(getattr(words, wrong.kind)).format(**{**wrong.words, **({"held": f": {held}"} if held else {})})
+            told = dict(wrong.words)
+            if wrong.kind == "one_value" and (held := self.table_named(run, told["group"])):
+                told["held"] = f": {held}"  # the code's own name for the table
+            return str(getattr(words, wrong.kind)).format(**told)
         unverified = _evidence.weigh(answer, run, step).unverified
         if unverified:
             step.error = UNCOMPUTED
