@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .errors import AgentKernelError
-from .observation import frame_columns, render_observation
+from .observation import FrameFacts, frame_facts, render_observation
 from .tools import Tool, ToolError
 
 if TYPE_CHECKING:
@@ -517,7 +517,7 @@ class PythonInterpreterTool(Tool):
         self._sandbox: SandboxLike | None = sandbox.as_async() if isinstance(sandbox, Sandbox) else sandbox
         self._owns_sandbox = sandbox is None
         self._starting = asyncio.Lock()
-        self._frames: dict[str, tuple[str, ...]] = {}  # DataFrames pushed: their columns, for the hints
+        self._frames: dict[str, FrameFacts] = {}  # the DataFrames pushed, for the hints
         modules = "any installed module" if "*" in self.imports else ", ".join(sorted(DEFAULT_IMPORTS | set(imports)))
         network = "It can use the network." if sandbox_options.get("network") else "It has no network access."
         self._about = (
@@ -544,7 +544,7 @@ class PythonInterpreterTool(Tool):
         """Copy values into the sandbox as variables of the code (by the codec: data, never pickles)."""
         sandbox = await self._started()
         await sandbox.push(**values)
-        self._frames.update(frame_columns(values))
+        self._frames.update(frame_facts(values))
         self._pushed.update({name: type(value).__name__ for name, value in values.items()})
         # The model reads the tool's description as it writes the call: there, it learns the data
         # is loaded (the 1.5B otherwise opens a CSV by the variable's name, again and again).

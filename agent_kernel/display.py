@@ -48,6 +48,7 @@ from .observation import (
     format_call,
     format_footer,
     review_label,
+    state_label,
     unverified_note,
 )
 from .sandbox import MimeBundle
@@ -91,7 +92,7 @@ def render_runs(runs: list[tuple[Run, str]]) -> dict[str, str]:
     rows = []
     for number, (run, label) in enumerate(runs, 1):
         task = " ".join(clean_text(label).split())
-        rows.append([str(number), run.agent, run.state, str(len(run.action_steps)), f"{run.usage.total_tokens:,}",
+        rows.append([str(number), run.agent, state_label(run), str(len(run.action_steps)), f"{run.usage.total_tokens:,}",
                      f"${run.usage.cost:.4f}", f"{run.duration:.1f}s", task])
     cut = [[*r[:-1], r[-1] if len(r[-1]) <= TASK_COLUMN else r[-1][: TASK_COLUMN - 1] + "…"] for r in rows]
     widths = [max(len(r[i]) for r in [head, *cut]) for i in range(len(head) - 1)]
@@ -154,7 +155,7 @@ def _run_text(run: Run) -> str:
 
 def _footer(run: Run, writing: bool = False) -> str:
     """The run's footer; `writing`: a step is in progress, and counts."""
-    return format_footer(run.usage, len(run.action_steps) + writing, run.duration, run.state)
+    return format_footer(run.usage, len(run.action_steps) + writing, run.duration, state_label(run))
 
 
 def _closing_text(run: Run, writing: bool = False) -> str:

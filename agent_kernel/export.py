@@ -42,6 +42,7 @@ from .observation import (
     format_call,
     format_footer,
     review_label,
+    state_label,
     unverified_note,
 )
 from .records import ActionStep, FinalAnswerStep, PlanningStep, TaskStep, ToolCall
@@ -251,7 +252,7 @@ def _defused(text: str) -> str:
 
 
 def _title(run: Run, kernel: str) -> str:
-    footer = format_footer(run.usage, len(run.action_steps), run.duration, run.state)
+    footer = format_footer(run.usage, len(run.action_steps), run.duration, state_label(run))
     agent = "CodeAgent" if run.agent == "code" else "ToolCallingAgent"
     lines = [
         "# Agent run",

@@ -14,11 +14,11 @@ import difflib
 import re
 import struct
 import sys
-from dataclasses import dataclass
-from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from .records import ActionStep, FinalAnswerStep, ToolCall, Usage
+from .records import ActionStep, FinalAnswerStep, RunRecord, ToolCall, Usage
 
 if TYPE_CHECKING:  # the sandbox package imports jupyter_client: keep records cheap to import
     from .sandbox import Execution
@@ -194,11 +194,17 @@ def spoken_list(items: list[str]) -> str:
 
 
 def unverified_note(step: FinalAnswerStep) -> str:
-    """"unverified: 10% was never computed" for numbers no step showed ("" when every one was)."""
+    """"unverified: 10% was never computed; the task asks for one value and it gives many": what the
+    checks doubt about the answer ("" when nothing)."""
     numbers = step.unverified
-    if not numbers:
-        return ""
-    return f"unverified: {spoken_list(numbers)} {'was' if len(numbers) == 1 else 'were'} never computed"
+    doubts = [f"{spoken_list(numbers)} {'was' if len(numbers) == 1 else 'were'} never computed"] if numbers else []
+    doubts += [step.mismatch] if step.mismatch else []
+    return f"unverified: {'; '.join(doubts)}" if doubts else ""
+
+
+def state_label(run: RunRecord) -> str:
+    """The run's state as its footer says it: "success, unverified" for an answer the checks doubt."""
+    return f"{run.state}, unverified" if run.state == "success" and run.doubted else run.state
 
 
 def review_label(step: ActionStep) -> str:
@@ -215,16 +221,43 @@ def review_label(step: ActionStep) -> str:
 # The model's view
 
 
-Frames = Mapping[str, Sequence[str]]  # the DataFrames the task gave: name -> column names
+@dataclass(frozen=True)
+class FrameFacts:
+    """What the hints and answer checks know of a DataFrame a task gave: its columns, those holding
+    text, and the values of each text column that takes few (in a long table, the names of what a
+    wide one would have as columns: KeyError 'signups' is a value of `metric` there)."""
+
+    columns: tuple[str, ...]
+    text_columns: frozenset[str] = frozenset()
+    labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # text column -> its values
+    number_columns: tuple[str, ...] = ()  # those holding numbers (a long table's 'value')
 
 
-def frame_columns(variables: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
-    """The column names of each DataFrame among a task's variables (the hints and answer checks read them)."""
+Frames = Mapping[str, FrameFacts]  # the DataFrames the task gave, by variable name
+MAX_LABELS = 50  # a text column with more distinct values than this is not a set of names
+_LABELS_READ = 10_000  # rows read for a text column's values
+
+
+def frame_facts(variables: Mapping[str, Any]) -> dict[str, FrameFacts]:
+    """The FrameFacts of each DataFrame among a task's variables."""
     pd = sys.modules.get("pandas")  # not imported: no value can be a DataFrame
     if pd is None:
         return {}
-    return {name: tuple(str(c) for c in value.columns[:1000])
-            for name, value in variables.items() if isinstance(value, pd.DataFrame)}
+    facts = {}
+    for name, frame in variables.items():
+        if not isinstance(frame, pd.DataFrame):
+            continue
+        text = {str(c): column for c, column in frame.iloc[:_LABELS_READ, :1000].items()
+                if isinstance(column, pd.Series) and (pd.api.types.is_string_dtype(column.dtype)
+                                                      or pd.api.types.is_object_dtype(column.dtype))}
+        labels = {}
+        for column_name, column in text.items():
+            values = column.dropna().unique()
+            if len(values) <= MAX_LABELS:
+                labels[column_name] = tuple(v[:80] for v in values if isinstance(v, str))
+        numeric = tuple(str(c) for c, dtype in frame.dtypes.iloc[:1000].items() if pd.api.types.is_numeric_dtype(dtype))
+        facts[name] = FrameFacts(tuple(str(c) for c in frame.columns[:1000]), frozenset(text), labels, numeric)
+    return facts
 
 
 def render_observation(execution: Execution, frames: Frames | None = None) -> str:
@@ -307,6 +340,8 @@ def pandas_hint(failure: ExecutionFailure, frames: Frames | None = None) -> str:
     if failure.name == "FileNotFoundError" and re.search(r"\.(csv|xlsx?|json|parquet|tsv)'?$", failure.value):
         return ("no such file here: data you were given is already loaded as a variable (see the task); "
                 "use it by name instead of reading a file")
+    if failure.name == "TypeError" and re.search(r"fillna\(\) got an unexpected keyword argument 'method'", failure.value):
+        return "fillna(method=...) is gone from pandas: .ffill() fills gaps from the row before, .bfill() from the row after"
     if "pandas" not in failure.traceback:
         return ""
     if failure.name == "KeyError" and "get_grouper" in failure.traceback:
@@ -316,6 +351,11 @@ def pandas_hint(failure: ExecutionFailure, frames: Frames | None = None) -> str:
         frame, column, op = located["frame"], located["column"], located["op"]
         return (f"{frame}['{column}'].{op}() is a value, not a row label: {frame}['{column}'].idx{op}() is the "
                 f"label of its row, e.g. {frame}.loc[{frame}['{column}'].idx{op}(), ...]")
+    several = _SEVERAL_COLUMNS.search(line) if failure.name == "KeyError" and failure.value.startswith("(") else None
+    if several:
+        head, columns = several["head"], several["columns"]
+        return (f"{head}[{columns}] asks for one column named ({columns}): select several with a list inside the "
+                f"brackets, {head}[[{columns}]]")
     if failure.name == "KeyError":
         return _missing_column_hint(failure.value, frames or {})
     if failure.name in ("ValueError", "TypeError", "AttributeError") and any(e in failure.value for e in _DATE_ERRORS):
@@ -345,6 +385,8 @@ _AGGREGATED = re.compile(  # df.groupby(key).mean()["units"]: every column aggre
     r"(?P<head>\w+\.groupby\(.+\))\.(?P<op>mean|median|sum|std|var)\(\)\[['\"](?P<column>\w+)['\"]\]")
 _TEXT_AGGREGATE_ERRORS = ("does not support operation", "Could not convert", "agg function failed",
                           "can only concatenate str", "unsupported operand type(s) for +")
+_SEVERAL_COLUMNS = re.compile(  # budget.set_index('region')['Q1', 'Q2']: a tuple, one column's name
+    r"(?P<head>\w+(?:\.\w+(?:\([^()]*\))?)*)\[(?P<columns>(?P<q>['\"])\w+(?P=q)(?:\s*,\s*['\"]\w+['\"])+)\]")
 _TUPLE_OF_COLUMNS = re.compile(r"\)\[(?P<columns>['\"]\w+['\"](?:\s*,\s*['\"]\w+['\"])+)\]")
 _GROUPED_COLUMNS = re.compile(  # df.groupby(key)["price"] * df["quantity"]: the columns are known
     r"(?P<frame>\w+)\.groupby\((?P<key>[^)]*)\)\[(?P<q>['\"])(?P<a>\w+)(?P=q)\]\s*(?P<op>[-+*/])\s*"
@@ -368,7 +410,7 @@ def _grouper_hint(line: str, frames: Frames) -> str:
     """groupby by a column name on a Series (`revenue.groupby('region')`, the product of two columns):
     group it by the column of the DataFrame that has it."""
     found = _SERIES_GROUPBY.search(line)
-    holder = next((name for name, columns in frames.items() if found and found["key"] in columns), None)
+    holder = next((name for name, facts in frames.items() if found and found["key"] in facts.columns), None)
     if found is None or holder is None or found["series"] in frames:
         return ("groupby found no such column: on a Series (e.g. a product of two columns), group by values, "
                 "s.groupby(df['region']), or first make it a column: df['revenue'] = ...; "
@@ -389,13 +431,22 @@ def _failing_line(traceback: str) -> str:
 
 
 def _missing_column_hint(value: str, frames: Frames) -> str:
-    """A KeyError in pandas: the given DataFrames' columns, and the one the name was likely meant to be."""
+    """A KeyError in pandas: a value of a long table's text column (its rows, or a pivot), or the
+    given DataFrames' columns and the one the name was likely meant to be."""
     key = _missing_key(value)
-    columns = [c for names in frames.values() for c in names]
+    columns = [c for facts in frames.values() for c in facts.columns]
     if key is None or not columns:
         return "that column or label is not there; print(df.columns) to see the DataFrame's columns"
-    listed = "; ".join(f"{name}: {', '.join(names[:20])}{', ...' if len(names) > 20 else ''}"
-                       for name, names in list(frames.items())[:5])
+    for name, facts in frames.items():
+        holder = next((column for column, labels in facts.labels.items() if key in labels), None)
+        if holder is not None:
+            rows = f"{name}[{name}['{holder}'] == '{key}']"
+            if len(facts.number_columns) == 1:  # the numbers' column: a long table's 'value'
+                rows = f"{name}.loc[{name}['{holder}'] == '{key}', '{facts.number_columns[0]}']"
+            return (f"'{key}' is not a column of {name} but a value of its column '{holder}' (a long table): take "
+                    f"its rows, {rows}, or make one column per {holder} with {name}.pivot(columns='{holder}', ...)")
+    listed = "; ".join(f"{name}: {', '.join(facts.columns[:20])}{', ...' if len(facts.columns) > 20 else ''}"
+                       for name, facts in list(frames.items())[:5])
     close = difflib.get_close_matches(key, columns, n=1, cutoff=0.5)
     meant = f"; did you mean '{close[0]}'?" if close else ""
     return f"no column '{key}' in the DataFrames given (columns: {listed}){meant}"
@@ -412,11 +463,11 @@ def _join_hint(failure: ExecutionFailure, frames: Frames) -> str:
     key = _missing_key(failure.value) if failure.name == "KeyError" else None
     if key is None:
         return ""
-    holders = [name for name, columns in frames.items() if key in columns]
-    others = [name for name, columns in frames.items() if key not in columns]
+    holders = [name for name, facts in frames.items() if key in facts.columns]
+    others = [name for name, facts in frames.items() if key not in facts.columns]
     for holder in holders:
         for other in others:
-            shared = [c for c in frames[other] if c in frames[holder]]
+            shared = [c for c in frames[other].columns if c in frames[holder].columns]
             if shared:
                 return (f"'{key}' is a column of {holder}, not of {other}: merge them first, e.g. "
                         f"merged = {other}.merge({holder}, on='{shared[0]}'), then use merged")

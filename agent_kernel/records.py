@@ -102,6 +102,7 @@ class FinalAnswerStep:
     sources: dict[str, int] = field(default_factory=dict)  # a number as the answer writes it -> the step
     # whose output showed it (0: only the task gave it)
     unverified: list[str] = field(default_factory=list)  # the answer's numbers that no step showed
+    mismatch: str = ""  # how the answer is not the kind the task asks for ("" when it is; agents._asked.WHY)
     kind: Literal["final"] = "final"
 
 
@@ -124,7 +125,13 @@ class RunRecord:
     error: str | None = None  # why it failed, or (budget_exceeded, stuck) why it was stopped
     unverified: list[str] = field(default_factory=list)  # numbers in the answer no step computed: a success,
     # but one to check (the final answer step says the same, and where the other numbers came from)
+    mismatch: str = ""  # how the answer is not the kind the task asks for: a success to check as well
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # provenance: outputs and exports name it
+
+    @property
+    def doubted(self) -> bool:
+        """An answer the run's checks doubt: numbers no step showed, or not the kind the task asks for."""
+        return bool(self.unverified or self.mismatch)
 
     @property
     def action_steps(self) -> list[ActionStep]:

@@ -457,6 +457,7 @@ class Outcome:
     seconds: float
     error: str | None = None
     transcript: list[str] = field(default_factory=list)  # each step: what the model wrote, what came back
+    doubted: bool = False  # a success the run itself marked unverified (ours: run.doubted; smolagents has no such mark)
 
 
 _SHOWN = 600  # characters of each step's reply and of its observation kept in the transcript
@@ -480,7 +481,8 @@ def _our_model(spec: ModelSpec) -> Any:
     return Model(spec.name, api_base=spec.api_base, api_key=spec.api_key, **spec.options)
 
 
-Result = tuple[Any, bool, int, int, str | None, list[str]]  # output, success, steps, tokens, error, transcript
+Result = tuple[Any, bool, int, int, str | None, list[str], bool]  # output, success, steps, tokens, error,
+# transcript, doubted
 
 
 def run_ours(kind: str, spec: ModelSpec, question: Question, tables: dict[str, Any]) -> Result:
@@ -501,7 +503,7 @@ def run_ours(kind: str, spec: ModelSpec, question: Question, tables: dict[str, A
     tokens = run.usage.input_tokens + run.usage.output_tokens
     transcript = [_step_text(s.model_output, f"{s.observation}{' [error: ' + s.error + ']' if s.error else ''}")
                   for s in run.action_steps]
-    return run.output, run.state == "success", len(run.action_steps), tokens, run.error, transcript
+    return run.output, run.state == "success", len(run.action_steps), tokens, run.error, transcript, run.doubted
 
 
 def run_smolagents(spec: ModelSpec, question: Question, tables: dict[str, Any]) -> Result:
@@ -521,7 +523,7 @@ def run_smolagents(spec: ModelSpec, question: Question, tables: dict[str, Any]) 
     transcript = [_step_text(str(s.model_output or ""), f"{s.observations or ''}{' [error: ' + str(s.error) + ']' if s.error else ''}")
                   for s in actions]
     error = None if result.state == "success" else result.state
-    return result.output, result.state == "success", len(actions), tokens, error, transcript
+    return result.output, result.state == "success", len(actions), tokens, error, transcript, False
 
 
 def run_one(agent: str, spec: ModelSpec, question: Question, tables: dict[str, Any]) -> Outcome:
@@ -529,13 +531,14 @@ def run_one(agent: str, spec: ModelSpec, question: Question, tables: dict[str, A
     started = time.monotonic()
     try:
         if agent == "smol":
-            output, success, steps, tokens, error, transcript = run_smolagents(spec, question, tables)
+            result = run_smolagents(spec, question, tables)
         else:
-            output, success, steps, tokens, error, transcript = run_ours(agent, spec, question, tables)
+            result = run_ours(agent, spec, question, tables)
     except Exception as exc:  # a crash of one agent on one question is a wrong answer, not the end of the bench
-        output, success, steps, tokens, error, transcript = None, False, 0, 0, f"{type(exc).__name__}: {exc}", []
+        result = None, False, 0, 0, f"{type(exc).__name__}: {exc}", [], False
+    output, success, steps, tokens, error, transcript, doubted = result
     return Outcome(agent, question.id, expected.plain(), _plain(output), expected.judge(output), success, steps,
-                   tokens, time.monotonic() - started, error, transcript)
+                   tokens, time.monotonic() - started, error, transcript, success and doubted)
 
 
 def _plain(value: Any) -> Any:
@@ -551,7 +554,9 @@ class Summary:
     agent: str
     questions: int
     right: int
-    wrong_marked_success: int
+    wrong_marked_success: int  # wrong, and a plain success: the run did not mark it unverified
+    wrong_doubted: int  # wrong, and the run said so: a success marked unverified
+    right_doubted: int  # right, yet marked unverified (a false alarm)
     mean_steps: float
     tokens_per_question: float
     seconds_per_question: float
@@ -563,7 +568,8 @@ def summarize(agent: str, outcomes: list[Outcome]) -> Summary:
     n = max(len(mine), 1)
     right = sum(o.right for o in mine)
     seconds = sum(o.seconds for o in mine)
-    return Summary(agent, len(mine), right, sum(o.success and not o.right for o in mine),
+    return Summary(agent, len(mine), right, sum(o.success and not o.doubted and not o.right for o in mine),
+                   sum(o.doubted and not o.right for o in mine), sum(o.doubted and o.right for o in mine),
                    sum(o.steps for o in mine) / n, sum(o.tokens for o in mine) / n, seconds / n,
                    seconds / right if right else None)
 
@@ -586,7 +592,7 @@ def run_bench(agents: list[str], spec: ModelSpec, questions: list[Question],
                 continue
             outcome = run_one(agent, spec, question, tables)
             log(f"[{agent:5}] {'ok ' if outcome.right else 'BAD'} {outcome.seconds:6.1f}s "
-                f"{'success' if outcome.success else 'failed ':7} {outcome.steps} steps  {question.id}: "
+                f"{'doubted' if outcome.doubted else 'success' if outcome.success else 'failed ':7} {outcome.steps} steps  {question.id}: "
                 f"{outcome.output!r} (expected {outcome.expected!r}){'  ' + outcome.error if outcome.error else ''}")
             outcomes.append(outcome)
             saved(outcomes)
@@ -635,7 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(questions)} questions, model {args.model}, load average {os.getloadavg()[0]:.2f}")
     for s in summaries:
         per_right = f"{s.seconds_per_right:.1f}" if s.seconds_per_right is not None else "-"
-        print(f"  {s.agent:5}: {s.right}/{s.questions} right, {s.wrong_marked_success} wrong marked success, "
+        print(f"  {s.agent:5}: {s.right}/{s.questions} right, {s.wrong_marked_success} wrong marked success "
+              f"(and {s.wrong_doubted} wrong, {s.right_doubted} right marked unverified), "
               f"{s.mean_steps:.1f} steps, {s.tokens_per_question:.0f} tokens, {s.seconds_per_question:.1f} s "
               f"per question, {per_right} s per right answer")
     save(outcomes, summaries)

@@ -1,5 +1,6 @@
-"""An answer of another kind than the task asks for goes back once: a name for "how many", one entry
-for "headcount by department"."""
+"""An answer of another kind than the task asks for goes back (twice a run at most, each time for
+another reason): a name for "how many", one entry for "headcount by department"; one that stands is
+recorded as doubtful."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from agent_kernel.agents._asked import (
     is_one_value,
     states_amount,
 )
+from agent_kernel.observation import FrameFacts
 
 COLUMNS = ["name", "department", "region", "hired", "timestamp", "order_id"]
 
@@ -73,7 +75,8 @@ def test_which_and_an_amount_is_asked_together():
     assert asked_pair("how much did customers spend in total?", text) is None  # no "which"
     from agent_kernel.agents._asked import mismatch
 
-    found = mismatch((156, 0.2), "(156, 0.2)", "which page bounces most, and what is it?", ["page"], ["page"])
+    found = mismatch((156, 0.2), "(156, 0.2)", "which page bounces most, and what is it?",
+                     [FrameFacts(("page",), frozenset({"page"}))])
     assert found is not None and found.kind == "half_pair"  # a row position is not the page
     assert [gives_pair(a) for a in (("South", 3.5), {"South": 3.5}, "South: 3.5", "South", 3.5, "Person 007")] == [
         True, True, True, False, False, False]
@@ -89,7 +92,52 @@ def test_nan_or_infinity_is_no_answer_in_any_form():
 
     assert all(is_nan_or_inf(v) for v in (float("nan"), np.float64("nan"), np.float32("nan"), " NaN", "nan",
                                            float("inf"), -np.inf, "inf", "-Infinity"))
-    assert not any(is_nan_or_inf(v) for v in (0.0, 1, True, "banana", "info", None, [float("nan")], 1e308))
+    assert not any(is_nan_or_inf(v) for v in (0.0, 1, True, "banana", "info", None, 1e308, ["nan", 1.5],
+                                              pd.DataFrame({"a": [np.nan]})))
+    # a pair, a mapping or a short Series holding one answers nothing either ({'page': '/pricing', 'rate': inf})
+    holding = ({"page": "/pricing", "bounce_rate": float("inf")}, ("/pricing", np.nan), [1.0, float("nan")],
+               pd.Series({"A": 1.0, "B": np.nan}))
+    assert all(is_nan_or_inf(v) for v in holding)
+    assert not is_nan_or_inf(pd.Series([np.nan] + [1.0] * 30))  # a long table with a gap is a table, not no answer
+
+
+def test_which_of_a_text_column_is_answered_by_one_of_its_values():
+    from agent_kernel.agents._asked import mismatch
+    from agent_kernel.agents._prompts import CODE_SEND_BACK
+    from agent_kernel.observation import frame_facts
+
+    frames = frame_facts({"people": PEOPLE, "budget": pd.DataFrame({"region": ["North", "South"], "Q1": [1, 2]})}).values()
+
+    def kind(answer, task="which department has the most people?"):
+        found = mismatch(answer, repr(answer), task, frames)
+        return found and found.kind
+
+    assert [kind(a) for a in ("Eng", "ops", "Ops has the most, 2 people")] == [None, None, None]
+    assert kind("Sales") == "not_listed" and kind("North") == "not_listed"  # none, or another column's value
+    assert kind("North", "which regions have a Q1 over 1?") is None and kind("Q1", "which region?") == "not_listed"
+    found = mismatch("North", "'North'", "which department?", frames)
+    assert found is not None and found.words["values"] == "'Eng', 'Ops'"
+    assert "names none of its values ('Eng', 'Ops')" in CODE_SEND_BACK.not_listed.format(**found.words)
+    many = frame_facts({"t": pd.DataFrame({"name": [f"n{i}" for i in range(60)]})}).values()
+    assert mismatch("zz", "'zz'", "which name?", many) is None  # too many values to be a set of names
+
+
+def test_a_name_typed_in_that_no_output_showed_is_sent_back_and_then_marked(scripted_server):
+    scripted_server.script([
+        text("```python\ncounts = people.groupby('department').size()\nprint(counts.max())\n```"),
+        text("```python\nfinal_answer('Ops')\n```"),  # a guess from the task's list of departments
+        text("```python\nfinal_answer('ops')\n```"),  # again: it stands, marked
+        text("```python\nprint(counts.idxmax())\n```"),
+        text("```python\nfinal_answer('Eng')\n```"),  # printed: read, not guessed
+    ])
+    with CodeAgent(scripted_server.model(), imports=["pandas"]) as agent:
+        guessed = agent.run("which department has the most people?", variables={"people": PEOPLE})
+        shown = agent.run("which department has the most people?", variables={"people": PEOPLE}, reset=False)
+    sent_back = guessed.action_steps[1]
+    assert sent_back.error == "final answer sent back: it names a value of the data that no output showed"
+    assert "the answer states 'Ops', which no output above shows: nothing computed it" in sent_back.observation
+    assert guessed.output == "ops" and guessed.unverified == ["'ops'"] and guessed.doubted
+    assert shown.output == "Eng" and shown.unverified == [] and not shown.doubted
 
 
 def test_the_variable_holding_a_table_per_group_is_found_in_the_code():
@@ -126,7 +174,7 @@ def test_a_nan_answer_is_sent_back(scripted_server):
     ])
     with CodeAgent(scripted_server.model(), imports=["pandas"]) as agent:
         run = agent.run("pearson correlation of price with returned", variables={"orders": orders})
-    assert run.action_steps[0].error == "final answer sent back: it is NaN or infinite"
+    assert run.action_steps[0].error == "final answer sent back: it is or holds NaN or an infinity"
     assert "the answer is nan: what computed it had nothing to work on" in run.action_steps[0].observation
     assert run.output == 0.45 and run.state == "success"
 
@@ -225,7 +273,7 @@ def test_a_name_for_a_date_in_a_given_form_is_sent_back():
     from agent_kernel.agents._asked import mismatch
 
     def kind(answer, task="worst day for units? answer the date as YYYY-MM-DD"):
-        found = mismatch(answer, repr(answer), task, ["day", "region", "units"], ["region"])
+        found = mismatch(answer, repr(answer), task, [FrameFacts(("day", "region", "units"), frozenset({"region"}))])
         return found and found.kind
 
     rates = pd.Series(range(100), dtype=float)
@@ -237,11 +285,29 @@ def test_a_name_for_a_date_in_a_given_form_is_sent_back():
     assert kind(12, "which month? (YYYY-MM)") == "not_a_date" and kind("East", "worst day?") is None
 
 
-def test_the_answer_checks_send_back_once_a_run(scripted_server):
+def test_the_answer_checks_send_back_twice_a_run_each_for_another_reason_and_record_what_stands(scripted_server):
+    from agent_kernel.display import render_text
+
     scripted_server.script([
-        text("```python\nfinal_answer(people.department.iloc[0])\n```"),
-        text("```python\nfinal_answer(people.department.iloc[1])\n```"),  # stands: the second answer
+        text("```python\nfinal_answer(people.department.iloc[0])\n```"),  # one entry for a table per group
+        text("```python\nfinal_answer(people.department.iloc[1])\n```"),  # the same reason: stands
     ])
     with CodeAgent(scripted_server.model(), imports=["pandas"]) as agent:
         run = agent.run("headcount by department", variables={"people": PEOPLE})
-    assert run.output == "Eng" and run.state == "success" and len(run.action_steps) == 2
+        assert run.output == "Eng" and run.state == "success" and len(run.action_steps) == 2
+        assert run.mismatch == run.steps[-1].mismatch == "the task asks for a value per group and it gives one"
+        assert run.doubted and "unverified: the task asks for a value per group and it gives one" in render_text(run)
+        assert "success, unverified" in render_text(run)
+
+        scripted_server.script([
+            text("```python\nprint(people.shape[1])\nprint(len(people))\n```"),
+            text("```python\nfinal_answer(4)\n```"),  # read off the output: typed in
+            text("```python\nfinal_answer(people.name)\n```"),  # a table for how many: another reason
+            text("```python\nfinal_answer(people.name.tolist())\n```"),  # two sent back: stands
+        ])
+        run = agent.run("how many people are there?", variables={"people": PEOPLE})
+    assert [s.error for s in run.action_steps[1:3]] == [
+        "final answer sent back: its value was typed into the code, not computed",
+        "final answer sent back: the task asks for one value and it gives many"]
+    assert run.output == ["Ann", "Bo", "Cy", "Di"] and len(run.action_steps) == 4
+    assert run.state == "success" and run.mismatch == "the task asks for one value and it gives many"

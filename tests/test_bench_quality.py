@@ -92,10 +92,14 @@ def test_harness_end_to_end_on_the_scripted_server(scripted_server: ScriptedServ
         ("code", "people_headcount", True, True, 1), ("tools", "people_headcount", True, True, 2),
         ("smol", "people_headcount", True, True, 1), ("code", "sales_total", False, True, 2),
         ("tools", "sales_total", False, True, 2), ("smol", "sales_total", False, True, 1)], lines
-    # both our agents sent the guess (1.5 was never computed) back once; given again, it stands
+    # both our agents sent the guess (1.5 was never computed) back once; given again, it stands, marked
+    # unverified: a success that says it is doubtful, not a plain one (smolagents has no such mark)
     assert all(o.tokens > 0 for o in outcomes)
+    assert [o.doubted for o in outcomes] == [False, False, False, True, True, False]
+    assert [(s.wrong_marked_success, s.wrong_doubted, s.right_doubted) for s in summaries] == [(0, 1, 0), (0, 1, 0),
+                                                                                             (1, 0, 0)]
     for summary in summaries:
-        assert (summary.questions, summary.right, summary.wrong_marked_success) == (2, 1, 1)
+        assert (summary.questions, summary.right) == (2, 1)
         assert summary.seconds_per_right == pytest.approx(summary.seconds_per_question * 2)
     assert [s.mean_steps for s in summaries] == [1.5, 2.0, 1.0]
     assert len(scripted_server.requests) == 9

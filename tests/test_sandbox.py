@@ -276,7 +276,7 @@ def test_tools_and_final_answer_replaced_indirectly_are_restored_and_the_code_is
 
 
 def test_pandas_slips_get_a_one_line_hint():
-    from agent_kernel.observation import render_observation
+    from agent_kernel.observation import FrameFacts, render_observation
 
     with Sandbox(imports=["*"]) as wide:
         setup = "import pandas as pd\ndf = pd.DataFrame({'day': ['2024-01-02'], 'amount': [3]})\n"
@@ -304,7 +304,8 @@ def test_pandas_slips_get_a_one_line_hint():
         grouped = render_observation(wide.execute(setup + "(df['amount'] * 2).groupby('day').sum()"))
         assert "Hint: groupby found no such column: on a Series" in grouped and "s.groupby(df['region'])" in grouped
         wide.execute(setup + "revenue = df['amount'] * 2")
-        named = render_observation(wide.execute("revenue.groupby('day').mean()"), {"df": ("day", "amount")})
+        named = render_observation(wide.execute("revenue.groupby('day').mean()"),
+                                   {"df": FrameFacts(("day", "amount"))})
         assert ("Hint: revenue is a Series, not the DataFrame: it has no column 'day'. Group it by df's column: "
                 "revenue.groupby(df['day']).mean()") in named
         unread = render_observation(wide.execute("import pandas as pd\npd.read_csv('sales.csv')"))
@@ -313,9 +314,15 @@ def test_pandas_slips_get_a_one_line_hint():
 
 
 def test_a_column_of_another_given_frame_gets_a_merge_hint_and_a_refused_import_a_way_round():
-    from agent_kernel.observation import render_observation
+    import pandas as pd
 
-    frames = {"orders": ("order_id", "customer_id", "price"), "customers": ("customer_id", "country")}
+    from agent_kernel.observation import frame_facts, render_observation
+
+    metrics = pd.DataFrame({"month": ["2025-01", "2025-01", "2025-02", "2025-02"],
+                            "metric": ["signups", "churn", "signups", "churn"], "value": [5.0, 1.0, 7.0, 2.0]})
+    frames = frame_facts({"orders": pd.DataFrame(columns=["order_id", "customer_id", "price"]),
+                          "customers": pd.DataFrame({"customer_id": [7], "country": ["FR"]}), "metrics": metrics,
+                          "count": 3})
     with Sandbox(imports=["pandas"]) as box:
         box.execute("import pandas as pd\norders = pd.DataFrame({'order_id': [1], 'customer_id': [7], 'price': [2.0]})")
         grouped = render_observation(box.execute("orders.groupby('country').price.sum()"), frames)
@@ -325,7 +332,12 @@ def test_a_column_of_another_given_frame_gets_a_merge_hint_and_a_refused_import_
         assert "merge" not in render_observation(box.execute("orders['nowhere']"), frames)
         typo = render_observation(box.execute("orders['prices']"), frames)
         assert ("Hint: no column 'prices' in the DataFrames given (columns: orders: order_id, customer_id, price; "
-                "customers: customer_id, country); did you mean 'price'?") in typo
+                "customers: customer_id, country; metrics: month, metric, value); did you mean 'price'?") in typo
+        box.push(metrics=metrics)  # a long table: what a wide one has as columns are values of its 'metric'
+        long = render_observation(box.execute("metrics['signups'].sum()"), frames)
+        assert ("Hint: 'signups' is not a column of metrics but a value of its column 'metric' (a long table): take "
+                "its rows, metrics.loc[metrics['metric'] == 'signups', 'value'], or make one column per metric with "
+                "metrics.pivot(columns='metric', ...)") in long
         box.execute("orders['country'] = ['FR']")
         product = render_observation(box.execute("orders.groupby('country').price * 2"))
         assert "Hint: arithmetic on a groupby does not combine columns: make the product a column first" in product
@@ -341,6 +353,12 @@ def test_a_column_of_another_given_frame_gets_a_merge_hint_and_a_refused_import_
                 "its row, e.g. orders.loc[orders['day'].idxmax(), ...]") in located
         averaged = render_observation(box.execute("orders.groupby(orders['day']).mean()['price']"))
         assert "Hint: the table has text columns: pick the column first, orders.groupby(orders['day'])['price'].mean()" in averaged
+        several = render_observation(box.execute("orders.set_index('country')['price', 'order_id'].sum(axis=1)"))
+        assert ("Hint: orders.set_index('country')['price', 'order_id'] asks for one column named ('price', "
+                "'order_id'): select several with a list inside the brackets, "
+                "orders.set_index('country')[['price', 'order_id']]") in several
+        filled = render_observation(box.execute("orders['price'].fillna(method='ffill')"))
+        assert "Hint: fillna(method=...) is gone from pandas: .ffill() fills gaps from the row before" in filled
         summed = render_observation(box.execute("orders.sum(axis=1)"))
         assert "Hint: the table has text columns: pick the numeric columns first" in summed
         assert "df.sum(axis=1, numeric_only=True)" in summed

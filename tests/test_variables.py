@@ -40,6 +40,17 @@ def test_a_wide_table_says_which_column_names_its_rows() -> None:
     assert "one row per" not in describe_variable(pd.DataFrame({"region": ["N", "N"], "units": [1, 2]}))
 
 
+def test_a_long_table_says_how_to_make_one_column_per_name() -> None:
+    metrics = pd.DataFrame({"month": ["2025-01", "2025-01", "2025-02", "2025-02"],
+                            "metric": ["signups", "churn", "signups", "churn"], "value": [5.0, 1.0, 7.0, 2.0]})
+    assert describe_variable(metrics, "metrics").splitlines()[-1] == (
+        "    (long format: one row per month and metric, the numbers in 'value'. One column per metric: "
+        "wide = metrics.pivot(index='month', columns='metric', values='value'), then wide['signups'])")
+    repeated = pd.concat([metrics, metrics])  # a (month, metric) twice: pivot would refuse it
+    two_numbers = metrics.assign(target=1.0)  # which numbers is not known
+    assert not any("long format" in describe_variable(f) for f in (repeated, two_numbers, metrics.iloc[:2]))
+
+
 def test_many_values_and_many_columns_stay_short() -> None:
     names = pd.DataFrame({"name": [f"Person {i:03d}" for i in range(100)]})
     assert describe_variable(names).splitlines()[1] == (

@@ -118,11 +118,26 @@ def read_off(answer: Any, run: RunRecord) -> bool:
     values = [v for v in _flat(answer) if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
     printed = [text for step in run.action_steps for text in _printed(step) if len(text.strip().splitlines()) > 1]
     texts = [v for v in values if isinstance(v, str) and v.strip()]
-    if any(re.search(rf"(?<![\w.]){re.escape(t)}(?!\w)", shown) for t in texts for shown in printed):
+    if any(_stands_in(t, shown) for t in texts for shown in printed):
         return True
     written = [n for v in values if not isinstance(v, str) for n in numbers(str(v))]
     seen = [n for shown in printed for n in numbers(shown)]
     return any(w.matches(n) for w in written for n in seen)
+
+
+def never_shown(name: str, run: RunRecord, pending: ActionStep | None = None) -> bool:
+    """Whether a name (a short text: "East", "Person 002", "2025-01-03") stands, in any case, in
+    nothing a step printed or displayed, nor in the task's words: typed in, it was not computed but
+    guessed (a description of the data, listing a column's values, is where a small model finds
+    one). `pending`: the step not recorded yet."""
+    steps = [*run.action_steps, *([pending] if pending is not None else [])]
+    texts = [run.task, *(shown for step in steps for shown in _printed(step))]
+    return not any(_stands_in(name, text, re.IGNORECASE) for text in texts)
+
+
+def _stands_in(text: str, shown: str, flags: int = 0) -> bool:
+    """Whether `text` stands in `shown` as a whole (not inside a longer word or number)."""
+    return re.search(rf"(?<![\w.]){re.escape(text)}(?!\w)", shown, flags) is not None
 
 
 def _flat(value: Any) -> Iterator[Any]:

@@ -36,13 +36,13 @@ from ..memory import (
     TaskStep,
     TextDelta,
 )
-from ..observation import frame_columns, spoken_list
+from ..observation import FrameFacts, frame_facts, spoken_list
 from ..tools import Tool, as_tool
 from . import _asked, _context, _evidence, _prompts, _sync
 from ._context import Message
 from ._limits import Budget, Limits, _RunEnded
 from ._options import AgentOptions
-from ._variables import describe_variable, text_columns
+from ._variables import describe_variable
 
 if TYPE_CHECKING:
     from ..sandbox import SandboxLike, SandboxPool
@@ -64,6 +64,8 @@ STUCK_AT = 4  # ... and this many times ends the run as "stuck"
 SENT_BACK = "final answer sent back: "  # a step's error when an answer check sent its answer back
 UNCOMPUTED = SENT_BACK + "it states numbers that no output showed"
 TYPED = SENT_BACK + "its value was typed into the code, not computed"
+GUESSED = SENT_BACK + "it names a value of the data that no output showed"
+MAX_SEND_BACKS = 2  # answers a run sends back, each for another reason; then one stands, its doubts recorded
 
 
 def _short(value: Any) -> str:
@@ -121,8 +123,7 @@ class MultiStepAgent:
         self._task_loop: asyncio.AbstractEventLoop | None = None
         self._interrupting = False
         self._system_text = ""
-        self._frames: dict[str, tuple[str, ...]] = {}  # the columns of each DataFrame the tasks were given
-        self._text_columns: set[str] = set()  # ... those of them that hold text
+        self._frames: dict[str, FrameFacts] = {}  # the DataFrames the tasks were given (hints and checks read them)
         self._caller: _sync.Caller | None = None  # runs approvers in the sync caller's thread
         self._budget: Budget | None = None  # the run in progress's
 
@@ -182,10 +183,9 @@ class MultiStepAgent:
 
     async def _prepare(self, variables: dict[str, Any], reset: bool) -> dict[str, str]:
         """Make the variables available to the actions; return name -> preview for the prompt."""
-        given = frame_columns(variables)
+        given = frame_facts(variables)
         self._frames = given if reset else {**self._frames, **given}
-        self._text_columns = text_columns(variables) | (set() if reset else self._text_columns)
-        return {name: describe_variable(value) for name, value in variables.items()}
+        return {name: describe_variable(value, name) for name, value in variables.items()}
 
     def new_run(self, sandbox: SandboxLike | None = None) -> MultiStepAgent:
         """A copy for one more run beside this one (a task of a batch): the same model, tools and
@@ -196,7 +196,7 @@ class MultiStepAgent:
         twin._task = twin._task_loop = None
         twin._interrupting = False
         twin._budget = None
-        twin._frames, twin._text_columns = {}, set()
+        twin._frames = {}
         return twin
 
     def sandbox_pool(self, size: int, total: int) -> SandboxPool | None:
@@ -485,35 +485,54 @@ class MultiStepAgent:
         return self._budget.paused() if self._budget is not None else contextlib.nullcontext()
 
     def _sent_back(self, answer: Any, run: Run, step: ActionStep) -> str | None:
-        """Why an answer goes back to a model that can compute: it is NaN or infinite, one value where
-        the task asks for one per group, a name alone or an amount alone where it asks for both, a
-        number where it asks which of a text column's values, no amount or a whole table where it
-        asks how many, it states numbers no output showed, or the code typed in what it read off an
-        output instead of passing what computed it.
-        Once a run: a second answer stands, and its record says which numbers are unverified.
-        None to accept it."""
+        """Why an answer goes back to a model that can compute: it is or holds NaN or an infinity, it
+        is one value where the task asks for one per group, a name alone or an amount alone where it
+        asks for both, a number or none of the values where it asks which of a text column's values,
+        no amount or a whole table where it asks how many, it states numbers no output showed, the
+        code typed in what it read off an output instead of passing what computed it, or it typed in
+        one of the data's values that no output showed (a guess).
+        At most MAX_SEND_BACKS times a run, never twice for the same reason: then the answer stands,
+        and its record says what is doubtful about it. None to accept it."""
         words = self._send_back
-        if (words is None or not self.options.check_numbers
-                or any((s.error or "").startswith(SENT_BACK) for s in run.action_steps)):
+        if words is None or not self.options.check_numbers:
             return None
-        columns = {c for names in self._frames.values() for c in names}
-        wrong = _asked.mismatch(answer, _short(answer), run.task, columns, self._text_columns)
-        if wrong is not None:
+        sent = {s.error for s in run.action_steps if (s.error or "").startswith(SENT_BACK)}
+        if len(sent) >= MAX_SEND_BACKS:
+            return None
+        wrong = self._mismatch(answer, run)
+        if wrong is not None and SENT_BACK + _asked.WHY[wrong.kind] not in sent:
             step.error = SENT_BACK + _asked.WHY[wrong.kind]
             told = dict(wrong.words)
             if wrong.kind == "one_value" and (held := self.table_named(run, told["group"])):
                 told["held"] = f": {held}"  # the code's own name for the table
             return str(getattr(words, wrong.kind)).format(**told)
         unverified = _evidence.weigh(answer, run, step).unverified
-        if unverified:
+        if unverified and UNCOMPUTED not in sent:
             step.error = UNCOMPUTED
             pronoun = "them" if len(unverified) > 1 else "it"
             return words.uncomputed.format(numbers=spoken_list(unverified), pronoun=pronoun)
         typed = self.answer_typed_in(step)
-        if typed is not None and words.typed and _evidence.read_off(answer, run):
+        if typed is not None and words.typed and TYPED not in sent and _evidence.read_off(answer, run):
             step.error = TYPED
             return words.typed.format(answer=typed if len(typed) <= 80 else typed[:77] + "...")
+        if GUESSED not in sent and self._guessed(answer, run, step):
+            step.error = GUESSED
+            return words.uncomputed.format(numbers=_short(answer), pronoun="it")
         return None
+
+    def _guessed(self, answer: Any, run: Run, step: ActionStep) -> bool:
+        """One of a given DataFrame's text values, typed into the code, that no output showed: "East"
+        after an output of 0, picked from the values the description of the data lists."""
+        if not isinstance(answer, str) or self.answer_typed_in(step) is None:
+            return False
+        name = answer.strip().lower()
+        listed = any(name == v.lower() for facts in self._frames.values() for values in facts.labels.values()
+                     for v in values)
+        return listed and _evidence.never_shown(answer.strip(), run, step)
+
+    def _mismatch(self, answer: Any, run: Run) -> _asked.Mismatch | None:
+        """How the answer is not the kind the run's task asks for, given its DataFrames (see _asked)."""
+        return _asked.mismatch(answer, _short(answer), run.task, self._frames.values())
 
     async def _check_answer(self, answer: Any, run: Run) -> str | None:
         """None when every check passes, else the reason to show the model."""
@@ -536,8 +555,13 @@ class MultiStepAgent:
     def _finish(self, run: Run, sink: Sink | None, answer: Any, state: Literal["success", "max_steps"]) -> None:
         run.output, run.state = answer, state
         evidence = _evidence.weigh(answer, run)
+        steps = run.action_steps
+        if steps and self.options.check_numbers and self._guessed(answer, run, steps[-1]):
+            evidence.unverified.append(_short(answer))  # "unverified: 'East' was never computed"
         run.unverified = evidence.unverified
-        self._record(run, FinalAnswerStep(answer, evidence.sources, evidence.unverified), sink)
+        wrong = self._mismatch(answer, run) if self.options.check_numbers and answer is not None else None
+        run.mismatch = _asked.WHY[wrong.kind] if wrong is not None else ""
+        self._record(run, FinalAnswerStep(answer, evidence.sources, evidence.unverified, run.mismatch), sink)
 
     def _record(self, run: Run, step: Step, sink: Sink | None) -> None:
         self.memory.append(step)

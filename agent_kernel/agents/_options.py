@@ -27,11 +27,13 @@ class AgentOptions:
         final_answer_checks: `check(answer, run)`, sync or async: false or raising rejects the
             answer and the model is told why.
         check_numbers: an answer stating a number that no step's output or tool result showed is
-            sent back once, asking the model to compute it first (a small model's guess is caught
+            sent back, asking the model to compute it first (a small model's guess is caught
             there), as is an answer of another kind than the task asks for: NaN, no amount for "how
             many" or "how much", one value for "... by <column>", a number for "which <text
-            column>" (agents/_asked.py). A ToolCallingAgent with no tools of its own is not asked.
-            Either way the run records which numbers are unverified.
+            column>" (agents/_asked.py); at most twice a run, each time for another reason. A
+            ToolCallingAgent with no tools of its own is not asked. The answer that stands records
+            what is still doubtful (`run.unverified`, `run.mismatch`); False: no checks at all
+            (the unverified numbers are recorded even then).
         step_callbacks: `callback(step, run)` after each step is recorded.
         max_observation_chars: an action's observation beyond this is cut (head and tail kept).
         keep_steps: the most recent action steps the model sees in full (older ones as a line each).

@@ -95,12 +95,13 @@ TOOLS_FORMAT_REMINDER = "Your reply called no tool. Call a tool, or call `final_
 
 @dataclass(frozen=True)
 class SendBack:
-    """What the model is told when its final answer goes back once, in its agent's terms."""
+    """What the model is told when its final answer goes back, in its agent's terms."""
 
     uncomputed: str  # {numbers}, {pronoun}: numbers no output showed
     nan: str  # {answer}: a NaN or infinite answer
     no_amount: str  # {how}, {answer}: "how many" answered with a name
     not_a_name: str  # {word}, {answer}: "which segment" answered with a number
+    not_listed: str  # {word}, {answer}, {values}: "which region" answered with text that names none of them
     one_value: str  # {group}, {answer}: a table per group answered with one entry
     half_pair: str  # {word}, {amount}, {answer}: "which region, and how much?" answered with one of them
     many_values: str  # {how} (" (how many)" or ""), {answer}: one value asked, a table given
@@ -119,6 +120,8 @@ CODE_SEND_BACK = SendBack(
               "Compute the amount in code and print it, then give final_answer the number.",
     not_a_name="the task asks which {word}, but the answer {answer} is a number, not a {word} (its values are "
                "text). Give final_answer the {word} itself: the label of the largest entry is the Series' .idxmax().",
+    not_listed="the task asks which {word}, but the answer {answer} names none of its values ({values}). Give "
+               "final_answer the {word} itself: for the largest entry of a Series grouped by {word}, its .idxmax().",
     one_value="the task asks for a value per {group}, but the answer {answer} is one value. Give final_answer "
               "the whole table, one value per {group} (the Series a groupby made{held}).",
     half_pair="the task asks which {word} and {amount}, but the answer {answer} is not both the {word} (one of "
@@ -141,6 +144,8 @@ TOOLS_SEND_BACK = SendBack(
               "tool that computes the amount, read its result, then call final_answer with the number it gave.",
     not_a_name="the task asks which {word}, but the answer {answer} is a number, not a {word} (its values are "
                "text). Call final_answer with the {word} itself, as a tool's result showed it.",
+    not_listed="the task asks which {word}, but the answer {answer} names none of its values ({values}). Call "
+               "final_answer with the {word} itself, as a tool's result showed it.",
     one_value="the task asks for a value per {group}, but the answer {answer} is one value. Call final_answer "
               "with the whole table, one value per {group}, as an object taken from a tool's result.",
     half_pair="the task asks which {word} and {amount}, but the answer {answer} is not both the {word} (one of "
@@ -180,8 +185,8 @@ EARLIER_STEPS = "Earlier steps, summarised (their outputs are no longer shown):\
 OBSERVATION = "Observation:\n{observation}"
 
 REPEATING = """\
-[Note: this is the {times}th time in a row with the same error or the same action. You are repeating \
-yourself: step back, try a different approach, or give your best final answer. One more repeat ends the run.]"""
+[Note: the same error or the same action, {times} times in a row. You are repeating yourself: step \
+back, try a different approach, or give your best final answer. One more repeat ends the run.]"""
 
 ALTERNATING = """\
 [Note: the last {times} steps went back and forth between the same two attempts. Neither works: step \

@@ -19,34 +19,24 @@ _CELL = 24  # characters of one listed value
 _DATE_TEXT = re.compile(r"^\s*(\d{4}-\d{1,2}-\d{1,2}|\d{1,2}/\d{1,2}/\d{2,4}|\d{4}-\d{2})([ T]\d{1,2}:\d{2}.*)?\s*$")
 
 
-def describe_variable(value: Any) -> str:
-    """The preview of one variable for the task message."""
+def describe_variable(value: Any, name: str = "df") -> str:
+    """The preview of one variable for the task message (`name`: the variable's, which its hints use)."""
     from ..sandbox import describe
 
     pd = sys.modules.get("pandas")  # not imported: the value cannot be a DataFrame (and no import is paid)
     if pd is None or type(value) is not pd.DataFrame:
         return describe(value)
     try:
-        return _frame(value, pd)
+        return _frame(value, name, pd)
     except Exception:  # noqa: BLE001 - an odd column must not break the task; the one-liner still tells
         return describe(value)
 
 
-def text_columns(variables: dict[str, Any]) -> set[str]:
-    """The names of the text columns of the DataFrames among the variables."""
-    pd = sys.modules.get("pandas")
-    if pd is None:
-        return set()
-    return {str(name) for value in variables.values() if type(value) is pd.DataFrame
-            for name, dtype in value.dtypes.iloc[:1000].items()
-            if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype)}
-
-
-def _frame(frame: Any, pd: Any) -> str:
+def _frame(frame: Any, name: str, pd: Any) -> str:
     rows, cols = frame.shape
     lines = [f"DataFrame, {rows} rows x {cols} columns:"]
-    for name in frame.columns[:MAX_COLUMNS]:
-        lines.append(f"    {name}: {_column(frame[name], pd)}")
+    for column in frame.columns[:MAX_COLUMNS]:
+        lines.append(f"    {column}: {_column(frame[column], pd)}")
     if cols > MAX_COLUMNS:
         rest = ", ".join(str(c) for c in frame.columns[MAX_COLUMNS:MAX_COLUMNS + 50])
         lines.append(f"    ... {cols - MAX_COLUMNS} more columns: {rest}{', ...' if cols > MAX_COLUMNS + 50 else ''}")
@@ -54,7 +44,41 @@ def _frame(frame: Any, pd: Any) -> str:
     if key is not None:
         lines.append(f"    (one row per {key}; the rows are numbered 0, 1, ...: .set_index('{key}') labels them by "
                      f"{key}, so that idxmax() and sum(axis=1) give a {key})")
+    long = _long_layout(frame, pd)
+    if long is not None:
+        index, names, values = long
+        lines.append(f"    (long format: one row per {' and '.join(index)} and {names}, the numbers in '{values}'. "
+                     f"One column per {names}: wide = {name}.pivot(index={_listed(index)}, columns='{names}', "
+                     f"values='{values}'), then wide[{_cell(frame[names].iloc[0])!r}])")
     return "\n".join(lines)
+
+
+def _long_layout(frame: Any, pd: Any) -> tuple[list[str], str, str] | None:
+    """(the columns that name a row, the column naming what each number is, the numbers' column) of a
+    long table (month, metric, value), or None for another shape: the column of names has a few text
+    values (not dates), each on several rows; the numbers are the one numeric column; and the two name
+    columns together name each row once."""
+    if not 2 < len(frame.columns) <= MAX_COLUMNS or len(frame) < 4:
+        return None
+    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c].dtype)]
+    if len(numeric) != 1 or not all(isinstance(c, str) for c in frame.columns):
+        return None
+    for names in frame.columns:
+        column = frame[names]
+        if names in numeric or not pd.api.types.is_string_dtype(column.dtype) or column.isna().any():
+            continue
+        counts = column.value_counts()
+        if not 2 <= len(counts) <= MAX_VALUES or counts.min() < 2 or column.head(200).astype(str).str.match(_DATE_TEXT).all():
+            continue
+        index = [c for c in frame.columns if c not in (names, numeric[0])]
+        if not frame.duplicated(subset=[*index, names]).any():
+            return index, str(names), str(numeric[0])
+    return None
+
+
+def _listed(columns: list[str]) -> str:
+    """One column as 'a', several as ['a', 'b'] (as pivot takes them)."""
+    return repr(columns[0]) if len(columns) == 1 else repr(columns)
 
 
 def _row_key(frame: Any, pd: Any) -> str | None:
